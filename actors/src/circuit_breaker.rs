@@ -1,0 +1,136 @@
+//! The circuit breaker actor: watches every database outcome and stops the
+//! pipeline from hammering a database that is down.
+//!
+//! States: closed (normal) → open after `breaker_failure_threshold`
+//! consecutive failed writes → half-open when the cool-down ends, where the
+//! breaker itself probes the database → closed if the probe succeeds, open
+//! again with a doubled cool-down (up to `breaker_max_cooldown_ms`) if not.
+//!
+//! Guarantees: while the breaker is open the coordinator starts no cycle, so
+//! partitions stop at their buffer limit and are paused (not revoked); the
+//! pipeline resumes by itself once a probe succeeds. Its state is published
+//! through [`PipelineStatus`] (`/readyz`, metrics).
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::metrics::{BreakerState, PipelineStatus};
+use crate::store::Store;
+
+/// Messages of the circuit breaker.
+#[derive(Debug)]
+pub enum CircuitBreakerMsg {
+    /// a database write committed
+    WriteSucceeded,
+    /// a database write failed (after its retries)
+    WriteFailed,
+    /// the cool-down ended: probe the database
+    Probe,
+}
+
+/// Start arguments.
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerArgs {
+    /// the store to probe
+    pub store: Store,
+    /// where the state is published
+    pub status: PipelineStatus,
+    /// consecutive failures that open the breaker
+    pub failure_threshold: u32,
+    /// first cool-down
+    pub cooldown: Duration,
+    /// longest cool-down
+    pub max_cooldown: Duration,
+}
+
+/// State of the breaker.
+#[derive(Debug)]
+pub struct CircuitBreakerState {
+    args: CircuitBreakerArgs,
+    consecutive_failures: u32,
+    cooldown: Duration,
+}
+
+/// The circuit breaker actor.
+#[derive(Debug)]
+pub struct CircuitBreaker;
+
+impl Actor for CircuitBreaker {
+    type Msg = CircuitBreakerMsg;
+    type State = CircuitBreakerState;
+    type Arguments = CircuitBreakerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // A restarted breaker starts closed: the next failures reopen it.
+        args.status.set_breaker_state(BreakerState::Closed);
+        Ok(CircuitBreakerState {
+            cooldown: args.cooldown,
+            args,
+            consecutive_failures: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let status = state.args.status.clone();
+        match (message, status.breaker_state()) {
+            (CircuitBreakerMsg::WriteSucceeded, BreakerState::Closed | BreakerState::HalfOpen) => {
+                state.consecutive_failures = 0;
+            }
+            (CircuitBreakerMsg::WriteFailed, BreakerState::Closed) => {
+                state.consecutive_failures += 1;
+                if state.consecutive_failures >= state.args.failure_threshold {
+                    open(&myself, state);
+                }
+            }
+            (CircuitBreakerMsg::Probe, BreakerState::Open) => {
+                status.set_breaker_state(BreakerState::HalfOpen);
+                tracing::info!("circuit breaker half-open: probing the database");
+                let probe = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    sqlx::query("SELECT 1").execute(state.args.store.pool()),
+                )
+                .await;
+                match probe {
+                    Ok(Ok(_)) => {
+                        state.consecutive_failures = 0;
+                        state.cooldown = state.args.cooldown;
+                        status.set_breaker_state(BreakerState::Closed);
+                        tracing::info!("circuit breaker closed: the database answers again");
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "database probe failed");
+                        state.cooldown = (state.cooldown * 2).min(state.args.max_cooldown);
+                        open(&myself, state);
+                    }
+                    Err(_) => {
+                        tracing::warn!("database probe timed out");
+                        state.cooldown = (state.cooldown * 2).min(state.args.max_cooldown);
+                        open(&myself, state);
+                    }
+                }
+            }
+            // Outcomes while open are stale: the breaker decides by probing.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn open(myself: &ActorRef<CircuitBreakerMsg>, state: &mut CircuitBreakerState) {
+    state.args.status.set_breaker_state(BreakerState::Open);
+    tracing::warn!(
+        cooldown_ms = state.cooldown.as_millis() as u64,
+        "circuit breaker open: database writes stop until a probe succeeds"
+    );
+    myself.send_after(state.cooldown, || CircuitBreakerMsg::Probe);
+}

@@ -1,0 +1,154 @@
+//! The DLQ forwarder actor: turns dead letters into dead-letter records
+//! (original key and value, context headers) inside the coordinator's open
+//! Kafka transaction.
+//!
+//! Guarantees: it produces through the producer it is handed, so its
+//! records commit or abort with the cycle's transaction and its offsets;
+//! it replies only after every record was acknowledged, or with the first
+//! failure (the coordinator then aborts the cycle).
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use uuid::Uuid;
+
+use crate::ad_event::DeadLetterKind;
+use crate::kafka_error::KafkaTxnError;
+use crate::trace_context::{TRACEPARENT_HEADER, TraceContext};
+use crate::transactional_send::{TXN_ID_HEADER, send_all};
+
+/// One dead letter to forward.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// source partition
+    pub partition: i32,
+    /// source offset
+    pub offset: i64,
+    /// contract error kind
+    pub kind: DeadLetterKind,
+    /// one-line reason
+    pub reason: String,
+    /// original key
+    pub key: Option<Vec<u8>>,
+    /// original value
+    pub payload: Option<Vec<u8>>,
+    /// trace context of the record
+    pub trace: TraceContext,
+}
+
+/// A batch of dead letters for one cycle.
+pub struct ForwardRequest {
+    /// the coordinator's producer, inside its open transaction
+    pub producer: FutureProducer,
+    /// the cycle
+    pub txn_id: Uuid,
+    /// the input topic (header `onceflow-source-topic`)
+    pub source_topic: String,
+    /// the dead letters
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Messages of the DLQ forwarder.
+#[derive(Debug)]
+pub enum DlqForwarderMsg {
+    /// produce the dead letters and reply with how many were acknowledged
+    Forward(ForwardRequest, RpcReplyPort<Result<usize, KafkaTxnError>>),
+}
+
+/// The DLQ forwarder actor; its argument is the DLQ topic.
+#[derive(Debug)]
+pub struct DlqForwarder;
+
+impl Actor for DlqForwarder {
+    type Msg = DlqForwarderMsg;
+    type State = String;
+    type Arguments = String;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        dlq_topic: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(dlq_topic)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        dlq_topic: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let DlqForwarderMsg::Forward(request, reply) = message;
+        if let Err(fault) = crate::failpoints::hit(crate::failpoints::DLQ_FORWARDER) {
+            let _ = reply.send(Err(KafkaTxnError::TaskLost {
+                operation: "dlq forward",
+                reason: fault.to_string(),
+            }));
+            return Ok(());
+        }
+        let span = tracing::info_span!(
+            "dlq.forward",
+            messaging.system = "kafka",
+            messaging.destination.name = %dlq_topic,
+            messaging.batch.message_count = request.dead_letters.len(),
+            txn_id = %request.txn_id
+        );
+        let _entered = span.enter();
+        let txn_id = request.txn_id.to_string();
+        let records = request.dead_letters.iter().map(|dead_letter| {
+            let partition = dead_letter.partition.to_string();
+            let offset = dead_letter.offset.to_string();
+            let traceparent = dead_letter.trace.to_header();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "onceflow-error-kind",
+                    value: Some(dead_letter.kind.as_str()),
+                })
+                .insert(Header {
+                    key: "onceflow-error",
+                    value: Some(dead_letter.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "onceflow-source-topic",
+                    value: Some(request.source_topic.as_str()),
+                })
+                .insert(Header {
+                    key: "onceflow-source-partition",
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: "onceflow-source-offset",
+                    value: Some(offset.as_str()),
+                })
+                .insert(Header {
+                    key: TXN_ID_HEADER,
+                    value: Some(txn_id.as_str()),
+                })
+                .insert(Header {
+                    key: TRACEPARENT_HEADER,
+                    value: Some(traceparent.as_str()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(dlq_topic.as_str()).headers(headers);
+            if let Some(key) = &dead_letter.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &dead_letter.payload {
+                record = record.payload(payload.as_slice());
+            }
+            record
+        });
+        drop(_entered);
+        let result = send_all(&request.producer, dlq_topic, records).await;
+        let _ = reply.send(result);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ForwardRequest {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ForwardRequest")
+            .finish_non_exhaustive()
+    }
+}

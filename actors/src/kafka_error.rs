@@ -1,0 +1,134 @@
+//! Classification of Kafka client errors for the transactional commit.
+//!
+//! Guarantees: every error of a transactional call maps to exactly one
+//! [`KafkaFailureClass`], which says what the coordinator must do next; an
+//! unknown error is treated as requiring a new producer (the safe choice).
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// What to do after a Kafka call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaFailureClass {
+    /// retry the same call (retriable, timed out)
+    RetryCall,
+    /// abort the transaction and rewind the partitions
+    AbortTransaction,
+    /// the producer is unusable (fatal, fenced): recreate it, then rewind
+    RecreateProducer,
+}
+
+/// A Kafka operation of the commit cycle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaTxnError {
+    /// The client call failed.
+    #[error("kafka {operation} failed: {source}")]
+    Client {
+        /// which call
+        operation: &'static str,
+        /// the client error
+        #[source]
+        source: KafkaError,
+    },
+    /// A record could not be delivered within the transaction.
+    #[error("delivery of a record to {topic} failed: {source}")]
+    Delivery {
+        /// destination topic
+        topic: String,
+        /// the client error
+        #[source]
+        source: KafkaError,
+    },
+    /// The blocking task running the call died (panicked or was cancelled).
+    #[error("kafka {operation} task did not finish: {reason}")]
+    TaskLost {
+        /// which call
+        operation: &'static str,
+        /// why
+        reason: String,
+    },
+}
+
+impl KafkaTxnError {
+    /// What the coordinator must do about it.
+    pub fn class(&self) -> KafkaFailureClass {
+        match self {
+            KafkaTxnError::Client { source, .. } | KafkaTxnError::Delivery { source, .. } => {
+                classify(source)
+            }
+            KafkaTxnError::TaskLost { .. } => KafkaFailureClass::RecreateProducer,
+        }
+    }
+
+    /// Whether retrying the same call can help.
+    pub fn is_retriable(&self) -> bool {
+        self.class() == KafkaFailureClass::RetryCall
+    }
+}
+
+/// Classifies one client error as the design notes list.
+pub fn classify(error: &KafkaError) -> KafkaFailureClass {
+    if let KafkaError::Transaction(rd_error) = error {
+        let code = rd_error.code();
+        if rd_error.is_fatal() || is_fencing_code(code) {
+            return KafkaFailureClass::RecreateProducer;
+        }
+        if rd_error.txn_requires_abort() {
+            return KafkaFailureClass::AbortTransaction;
+        }
+        if rd_error.is_retriable() || code == RDKafkaErrorCode::OperationTimedOut {
+            return KafkaFailureClass::RetryCall;
+        }
+        return KafkaFailureClass::RecreateProducer;
+    }
+    match error.rdkafka_error_code() {
+        Some(code) if is_fencing_code(code) => KafkaFailureClass::RecreateProducer,
+        Some(RDKafkaErrorCode::OperationTimedOut) if matches!(error, KafkaError::Flush(_)) => {
+            KafkaFailureClass::RetryCall
+        }
+        // A failed delivery inside a transaction makes the transaction
+        // abortable; anything else unknown is handled by a new producer.
+        _ if matches!(error, KafkaError::MessageProduction(_)) => {
+            KafkaFailureClass::AbortTransaction
+        }
+        _ => KafkaFailureClass::RecreateProducer,
+    }
+}
+
+fn is_fencing_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fatal
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_transaction_errors_are_classified() {
+        assert_eq!(
+            classify(&KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)),
+            KafkaFailureClass::RetryCall
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut
+            )),
+            KafkaFailureClass::AbortTransaction
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::ProducerFenced
+            )),
+            KafkaFailureClass::RecreateProducer
+        );
+        assert_eq!(
+            classify(&KafkaError::Canceled),
+            KafkaFailureClass::RecreateProducer
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! The pipeline's Prometheus metrics and its health status, shared by all
+//! actors and served on `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Guarantees: updating a metric never blocks or fails; counters only go
+//! up (a replay may count a record again: metrics describe work done, the
+//! tables and topics are the ledger).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// Circuit breaker states as exported (0 closed, 1 open, 2 half-open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BreakerState {
+    /// the database is used normally
+    Closed = 0,
+    /// the database is not used; partitions are paused
+    Open = 1,
+    /// one probe is testing the database
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    fn from_u8(value: u8) -> BreakerState {
+        match value {
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        }
+    }
+
+    /// Label value of a transition to this state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// All metrics of one pipeline.
+#[derive(Debug)]
+pub struct PipelineMetrics {
+    registry: Registry,
+    /// records read from the input topic
+    pub records_consumed: Counter,
+    /// events stored for the first time and committed
+    pub events_committed: Counter,
+    /// upstream repeats dropped
+    pub duplicates: Counter,
+    /// dead-letter records committed, by kind
+    pub dlq_records: Family<Labels, Counter>,
+    /// committed Kafka transactions
+    pub txn_commits: Counter,
+    /// aborted cycles, by reason
+    pub txn_aborts: Family<Labels, Counter>,
+    /// duration of a whole commit cycle
+    pub commit_duration: Histogram,
+    /// high watermark minus position, per partition
+    pub consumer_lag: Family<Labels, Gauge>,
+    /// age of the open transaction in seconds (0 when none is open)
+    pub open_txn_age_seconds: Gauge<f64, AtomicU64>,
+    /// breaker state
+    pub circuit_breaker_state: Gauge,
+    /// breaker transitions, by target state
+    pub circuit_breaker_transitions: Family<Labels, Counter>,
+    /// actor restarts, by actor
+    pub actor_restarts: Family<Labels, Counter>,
+}
+
+impl PipelineMetrics {
+    fn new() -> PipelineMetrics {
+        let mut registry = Registry::default();
+        let metrics = PipelineMetrics {
+            records_consumed: Counter::default(),
+            events_committed: Counter::default(),
+            duplicates: Counter::default(),
+            dlq_records: Family::default(),
+            txn_commits: Counter::default(),
+            txn_aborts: Family::default(),
+            commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            consumer_lag: Family::default(),
+            open_txn_age_seconds: Gauge::default(),
+            circuit_breaker_state: Gauge::default(),
+            circuit_breaker_transitions: Family::default(),
+            actor_restarts: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "onceflow_records_consumed",
+            "Records read from the input topic",
+            metrics.records_consumed.clone(),
+        );
+        registry.register(
+            "onceflow_events_committed",
+            "Events stored for the first time, committed",
+            metrics.events_committed.clone(),
+        );
+        registry.register(
+            "onceflow_duplicates",
+            "Upstream repeats of an event already stored",
+            metrics.duplicates.clone(),
+        );
+        registry.register(
+            "onceflow_dlq_records",
+            "Dead-letter records committed, by kind",
+            metrics.dlq_records.clone(),
+        );
+        registry.register(
+            "onceflow_txn_commits",
+            "Committed commit cycles",
+            metrics.txn_commits.clone(),
+        );
+        registry.register(
+            "onceflow_txn_aborts",
+            "Aborted commit cycles, by reason",
+            metrics.txn_aborts.clone(),
+        );
+        registry.register(
+            "onceflow_commit_duration_seconds",
+            "Duration of a commit cycle (database and Kafka)",
+            metrics.commit_duration.clone(),
+        );
+        registry.register(
+            "onceflow_consumer_lag",
+            "Records between the position and the high watermark",
+            metrics.consumer_lag.clone(),
+        );
+        registry.register(
+            "onceflow_open_txn_age_seconds",
+            "Age of the open Kafka transaction",
+            metrics.open_txn_age_seconds.clone(),
+        );
+        registry.register(
+            "onceflow_circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            metrics.circuit_breaker_state.clone(),
+        );
+        registry.register(
+            "onceflow_circuit_breaker_transitions",
+            "Circuit breaker transitions, by target state",
+            metrics.circuit_breaker_transitions.clone(),
+        );
+        registry.register(
+            "onceflow_actor_restarts",
+            "Actor restarts by supervisors, by actor",
+            metrics.actor_restarts.clone(),
+        );
+        PipelineMetrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+fn label(name: &str, value: impl Into<String>) -> Labels {
+    vec![(name.to_owned(), value.into())]
+}
+
+/// Health and metrics shared by the actors of one pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineStatus {
+    inner: Arc<StatusInner>,
+}
+
+#[derive(Debug)]
+struct StatusInner {
+    metrics: PipelineMetrics,
+    breaker_state: AtomicU8,
+    coordinator_ready: AtomicBool,
+    escalated: AtomicBool,
+    committed_cycles: AtomicI64,
+}
+
+impl Default for PipelineStatus {
+    fn default() -> Self {
+        PipelineStatus {
+            inner: Arc::new(StatusInner {
+                metrics: PipelineMetrics::new(),
+                breaker_state: AtomicU8::new(BreakerState::Closed as u8),
+                coordinator_ready: AtomicBool::new(false),
+                escalated: AtomicBool::new(false),
+                committed_cycles: AtomicI64::new(0),
+            }),
+        }
+    }
+}
+
+impl PipelineStatus {
+    /// The metrics.
+    pub fn metrics(&self) -> &PipelineMetrics {
+        &self.inner.metrics
+    }
+
+    /// The breaker's current state.
+    pub fn breaker_state(&self) -> BreakerState {
+        BreakerState::from_u8(self.inner.breaker_state.load(Ordering::Acquire))
+    }
+
+    /// Records a breaker transition.
+    pub fn set_breaker_state(&self, state: BreakerState) {
+        let previous = self.inner.breaker_state.swap(state as u8, Ordering::AcqRel);
+        if previous != state as u8 {
+            self.metrics().circuit_breaker_state.set(state as i64);
+            self.metrics()
+                .circuit_breaker_transitions
+                .get_or_create(&label("to", state.as_str()))
+                .inc();
+        }
+    }
+
+    /// Whether the coordinator holds an initialised producer.
+    pub fn set_coordinator_ready(&self, ready: bool) {
+        self.inner.coordinator_ready.store(ready, Ordering::Release);
+    }
+
+    /// Ready: producer initialised and breaker not open.
+    pub fn is_ready(&self) -> bool {
+        self.inner.coordinator_ready.load(Ordering::Acquire)
+            && self.breaker_state() != BreakerState::Open
+    }
+
+    /// Healthy: no supervisor has given up.
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.escalated.load(Ordering::Acquire)
+    }
+
+    /// A supervisor gave up.
+    pub fn mark_escalated(&self) {
+        self.inner.escalated.store(true, Ordering::Release);
+    }
+
+    /// Counts a committed cycle.
+    pub fn count_commit(&self) {
+        self.inner.committed_cycles.fetch_add(1, Ordering::AcqRel);
+        self.metrics().txn_commits.inc();
+    }
+
+    /// Committed cycles so far.
+    pub fn committed_cycles(&self) -> i64 {
+        self.inner.committed_cycles.load(Ordering::Acquire)
+    }
+
+    /// Counts an aborted cycle.
+    pub fn count_abort(&self, reason: &str) {
+        self.metrics()
+            .txn_aborts
+            .get_or_create(&label("reason", reason))
+            .inc();
+    }
+
+    /// Counts a dead letter of `kind`.
+    pub fn count_dead_letter(&self, kind: &str) {
+        self.metrics()
+            .dlq_records
+            .get_or_create(&label("kind", kind))
+            .inc();
+    }
+
+    /// Counts an actor restart.
+    pub fn count_restart(&self, actor: &str) {
+        self.metrics()
+            .actor_restarts
+            .get_or_create(&label("actor", actor))
+            .inc();
+    }
+
+    /// Sets the lag of a partition.
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        self.metrics()
+            .consumer_lag
+            .get_or_create(&label("partition", partition.to_string()))
+            .set(lag);
+    }
+
+    /// Total restarts counted for `actor`.
+    pub fn restarts_of(&self, actor: &str) -> u64 {
+        self.metrics()
+            .actor_restarts
+            .get_or_create(&label("actor", actor))
+            .get()
+    }
+}

@@ -1,0 +1,450 @@
+//! Service configuration: defaults, then the TOML file, then `ONCEFLOW_*`
+//! environment variables (the environment wins).
+//!
+//! Guarantees: unknown keys are rejected; every setting is validated before
+//! anything starts, and a bad one yields a single [`SettingsError`] line that
+//! names the setting and says why. Kafka pass-through values may hold secrets:
+//! [`Settings::redacted_kafka_keys`] is the only view of them meant for logs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The broker's default `transaction.max.timeout.ms` (15 minutes): a
+/// transactional producer asking for more is refused by the broker.
+pub const BROKER_MAX_TRANSACTION_TIMEOUT_MS: u64 = 900_000;
+
+/// A setting is missing or wrong. Retrying never helps: fix the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or the environment could not be read or parsed.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// A setting has a value that cannot work.
+    #[error("setting `{setting}`: {reason}")]
+    Invalid {
+        /// the setting's key, as written in the file
+        setting: &'static str,
+        /// why the value cannot work
+        reason: String,
+    },
+}
+
+impl SettingsError {
+    /// Configuration errors are never transient.
+    pub fn is_retriable(&self) -> bool {
+        false
+    }
+}
+
+/// Every setting of `onceflow run`. Field names are the TOML keys; the
+/// environment variable of a field is `ONCEFLOW_` + its name in upper case.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Bootstrap servers of the Kafka cluster.
+    pub kafka_brokers: String,
+    /// PostgreSQL URL; required by `run`.
+    pub database_url: Option<String>,
+    /// Consumer group shared by all instances.
+    pub group_id: String,
+    /// Stable id of this instance: `group.instance.id` and part of the
+    /// `transactional.id`. Defaults to the host name.
+    pub instance_id: Option<String>,
+    /// Topic the ad events are read from.
+    pub input_topic: String,
+    /// Topic the billed events are written to.
+    pub output_topic: String,
+    /// Topic invalid records are written to.
+    pub dlq_topic: String,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub http_addr: SocketAddr,
+    /// How often a commit cycle starts, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// `transaction.timeout.ms` of the transactional producer.
+    pub transaction_timeout_ms: u64,
+    /// Timeout of one Kafka call (init, send offsets, commit, abort).
+    pub kafka_call_timeout_ms: u64,
+    /// Most records a partition hands to one commit cycle.
+    pub max_batch_records: usize,
+    /// Most uncommitted records a partition holds before it pauses fetching.
+    pub max_buffered_records: usize,
+    /// Number of database writer actors (each holds at most one transaction).
+    pub db_writers: usize,
+    /// Connections in the PostgreSQL pool.
+    pub db_max_connections: u32,
+    /// `statement_timeout` of every database session, in milliseconds.
+    pub db_statement_timeout_ms: u64,
+    /// Restarts a supervisor allows per child within `restart_window_ms`
+    /// before it gives up and escalates.
+    pub restart_budget: u32,
+    /// The window of the restart budget.
+    pub restart_window_ms: u64,
+    /// First restart delay; doubles on each further restart in the window.
+    pub restart_backoff_initial_ms: u64,
+    /// Longest restart delay.
+    pub restart_backoff_max_ms: u64,
+    /// A transaction open longer than this is logged as a warning.
+    pub open_txn_warn_ms: u64,
+    /// Attempts of one database write while its errors are transient.
+    pub db_retry_attempts: u32,
+    /// First delay between database write attempts (doubles, with jitter).
+    pub db_retry_backoff_ms: u64,
+    /// Consecutive failed database writes that open the circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// First wait before the open breaker probes the database.
+    pub breaker_cooldown_ms: u64,
+    /// Longest wait between probes (the wait doubles after a failed probe).
+    pub breaker_max_cooldown_ms: u64,
+    /// librdkafka settings passed through unchanged (SASL/SSL included).
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kafka_brokers: "127.0.0.1:9092".to_owned(),
+            database_url: None,
+            group_id: "onceflow".to_owned(),
+            instance_id: None,
+            input_topic: "ad-events".to_owned(),
+            output_topic: "ad-events-billed".to_owned(),
+            dlq_topic: "ad-events-dlq".to_owned(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            commit_interval_ms: 100,
+            transaction_timeout_ms: 60_000,
+            kafka_call_timeout_ms: 10_000,
+            max_batch_records: 5_000,
+            max_buffered_records: 20_000,
+            db_writers: 4,
+            db_max_connections: 8,
+            db_statement_timeout_ms: 30_000,
+            restart_budget: 10,
+            restart_window_ms: 60_000,
+            restart_backoff_initial_ms: 100,
+            restart_backoff_max_ms: 5_000,
+            open_txn_warn_ms: 10_000,
+            db_retry_attempts: 3,
+            db_retry_backoff_ms: 50,
+            breaker_failure_threshold: 3,
+            breaker_cooldown_ms: 1_000,
+            breaker_max_cooldown_ms: 30_000,
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// Environment variables read by the binary itself rather than by this
+/// struct (the `--config` path).
+const ENV_KEYS_NOT_SETTINGS: &[&str] = &["config"];
+
+/// librdkafka keys onceflow sets itself: overriding them would break the
+/// exactly-once protocol.
+const KAFKA_KEYS_OWNED_BY_ONCEFLOW: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "group.instance.id",
+    "transactional.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "enable.idempotence",
+    "transaction.timeout.ms",
+    "auto.offset.reset",
+];
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then the environment, and
+    /// validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(SettingsError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("ONCEFLOW_").ignore(ENV_KEYS_NOT_SETTINGS));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|error| SettingsError::Load(one_line(&error.to_string())))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every rule a setting must follow.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid =
+            |setting: &'static str, reason: String| SettingsError::Invalid { setting, reason };
+        for (setting, value) in [
+            ("kafka_brokers", &self.kafka_brokers),
+            ("group_id", &self.group_id),
+            ("input_topic", &self.input_topic),
+            ("output_topic", &self.output_topic),
+            ("dlq_topic", &self.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(setting, "must not be empty".to_owned()));
+            }
+        }
+        if self.input_topic == self.output_topic || self.input_topic == self.dlq_topic {
+            return Err(invalid(
+                "input_topic",
+                "must differ from output_topic and dlq_topic (onceflow would read its own output)"
+                    .to_owned(),
+            ));
+        }
+        if self.output_topic == self.dlq_topic {
+            return Err(invalid(
+                "dlq_topic",
+                "must differ from output_topic".to_owned(),
+            ));
+        }
+        if let Some(instance) = &self.instance_id
+            && instance.trim().is_empty()
+        {
+            return Err(invalid(
+                "instance_id",
+                "must not be empty when set".to_owned(),
+            ));
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must be a postgres:// or postgresql:// URL".to_owned(),
+            ));
+        }
+        if self.commit_interval_ms == 0 {
+            return Err(invalid(
+                "commit_interval_ms",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.transaction_timeout_ms > BROKER_MAX_TRANSACTION_TIMEOUT_MS {
+            return Err(invalid(
+                "transaction_timeout_ms",
+                format!(
+                    "{} exceeds the broker's default transaction.max.timeout.ms ({BROKER_MAX_TRANSACTION_TIMEOUT_MS})",
+                    self.transaction_timeout_ms
+                ),
+            ));
+        }
+        if self.commit_interval_ms.saturating_mul(10) > self.transaction_timeout_ms {
+            return Err(invalid(
+                "commit_interval_ms",
+                format!(
+                    "{} ms is not well below transaction_timeout_ms ({} ms): keep it at most a tenth",
+                    self.commit_interval_ms, self.transaction_timeout_ms
+                ),
+            ));
+        }
+        if self.kafka_call_timeout_ms == 0
+            || self.kafka_call_timeout_ms >= self.transaction_timeout_ms
+        {
+            return Err(invalid(
+                "kafka_call_timeout_ms",
+                "must be at least 1 and below transaction_timeout_ms".to_owned(),
+            ));
+        }
+        if self.max_batch_records == 0 {
+            return Err(invalid(
+                "max_batch_records",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.max_buffered_records < self.max_batch_records {
+            return Err(invalid(
+                "max_buffered_records",
+                "must be at least max_batch_records".to_owned(),
+            ));
+        }
+        if self.db_writers == 0 {
+            return Err(invalid("db_writers", "must be at least 1".to_owned()));
+        }
+        if (self.db_max_connections as usize) < self.db_writers + 1 {
+            return Err(invalid(
+                "db_max_connections",
+                format!("must be more than db_writers ({})", self.db_writers),
+            ));
+        }
+        if self.db_statement_timeout_ms == 0 {
+            return Err(invalid(
+                "db_statement_timeout_ms",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.restart_budget == 0 {
+            return Err(invalid("restart_budget", "must be at least 1".to_owned()));
+        }
+        if self.restart_backoff_initial_ms == 0
+            || self.restart_backoff_initial_ms > self.restart_backoff_max_ms
+        {
+            return Err(invalid(
+                "restart_backoff_initial_ms",
+                "must be at least 1 and at most restart_backoff_max_ms".to_owned(),
+            ));
+        }
+        if self.db_retry_attempts == 0 {
+            return Err(invalid(
+                "db_retry_attempts",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.breaker_failure_threshold == 0 {
+            return Err(invalid(
+                "breaker_failure_threshold",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.breaker_cooldown_ms == 0 || self.breaker_cooldown_ms > self.breaker_max_cooldown_ms
+        {
+            return Err(invalid(
+                "breaker_cooldown_ms",
+                "must be at least 1 and at most breaker_max_cooldown_ms".to_owned(),
+            ));
+        }
+        for key in self.kafka.keys() {
+            if KAFKA_KEYS_OWNED_BY_ONCEFLOW.contains(&key.as_str()) {
+                return Err(SettingsError::Invalid {
+                    setting: "kafka",
+                    reason: format!("`{key}` is set by onceflow itself and cannot be overridden"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The instance id: the configured one, else the host name.
+    pub fn instance_id(&self) -> String {
+        match &self.instance_id {
+            Some(id) => id.clone(),
+            None => gethostname::gethostname().to_string_lossy().into_owned(),
+        }
+    }
+
+    /// `transactional.id` of this instance: `{group}-{instance}`.
+    pub fn transactional_id(&self) -> String {
+        format!("{}-{}", self.group_id, self.instance_id())
+    }
+
+    /// The database URL, required by `run`.
+    pub fn required_database_url(&self) -> Result<&str, SettingsError> {
+        self.database_url.as_deref().ok_or(SettingsError::Invalid {
+            setting: "database_url",
+            reason: "required: set ONCEFLOW_DATABASE_URL or database_url in the config file"
+                .to_owned(),
+        })
+    }
+
+    /// The keys (never the values) of the Kafka pass-through settings, for logs.
+    pub fn redacted_kafka_keys(&self) -> Vec<&str> {
+        self.kafka.keys().map(String::as_str).collect()
+    }
+
+    /// Commit interval as a duration.
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
+
+    /// Timeout of a single Kafka call.
+    pub fn kafka_call_timeout(&self) -> Duration {
+        Duration::from_millis(self.kafka_call_timeout_ms)
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Settings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn commit_interval_must_be_well_below_transaction_timeout() {
+        let settings = Settings {
+            commit_interval_ms: 10_000,
+            transaction_timeout_ms: 60_000,
+            ..Settings::default()
+        };
+        let error = settings
+            .validate()
+            .expect_err("must be refused")
+            .to_string();
+        assert!(error.starts_with("setting `commit_interval_ms`"), "{error}");
+    }
+
+    #[test]
+    fn transaction_timeout_above_broker_maximum_is_refused() {
+        let settings = Settings {
+            transaction_timeout_ms: BROKER_MAX_TRANSACTION_TIMEOUT_MS + 1,
+            ..Settings::default()
+        };
+        let error = settings
+            .validate()
+            .expect_err("must be refused")
+            .to_string();
+        assert!(error.contains("transaction_timeout_ms"), "{error}");
+    }
+
+    #[test]
+    fn protocol_owned_kafka_keys_are_refused() {
+        let mut settings = Settings::default();
+        settings
+            .kafka
+            .insert("isolation.level".to_owned(), "read_uncommitted".to_owned());
+        let error = settings
+            .validate()
+            .expect_err("must be refused")
+            .to_string();
+        assert!(error.contains("isolation.level"), "{error}");
+    }
+
+    #[test]
+    fn file_then_environment_with_unknown_keys_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "onceflow.toml",
+                "group_id = \"from-file\"\ninput_topic = \"in\"\n[kafka]\n\"sasl.password\" = \"secret\"\n",
+            )?;
+            jail.set_env("ONCEFLOW_GROUP_ID", "from-env");
+            let settings = Settings::load(Some(Path::new("onceflow.toml")))
+                .map_err(|error| error.to_string())?;
+            assert_eq!(settings.group_id, "from-env");
+            assert_eq!(settings.input_topic, "in");
+            assert_eq!(settings.redacted_kafka_keys(), vec!["sasl.password"]);
+
+            jail.create_file("bad.toml", "comit_interval_ms = 5\n")?;
+            let error = Settings::load(Some(Path::new("bad.toml")))
+                .expect_err("unknown key must be refused")
+                .to_string();
+            assert!(error.contains("comit_interval_ms"), "{error}");
+            assert!(!error.contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_database_url_names_the_setting() {
+        let error = Settings::default()
+            .required_database_url()
+            .expect_err("required")
+            .to_string();
+        assert!(error.starts_with("setting `database_url`"), "{error}");
+    }
+}

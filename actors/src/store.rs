@@ -1,0 +1,499 @@
+//! The PostgreSQL store: migrations, partition claims, and the idempotent
+//! batch write of the commit cycle.
+//!
+//! Guarantees:
+//! - one partition batch is one database transaction: its events, spend,
+//!   dead letters and stored offset commit together or not at all;
+//! - an event id is stored once (`ON CONFLICT (event_id) DO NOTHING`) and
+//!   counted in `campaign_spend` only by the transaction that stored it;
+//! - a conflict at the same source position is our own replay (its output is
+//!   still owed if Kafka did not commit it); at another position it is an
+//!   upstream repeat (no output, counted as a duplicate);
+//! - the stored offset never moves backwards, and only a writer holding the
+//!   partition's current owner epoch can move it ([`StoreError::Fenced`]);
+//! - keys are touched in one fixed order (events by id, spend by campaign
+//!   and minute), so parallel writers do not deadlock each other.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::ad_event::AdEventKind;
+use crate::partition_batch::PartitionBatch;
+use crate::processed_record::RecordEffect;
+use crate::store_error::StoreError;
+
+/// What the store holds for one partition of the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredPartition {
+    /// first offset not yet committed in the database, if any batch was
+    pub next_offset: Option<i64>,
+    /// first offset the group ever fetched in this partition
+    pub start_offset: Option<i64>,
+    /// the current owner epoch
+    pub owner_epoch: i64,
+}
+
+/// The outcome of one committed partition batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchWriteOutcome {
+    /// indexes into the batch's records whose Kafka record is owed: new
+    /// events, own replays and dead letters, at or past `outputs_from`
+    pub owed_records: Vec<usize>,
+    /// events stored for the first time
+    pub new_events: u64,
+    /// events that were our own replay of an already stored record
+    pub replayed_events: u64,
+    /// upstream repeats of an event stored at another position
+    pub duplicates: u64,
+    /// dead letters in the batch
+    pub dead_letters: u64,
+}
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// Per-event classification against what is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventFate {
+    New,
+    OwnReplay,
+    Duplicate,
+}
+
+impl Store {
+    /// Builds a pool for `url`. Connections are opened lazily, so a
+    /// database that is down does not stop an actor from starting.
+    pub fn connect_lazy(
+        url: &str,
+        max_connections: u32,
+        statement_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(StoreError::Permanent)?
+            .application_name("onceflow")
+            .options([(
+                "statement_timeout",
+                format!("{}ms", statement_timeout.as_millis()),
+            )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Store { pool })
+    }
+
+    /// Wraps an existing pool (tests).
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the migrations embedded in the binary.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations")
+            .run(&self.pool)
+            .await
+            .map_err(|error| StoreError::from(sqlx::Error::from(error)))
+    }
+
+    /// Claims a partition for `owner`: bumps the owner epoch so that any
+    /// earlier owner's writes are fenced, and returns what is stored.
+    pub async fn claim_partition(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+        owner: &str,
+    ) -> Result<StoredPartition, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO consumer_offsets (group_id, topic, partition, owner_epoch, owner_instance)
+             VALUES ($1, $2, $3, 1, $4)
+             ON CONFLICT (group_id, topic, partition) DO UPDATE
+               SET owner_epoch = consumer_offsets.owner_epoch + 1,
+                   owner_instance = EXCLUDED.owner_instance,
+                   updated_at = now()
+             RETURNING next_offset, start_offset, owner_epoch",
+        )
+        .bind(group_id)
+        .bind(topic)
+        .bind(partition)
+        .bind(owner)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StoredPartition {
+            next_offset: row.try_get("next_offset")?,
+            start_offset: row.try_get("start_offset")?,
+            owner_epoch: row.try_get("owner_epoch")?,
+        })
+    }
+
+    /// Reads what is stored for a partition without claiming it.
+    pub async fn read_partition(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<StoredPartition>, StoreError> {
+        let row = sqlx::query(
+            "SELECT next_offset, start_offset, owner_epoch FROM consumer_offsets
+             WHERE group_id = $1 AND topic = $2 AND partition = $3",
+        )
+        .bind(group_id)
+        .bind(topic)
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(StoredPartition {
+                next_offset: row.try_get("next_offset")?,
+                start_offset: row.try_get("start_offset")?,
+                owner_epoch: row.try_get("owner_epoch")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Commits one partition batch in one database transaction (see the
+    /// module guarantees) and says which Kafka records are still owed.
+    pub async fn write_batch(
+        &self,
+        group_id: &str,
+        topic: &str,
+        owner_epoch: i64,
+        txn_id: Uuid,
+        batch: &PartitionBatch,
+    ) -> Result<BatchWriteOutcome, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        advance_offset(
+            &mut transaction,
+            group_id,
+            topic,
+            owner_epoch,
+            txn_id,
+            batch,
+        )
+        .await?;
+
+        // First occurrence (lowest offset) of each event id in the batch.
+        let mut first_index_of: HashMap<Uuid, usize> = HashMap::new();
+        let mut in_batch_repeats: Vec<usize> = Vec::new();
+        for (index, record) in batch.records.iter().enumerate() {
+            if let RecordEffect::Event { event, .. } = &record.effect {
+                if first_index_of.contains_key(&event.event_id) {
+                    in_batch_repeats.push(index);
+                } else {
+                    first_index_of.insert(event.event_id, index);
+                }
+            }
+        }
+        let mut firsts: Vec<(Uuid, usize)> = first_index_of.into_iter().collect();
+        firsts.sort_unstable_by_key(|(event_id, _)| *event_id);
+
+        let inserted = insert_events(&mut transaction, topic, txn_id, batch, &firsts).await?;
+        crate::failpoints::hit(crate::failpoints::DB_WRITER_MID_STATEMENT)?;
+        let conflicting: Vec<Uuid> = firsts
+            .iter()
+            .map(|(event_id, _)| *event_id)
+            .filter(|event_id| !inserted.contains(event_id))
+            .collect();
+        let stored_positions = stored_positions(&mut transaction, &conflicting).await?;
+
+        let mut outcome = BatchWriteOutcome {
+            duplicates: in_batch_repeats.len() as u64,
+            ..BatchWriteOutcome::default()
+        };
+        let mut fates: Vec<(usize, EventFate)> = Vec::with_capacity(firsts.len());
+        for (event_id, index) in &firsts {
+            let record = &batch.records[*index];
+            let fate = if inserted.contains(event_id) {
+                EventFate::New
+            } else if stored_positions.get(event_id)
+                == Some(&(topic.to_owned(), record.partition, record.offset))
+            {
+                EventFate::OwnReplay
+            } else {
+                EventFate::Duplicate
+            };
+            fates.push((*index, fate));
+        }
+        fates.sort_unstable_by_key(|(index, _)| *index);
+
+        let mut spend: BTreeMap<(String, DateTime<Utc>), (i64, i64, i64)> = BTreeMap::new();
+        for (index, fate) in &fates {
+            let record = &batch.records[*index];
+            let RecordEffect::Event { event, .. } = &record.effect else {
+                continue;
+            };
+            match fate {
+                EventFate::New => {
+                    outcome.new_events += 1;
+                    let entry = spend
+                        .entry((event.campaign_id.clone(), event.billed_minute()))
+                        .or_default();
+                    match event.kind {
+                        AdEventKind::Impression => entry.0 += 1,
+                        AdEventKind::Click => entry.1 += 1,
+                    }
+                    entry.2 += event.cost_micros;
+                }
+                EventFate::OwnReplay => outcome.replayed_events += 1,
+                EventFate::Duplicate => outcome.duplicates += 1,
+            }
+            if *fate != EventFate::Duplicate && record.offset >= batch.outputs_from {
+                outcome.owed_records.push(*index);
+            }
+        }
+        add_spend(&mut transaction, &spend).await?;
+
+        let dead_letter_indexes: Vec<usize> = batch
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, record)| matches!(record.effect, RecordEffect::DeadLetter { .. }))
+            .map(|(index, _)| index)
+            .collect();
+        insert_dead_letters(&mut transaction, topic, txn_id, batch, &dead_letter_indexes).await?;
+        outcome.dead_letters = dead_letter_indexes.len() as u64;
+        outcome.owed_records.extend(
+            dead_letter_indexes
+                .iter()
+                .copied()
+                .filter(|index| batch.records[*index].offset >= batch.outputs_from),
+        );
+        outcome.owed_records.sort_unstable();
+
+        transaction.commit().await?;
+        Ok(outcome)
+    }
+}
+
+async fn advance_offset(
+    transaction: &mut Transaction<'_, Postgres>,
+    group_id: &str,
+    topic: &str,
+    owner_epoch: i64,
+    txn_id: Uuid,
+    batch: &PartitionBatch,
+) -> Result<(), StoreError> {
+    let advanced = sqlx::query(
+        "UPDATE consumer_offsets
+            SET next_offset = GREATEST(COALESCE(next_offset, $5), $6),
+                start_offset = COALESCE(start_offset, $5),
+                txn_id = $7,
+                updated_at = now()
+          WHERE group_id = $1 AND topic = $2 AND partition = $3 AND owner_epoch = $4",
+    )
+    .bind(group_id)
+    .bind(topic)
+    .bind(batch.partition)
+    .bind(owner_epoch)
+    .bind(batch.start_offset)
+    .bind(batch.end_offset)
+    .bind(txn_id)
+    .execute(&mut **transaction)
+    .await?;
+    if advanced.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            topic: topic.to_owned(),
+            partition: batch.partition,
+            epoch: owner_epoch,
+        })
+    }
+}
+
+async fn insert_events(
+    transaction: &mut Transaction<'_, Postgres>,
+    topic: &str,
+    txn_id: Uuid,
+    batch: &PartitionBatch,
+    sorted_firsts: &[(Uuid, usize)],
+) -> Result<HashSet<Uuid>, StoreError> {
+    if sorted_firsts.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let capacity = sorted_firsts.len();
+    let mut event_ids = Vec::with_capacity(capacity);
+    let mut campaign_ids = Vec::with_capacity(capacity);
+    let mut ad_ids = Vec::with_capacity(capacity);
+    let mut kinds = Vec::with_capacity(capacity);
+    let mut costs = Vec::with_capacity(capacity);
+    let mut occurred = Vec::with_capacity(capacity);
+    let mut minutes = Vec::with_capacity(capacity);
+    let mut offsets = Vec::with_capacity(capacity);
+    for (_, index) in sorted_firsts {
+        let record = &batch.records[*index];
+        if let RecordEffect::Event { event, .. } = &record.effect {
+            event_ids.push(event.event_id);
+            campaign_ids.push(event.campaign_id.clone());
+            ad_ids.push(event.ad_id.clone());
+            kinds.push(event.kind.as_str());
+            costs.push(event.cost_micros);
+            occurred.push(event.occurred_at);
+            minutes.push(event.billed_minute());
+            offsets.push(record.offset);
+        }
+    }
+    let rows = sqlx::query(
+        "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
+                                billed_minute, source_topic, source_partition, source_offset, txn_id)
+         SELECT e.event_id, e.campaign_id, e.ad_id, e.kind, e.cost_micros, e.occurred_at,
+                e.billed_minute, $9, $10, e.source_offset, $11
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                       $6::timestamptz[], $7::timestamptz[], $8::bigint[])
+                AS e(event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
+                     billed_minute, source_offset)
+          ORDER BY e.event_id
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(&event_ids)
+    .bind(&campaign_ids)
+    .bind(&ad_ids)
+    .bind(&kinds)
+    .bind(&costs)
+    .bind(&occurred)
+    .bind(&minutes)
+    .bind(&offsets)
+    .bind(topic)
+    .bind(batch.partition)
+    .bind(txn_id)
+    .fetch_all(&mut **transaction)
+    .await?;
+    rows.iter()
+        .map(|row| row.try_get::<Uuid, _>("event_id").map_err(StoreError::from))
+        .collect()
+}
+
+async fn stored_positions(
+    transaction: &mut Transaction<'_, Postgres>,
+    event_ids: &[Uuid],
+) -> Result<HashMap<Uuid, (String, i32, i64)>, StoreError> {
+    if event_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(
+        "SELECT event_id, source_topic, source_partition, source_offset
+           FROM ad_events WHERE event_id = ANY($1)",
+    )
+    .bind(event_ids)
+    .fetch_all(&mut **transaction)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("event_id")?,
+                (
+                    row.try_get("source_topic")?,
+                    row.try_get("source_partition")?,
+                    row.try_get("source_offset")?,
+                ),
+            ))
+        })
+        .collect()
+}
+
+async fn add_spend(
+    transaction: &mut Transaction<'_, Postgres>,
+    sorted_deltas: &BTreeMap<(String, DateTime<Utc>), (i64, i64, i64)>,
+) -> Result<(), StoreError> {
+    if sorted_deltas.is_empty() {
+        return Ok(());
+    }
+    let mut campaign_ids = Vec::with_capacity(sorted_deltas.len());
+    let mut minutes = Vec::with_capacity(sorted_deltas.len());
+    let mut impressions = Vec::with_capacity(sorted_deltas.len());
+    let mut clicks = Vec::with_capacity(sorted_deltas.len());
+    let mut spend = Vec::with_capacity(sorted_deltas.len());
+    for ((campaign_id, minute), (impression_count, click_count, spend_micros)) in sorted_deltas {
+        campaign_ids.push(campaign_id.clone());
+        minutes.push(*minute);
+        impressions.push(*impression_count);
+        clicks.push(*click_count);
+        spend.push(*spend_micros);
+    }
+    sqlx::query(
+        "INSERT INTO campaign_spend (campaign_id, minute, impressions, clicks, spend_micros)
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[])
+          ORDER BY 1, 2
+         ON CONFLICT (campaign_id, minute) DO UPDATE
+           SET impressions = campaign_spend.impressions + EXCLUDED.impressions,
+               clicks = campaign_spend.clicks + EXCLUDED.clicks,
+               spend_micros = campaign_spend.spend_micros + EXCLUDED.spend_micros",
+    )
+    .bind(&campaign_ids)
+    .bind(&minutes)
+    .bind(&impressions)
+    .bind(&clicks)
+    .bind(&spend)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+async fn insert_dead_letters(
+    transaction: &mut Transaction<'_, Postgres>,
+    topic: &str,
+    txn_id: Uuid,
+    batch: &PartitionBatch,
+    indexes: &[usize],
+) -> Result<(), StoreError> {
+    if indexes.is_empty() {
+        return Ok(());
+    }
+    let mut offsets = Vec::with_capacity(indexes.len());
+    let mut kinds = Vec::with_capacity(indexes.len());
+    let mut reasons = Vec::with_capacity(indexes.len());
+    let mut keys: Vec<Option<Vec<u8>>> = Vec::with_capacity(indexes.len());
+    let mut payloads: Vec<Option<Vec<u8>>> = Vec::with_capacity(indexes.len());
+    for index in indexes {
+        let record = &batch.records[*index];
+        if let RecordEffect::DeadLetter {
+            kind,
+            reason,
+            key,
+            payload,
+        } = &record.effect
+        {
+            offsets.push(record.offset);
+            kinds.push(kind.as_str());
+            reasons.push(reason.clone());
+            keys.push(key.clone());
+            payloads.push(payload.clone());
+        }
+    }
+    sqlx::query(
+        "INSERT INTO dead_letters (source_topic, source_partition, source_offset, error_kind, error,
+                                   record_key, payload, txn_id)
+         SELECT $6, $7, d.source_offset, d.error_kind, d.error, d.record_key, d.payload, $8
+           FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[])
+                AS d(source_offset, error_kind, error, record_key, payload)
+          ORDER BY d.source_offset
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&offsets)
+    .bind(&kinds)
+    .bind(&reasons)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(topic)
+    .bind(batch.partition)
+    .bind(txn_id)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,802 @@
+//! The transaction coordinator actor: owns the transactional producer and
+//! runs the commit cycles, one at a time.
+//!
+//! One cycle: take a batch from every positioned partition; commit each
+//! batch to the database through the writer pool (database first: it is
+//! idempotent); then, in one Kafka transaction, produce the outputs still
+//! owed, have the DLQ forwarder produce the dead letters, send every
+//! committed partition's end offset with the group metadata, and commit.
+//! On any failure before the Kafka commit is confirmed, the transaction is
+//! aborted (or the producer recreated) and the partitions are rewound to
+//! their recovery positions.
+//!
+//! Guarantees:
+//! - Kafka offsets are sent only for partitions whose database transaction
+//!   committed, so the stored offset never passes an effect that is not
+//!   committed;
+//! - recovery positions are computed between cycles, after the producer has
+//!   been initialised (fencing the previous incarnation), so they never see a
+//!   half-finished cycle of this instance;
+//! - the coordinator keeps nothing recovery needs: a restarted coordinator
+//!   fences its predecessor, re-claims the partitions and rewinds them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::actor_names::ActorNames;
+use crate::consumer_supervisor::ConsumerSupervisorMsg;
+use crate::db_writer::{DbWriterMsg, WriteRequest};
+use crate::dlq_forwarder::{DeadLetter, DlqForwarderMsg, ForwardRequest};
+use crate::failpoints;
+use crate::kafka_clients::{InputConsumer, create_transactional_producer};
+use crate::kafka_error::{KafkaFailureClass, KafkaTxnError};
+use crate::metrics::{BreakerState, PipelineStatus};
+use crate::partition_batch::PartitionBatch;
+use crate::partition_consumer::PartitionConsumerMsg;
+use crate::processed_record::RecordEffect;
+use crate::recovery::recovery_position;
+use crate::settings::Settings;
+use crate::store::{BatchWriteOutcome, Store, StoredPartition};
+use crate::store_error::StoreError;
+use crate::trace_context::TRACEPARENT_HEADER;
+use crate::transactional_send::{TXN_ID_HEADER, send_all};
+
+/// How many times a retriable Kafka call is tried.
+const KAFKA_CALL_ATTEMPTS: u32 = 5;
+
+/// Messages of the coordinator.
+#[derive(Debug)]
+pub enum CoordinatorMsg {
+    /// time for a commit cycle
+    Tick,
+    /// partitions (re)assigned to this instance, with their consumers
+    PartitionsAssigned(Vec<(i32, ActorRef<PartitionConsumerMsg>)>),
+    /// partitions taken away
+    PartitionsRevoked(Vec<i32>),
+    /// retry positioning partitions whose recovery could not be read
+    RetryRecovery,
+    /// run one last cycle and reply (graceful shutdown)
+    Flush(RpcReplyPort<()>),
+}
+
+/// Start arguments.
+#[derive(Clone)]
+pub struct CoordinatorArgs {
+    /// settings
+    pub settings: Arc<Settings>,
+    /// the store
+    pub store: Store,
+    /// the input consumer (group metadata, committed offsets)
+    pub consumer: Arc<InputConsumer>,
+    /// actor names
+    pub names: ActorNames,
+    /// metrics and health
+    pub status: PipelineStatus,
+}
+
+#[derive(Debug)]
+struct OwnedPartition {
+    owner_epoch: Option<i64>,
+    consumer: ActorRef<PartitionConsumerMsg>,
+}
+
+/// State of the coordinator.
+pub struct CoordinatorState {
+    args: CoordinatorArgs,
+    producer: Option<FutureProducer>,
+    partitions: BTreeMap<i32, OwnedPartition>,
+    awaiting_position: BTreeSet<i32>,
+    retry_scheduled: bool,
+}
+
+/// The transaction coordinator actor.
+#[derive(Debug)]
+pub struct TransactionCoordinator;
+
+impl Actor for TransactionCoordinator {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        args.status.set_coordinator_ready(false);
+        Ok(CoordinatorState {
+            args,
+            producer: None,
+            partitions: BTreeMap::new(),
+            awaiting_position: BTreeSet::new(),
+            retry_scheduled: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Fencing first: recovery must not read offsets before the previous
+        // incarnation's transaction is aborted or completed.
+        let producer = new_producer(&state.args.settings).await?;
+        state.producer = Some(producer);
+        state.args.status.set_coordinator_ready(true);
+        tracing::info!(
+            transactional_id = %state.args.settings.transactional_id(),
+            "transactional producer initialised"
+        );
+        state
+            .args
+            .names
+            .cast_consumer_supervisor(ConsumerSupervisorMsg::ReportAssignment);
+        myself.send_interval(state.args.settings.commit_interval(), || {
+            CoordinatorMsg::Tick
+        });
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.status.set_coordinator_ready(false);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CoordinatorMsg::Tick => run_cycle(&myself, state).await?,
+            CoordinatorMsg::PartitionsAssigned(assigned) => {
+                for (partition, consumer) in assigned {
+                    consumer.cast(PartitionConsumerMsg::BeginRewind)?;
+                    state.partitions.insert(
+                        partition,
+                        OwnedPartition {
+                            owner_epoch: None,
+                            consumer,
+                        },
+                    );
+                    state.awaiting_position.insert(partition);
+                }
+                position_partitions(&myself, state).await;
+            }
+            CoordinatorMsg::PartitionsRevoked(revoked) => {
+                for partition in revoked {
+                    state.partitions.remove(&partition);
+                    state.awaiting_position.remove(&partition);
+                }
+            }
+            CoordinatorMsg::RetryRecovery => {
+                state.retry_scheduled = false;
+                position_partitions(&myself, state).await;
+            }
+            CoordinatorMsg::Flush(reply) => {
+                run_cycle(&myself, state).await?;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn new_producer(settings: &Arc<Settings>) -> Result<FutureProducer, KafkaTxnError> {
+    let settings = Arc::clone(settings);
+    tokio::task::spawn_blocking(move || create_transactional_producer(&settings))
+        .await
+        .map_err(|error| KafkaTxnError::TaskLost {
+            operation: "init_transactions",
+            reason: error.to_string(),
+        })?
+}
+
+/// Rewinds `partitions`: drops what their consumers hold and positions them
+/// at their recovery positions.
+async fn rewind(
+    myself: &ActorRef<CoordinatorMsg>,
+    state: &mut CoordinatorState,
+    partitions: &[i32],
+) {
+    for partition in partitions {
+        if let Some(owned) = state.partitions.get(partition) {
+            let _ = owned.consumer.cast(PartitionConsumerMsg::BeginRewind);
+            state.awaiting_position.insert(*partition);
+        }
+    }
+    position_partitions(myself, state).await;
+}
+
+/// Reads the recovery positions of the partitions awaiting one and has the
+/// fetcher seek there; on failure, retries later.
+async fn position_partitions(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
+    if state.awaiting_position.is_empty() {
+        return;
+    }
+    match read_recovery_inputs(state).await {
+        Ok(inputs) => {
+            for (partition, stored, kafka_committed) in inputs {
+                let position = recovery_position(Some(stored), kafka_committed);
+                tracing::info!(
+                    partition,
+                    db_next_offset = ?stored.next_offset,
+                    group_start_offset = ?stored.start_offset,
+                    ?kafka_committed,
+                    start = ?position.start,
+                    outputs_from = position.outputs_from,
+                    "recovery position"
+                );
+                let Some(owned) = state.partitions.get(&partition) else {
+                    continue;
+                };
+                state
+                    .args
+                    .names
+                    .cast_consumer_supervisor(ConsumerSupervisorMsg::Position {
+                        partition,
+                        start: position.start,
+                        outputs_from: position.outputs_from,
+                        target: owned.consumer.clone(),
+                    });
+                state.awaiting_position.remove(&partition);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read recovery positions yet; retrying");
+            if !state.retry_scheduled {
+                state.retry_scheduled = true;
+                myself.send_after(Duration::from_millis(500), || CoordinatorMsg::RetryRecovery);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RecoveryReadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading committed offsets: {0}")]
+    Kafka(String),
+}
+
+async fn read_recovery_inputs(
+    state: &mut CoordinatorState,
+) -> Result<Vec<(i32, StoredPartition, Option<i64>)>, RecoveryReadError> {
+    let settings = Arc::clone(&state.args.settings);
+    let instance_id = settings.instance_id();
+    let mut stored_by_partition = Vec::new();
+    for partition in state.awaiting_position.clone() {
+        let Some(owned) = state.partitions.get_mut(&partition) else {
+            continue;
+        };
+        let stored = match owned.owner_epoch {
+            // First positioning since assignment: claim, fencing older owners.
+            None => {
+                let claimed = state
+                    .args
+                    .store
+                    .claim_partition(
+                        &settings.group_id,
+                        &settings.input_topic,
+                        partition,
+                        &instance_id,
+                    )
+                    .await?;
+                owned.owner_epoch = Some(claimed.owner_epoch);
+                claimed
+            }
+            Some(epoch) => state
+                .args
+                .store
+                .read_partition(&settings.group_id, &settings.input_topic, partition)
+                .await?
+                .unwrap_or(StoredPartition {
+                    next_offset: None,
+                    start_offset: None,
+                    owner_epoch: epoch,
+                }),
+        };
+        stored_by_partition.push((partition, stored));
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, _) in &stored_by_partition {
+        list.add_partition(&settings.input_topic, *partition);
+    }
+    let consumer = Arc::clone(&state.args.consumer);
+    let timeout = settings.kafka_call_timeout();
+    let committed = tokio::task::spawn_blocking(move || consumer.committed_offsets(list, timeout))
+        .await
+        .map_err(|error| RecoveryReadError::Kafka(error.to_string()))?
+        .map_err(|error| RecoveryReadError::Kafka(error.to_string()))?;
+    Ok(stored_by_partition
+        .into_iter()
+        .map(|(partition, stored)| {
+            let kafka_committed = committed
+                .find_partition(&settings.input_topic, partition)
+                .and_then(|element| match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                });
+            (partition, stored, kafka_committed)
+        })
+        .collect())
+}
+
+/// A batch whose database transaction committed, with what Kafka still owes.
+struct CommittedBatch {
+    batch: Arc<PartitionBatch>,
+    outcome: BatchWriteOutcome,
+}
+
+async fn run_cycle(
+    myself: &ActorRef<CoordinatorMsg>,
+    state: &mut CoordinatorState,
+) -> Result<(), ActorProcessingErr> {
+    if state.producer.is_none() || state.args.status.breaker_state() == BreakerState::Open {
+        return Ok(());
+    }
+    let batches = take_batches(state).await;
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let txn_id = Uuid::now_v7();
+    let record_count: usize = batches.iter().map(|batch| batch.records.len()).sum();
+    let span = tracing::info_span!(
+        "commit_cycle",
+        %txn_id,
+        partitions = batches.len(),
+        messaging.batch.message_count = record_count
+    );
+    commit_cycle(myself, state, txn_id, batches)
+        .instrument(span)
+        .await
+}
+
+async fn take_batches(state: &mut CoordinatorState) -> Vec<Arc<PartitionBatch>> {
+    let mut batches = Vec::new();
+    for (partition, owned) in &state.partitions {
+        if state.awaiting_position.contains(partition) {
+            continue;
+        }
+        match owned
+            .consumer
+            .call(
+                PartitionConsumerMsg::TakeBatch,
+                Some(Duration::from_secs(2)),
+            )
+            .await
+        {
+            Ok(CallResult::Success(Some(batch))) => batches.push(Arc::new(batch)),
+            Ok(CallResult::Success(None)) => {}
+            Ok(_) | Err(_) => {
+                tracing::warn!(partition, "partition consumer did not hand over its batch");
+            }
+        }
+    }
+    batches
+}
+
+async fn commit_cycle(
+    myself: &ActorRef<CoordinatorMsg>,
+    state: &mut CoordinatorState,
+    txn_id: Uuid,
+    batches: Vec<Arc<PartitionBatch>>,
+) -> Result<(), ActorProcessingErr> {
+    let started = Instant::now();
+    let partitions: Vec<i32> = batches.iter().map(|batch| batch.partition).collect();
+    if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_BEFORE_DB_COMMIT) {
+        tracing::warn!(%fault, "cycle aborted before the database commit");
+        state.args.status.count_abort("injected");
+        rewind(myself, state, &partitions).await;
+        return Ok(());
+    }
+
+    // 1. Database first.
+    let (committed, failed) = write_batches(state, txn_id, &batches).await;
+    if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_AFTER_DB_COMMIT) {
+        tracing::warn!(%fault, "cycle aborted after the database commit");
+        state.args.status.count_abort("injected");
+        rewind(myself, state, &partitions).await;
+        return Ok(());
+    }
+    if !failed.is_empty() {
+        state.args.status.count_abort("database");
+        rewind(myself, state, &failed).await;
+    }
+    if committed.is_empty() {
+        return Ok(());
+    }
+
+    // 2. Kafka second, in one transaction.
+    let committed_partitions: Vec<i32> = committed.iter().map(|c| c.batch.partition).collect();
+    match commit_to_kafka(state, txn_id, &committed).await {
+        Ok(()) => {
+            if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_AFTER_KAFKA_COMMIT) {
+                // Both sides committed; the partitions replay [a, b) and find
+                // nothing owed. Exercises the "both landed" recovery case.
+                tracing::warn!(%fault, "bookkeeping skipped after the kafka commit");
+                rewind(myself, state, &committed_partitions).await;
+                return Ok(());
+            }
+            let metrics = state.args.status.metrics();
+            for committed_batch in &committed {
+                let batch = &committed_batch.batch;
+                if let Some(owned) = state.partitions.get(&batch.partition) {
+                    let _ = owned.consumer.cast(PartitionConsumerMsg::Committed {
+                        end_offset: batch.end_offset,
+                    });
+                }
+                metrics
+                    .events_committed
+                    .inc_by(committed_batch.outcome.new_events);
+                metrics
+                    .duplicates
+                    .inc_by(committed_batch.outcome.duplicates);
+                for index in &committed_batch.outcome.owed_records {
+                    if let RecordEffect::DeadLetter { kind, .. } = &batch.records[*index].effect {
+                        state.args.status.count_dead_letter(kind.as_str());
+                    }
+                }
+            }
+            state.args.status.count_commit();
+            let elapsed = started.elapsed();
+            metrics.commit_duration.observe(elapsed.as_secs_f64());
+            tracing::debug!(
+                %txn_id,
+                partitions = ?committed_partitions,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "cycle committed"
+            );
+        }
+        Err(error) => {
+            tracing::warn!(%txn_id, %error, class = ?error.class(), "kafka transaction failed");
+            state.args.status.count_abort(match error.class() {
+                KafkaFailureClass::RecreateProducer => "fenced_or_fatal",
+                KafkaFailureClass::AbortTransaction => "abortable",
+                KafkaFailureClass::RetryCall => "retries_exhausted",
+            });
+            recover_producer(state, error.class()).await?;
+            rewind(myself, state, &committed_partitions).await;
+        }
+    }
+    state.args.status.metrics().open_txn_age_seconds.set(0.0);
+    Ok(())
+}
+
+/// Commits every batch through the writer pool, in parallel; returns the
+/// committed ones and the partitions that failed.
+async fn write_batches(
+    state: &CoordinatorState,
+    txn_id: Uuid,
+    batches: &[Arc<PartitionBatch>],
+) -> (Vec<CommittedBatch>, Vec<i32>) {
+    let settings = &state.args.settings;
+    let writer_timeout = Duration::from_millis(
+        settings
+            .db_statement_timeout_ms
+            .saturating_mul(u64::from(settings.db_retry_attempts) + 1)
+            .saturating_add(5_000),
+    );
+    let writes = batches.iter().filter_map(|batch| {
+        let owner_epoch = state.partitions.get(&batch.partition)?.owner_epoch?;
+        let index = usize::try_from(batch.partition).unwrap_or(0) % settings.db_writers;
+        let writer = ActorNames::lookup::<DbWriterMsg>(&state.args.names.db_writer(index));
+        let request = WriteRequest {
+            group_id: settings.group_id.clone(),
+            topic: settings.input_topic.clone(),
+            owner_epoch,
+            txn_id,
+            batch: Arc::clone(batch),
+        };
+        Some(async move {
+            let result = match writer {
+                Some(writer) => writer
+                    .call(
+                        |reply| DbWriterMsg::Write(request, reply),
+                        Some(writer_timeout),
+                    )
+                    .await
+                    .map_err(|error| error.to_string())
+                    .and_then(|call| match call {
+                        CallResult::Success(outcome) => outcome.map_err(|error| error.to_string()),
+                        CallResult::Timeout => Err("database writer timed out".to_owned()),
+                        CallResult::SenderError => Err("database writer died".to_owned()),
+                    }),
+                None => Err("database writer is restarting".to_owned()),
+            };
+            (Arc::clone(batch), result)
+        })
+    });
+    let results = join_all(writes).await;
+    let mut committed = Vec::new();
+    let mut failed = Vec::new();
+    let written: BTreeSet<i32> = results.iter().map(|(batch, _)| batch.partition).collect();
+    for batch in batches {
+        if !written.contains(&batch.partition) {
+            failed.push(batch.partition);
+        }
+    }
+    for (batch, result) in results {
+        match result {
+            Ok(outcome) => committed.push(CommittedBatch { batch, outcome }),
+            Err(error) => {
+                tracing::warn!(partition = batch.partition, %txn_id, %error, "database write failed");
+                failed.push(batch.partition);
+            }
+        }
+    }
+    (committed, failed)
+}
+
+/// Runs the Kafka transaction of a cycle.
+async fn commit_to_kafka(
+    state: &CoordinatorState,
+    txn_id: Uuid,
+    committed: &[CommittedBatch],
+) -> Result<(), KafkaTxnError> {
+    let Some(producer) = state.producer.clone() else {
+        return Err(KafkaTxnError::TaskLost {
+            operation: "begin_transaction",
+            reason: "no producer".to_owned(),
+        });
+    };
+    let settings = &state.args.settings;
+    let opened = Instant::now();
+    producer
+        .begin_transaction()
+        .map_err(|source| KafkaTxnError::Client {
+            operation: "begin_transaction",
+            source,
+        })?;
+
+    let txn_id_text = txn_id.to_string();
+    let mut dead_letters = Vec::new();
+    let mut outputs = Vec::new();
+    for committed_batch in committed {
+        for index in &committed_batch.outcome.owed_records {
+            let record = &committed_batch.batch.records[*index];
+            match &record.effect {
+                RecordEffect::Event {
+                    event,
+                    output_value,
+                } => {
+                    outputs.push((
+                        event.campaign_id.as_str(),
+                        output_value.as_slice(),
+                        record.trace.to_header(),
+                    ));
+                }
+                RecordEffect::DeadLetter {
+                    kind,
+                    reason,
+                    key,
+                    payload,
+                } => dead_letters.push(DeadLetter {
+                    partition: record.partition,
+                    offset: record.offset,
+                    kind: *kind,
+                    reason: reason.clone(),
+                    key: key.clone(),
+                    payload: payload.clone(),
+                    trace: record.trace,
+                }),
+            }
+        }
+    }
+    let output_topic = settings.output_topic.as_str();
+    let records = outputs.iter().map(|(campaign_id, value, traceparent)| {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: TXN_ID_HEADER,
+                value: Some(txn_id_text.as_str()),
+            })
+            .insert(Header {
+                key: TRACEPARENT_HEADER,
+                value: Some(traceparent.as_str()),
+            });
+        FutureRecord::<[u8], [u8]>::to(output_topic)
+            .key(campaign_id.as_bytes())
+            .payload(value)
+            .headers(headers)
+    });
+    let produce_span = tracing::info_span!(
+        "kafka.produce",
+        messaging.system = "kafka",
+        messaging.destination.name = output_topic,
+        messaging.batch.message_count = outputs.len(),
+        %txn_id
+    );
+    send_all(&producer, output_topic, records)
+        .instrument(produce_span)
+        .await?;
+    if !dead_letters.is_empty() {
+        forward_dead_letters(state, &producer, txn_id, dead_letters).await?;
+    }
+    state
+        .args
+        .status
+        .metrics()
+        .open_txn_age_seconds
+        .set(opened.elapsed().as_secs_f64());
+
+    let mut offsets = TopicPartitionList::new();
+    for committed_batch in committed {
+        // Plain offsets, without leader epochs (see the design notes).
+        offsets
+            .add_partition_offset(
+                &settings.input_topic,
+                committed_batch.batch.partition,
+                Offset::Offset(committed_batch.batch.end_offset),
+            )
+            .map_err(|source| KafkaTxnError::Client {
+                operation: "send_offsets_to_transaction",
+                source,
+            })?;
+    }
+    let group_metadata =
+        state
+            .args
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| KafkaTxnError::TaskLost {
+                operation: "send_offsets_to_transaction",
+                reason: "consumer has no group metadata".to_owned(),
+            })?;
+    let timeout = settings.kafka_call_timeout();
+    retry_blocking("send_offsets_to_transaction", &producer, move |producer| {
+        producer.send_offsets_to_transaction(&offsets, &group_metadata, timeout)
+    })
+    .await?;
+    if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_DURING_KAFKA_COMMIT) {
+        return Err(KafkaTxnError::TaskLost {
+            operation: "commit_transaction",
+            reason: fault.to_string(),
+        });
+    }
+    retry_blocking("commit_transaction", &producer, move |producer| {
+        producer.commit_transaction(timeout)
+    })
+    .instrument(tracing::info_span!("kafka.commit_transaction", %txn_id))
+    .await?;
+    let open_for = opened.elapsed();
+    if open_for > Duration::from_millis(settings.open_txn_warn_ms) {
+        tracing::warn!(%txn_id, open_ms = open_for.as_millis() as u64, "transaction was open too long");
+    }
+    Ok(())
+}
+
+async fn forward_dead_letters(
+    state: &CoordinatorState,
+    producer: &FutureProducer,
+    txn_id: Uuid,
+    dead_letters: Vec<DeadLetter>,
+) -> Result<(), KafkaTxnError> {
+    let forwarder = ActorNames::lookup::<DlqForwarderMsg>(&state.args.names.dlq_forwarder())
+        .ok_or(KafkaTxnError::TaskLost {
+            operation: "dlq forward",
+            reason: "dlq forwarder is restarting".to_owned(),
+        })?;
+    let request = ForwardRequest {
+        producer: producer.clone(),
+        txn_id,
+        source_topic: state.args.settings.input_topic.clone(),
+        dead_letters,
+    };
+    let timeout = state.args.settings.kafka_call_timeout() * 2;
+    match forwarder
+        .call(
+            |reply| DlqForwarderMsg::Forward(request, reply),
+            Some(timeout),
+        )
+        .await
+    {
+        Ok(CallResult::Success(result)) => result.map(|_| ()),
+        Ok(CallResult::Timeout) => Err(KafkaTxnError::TaskLost {
+            operation: "dlq forward",
+            reason: "timed out".to_owned(),
+        }),
+        Ok(CallResult::SenderError) | Err(_) => Err(KafkaTxnError::TaskLost {
+            operation: "dlq forward",
+            reason: "dlq forwarder died".to_owned(),
+        }),
+    }
+}
+
+/// Runs a blocking transactional call on a blocking thread, retrying it while
+/// its error is retriable.
+async fn retry_blocking<F>(
+    operation: &'static str,
+    producer: &FutureProducer,
+    call: F,
+) -> Result<(), KafkaTxnError>
+where
+    F: Fn(&FutureProducer) -> rdkafka::error::KafkaResult<()> + Send + Sync + 'static,
+{
+    let call = Arc::new(call);
+    let mut attempt = 1;
+    loop {
+        let producer = producer.clone();
+        let call = Arc::clone(&call);
+        let result = tokio::task::spawn_blocking(move || call(&producer))
+            .await
+            .map_err(|error| KafkaTxnError::TaskLost {
+                operation,
+                reason: error.to_string(),
+            })?;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(source) => {
+                let error = KafkaTxnError::Client { operation, source };
+                if error.class() == KafkaFailureClass::RetryCall && attempt < KAFKA_CALL_ATTEMPTS {
+                    tracing::warn!(operation, attempt, %error, "retriable kafka error; retrying the call");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    attempt += 1;
+                    continue;
+                }
+                return Err(error);
+            }
+        }
+    }
+}
+
+/// After a failed transaction: abort it, or recreate the producer when it
+/// is unusable. Fails the actor (for its supervisor to restart) if even a
+/// new producer cannot be made.
+async fn recover_producer(
+    state: &mut CoordinatorState,
+    class: KafkaFailureClass,
+) -> Result<(), ActorProcessingErr> {
+    if class != KafkaFailureClass::RecreateProducer
+        && let Some(producer) = state.producer.clone()
+    {
+        let timeout = state.args.settings.kafka_call_timeout();
+        match retry_blocking("abort_transaction", &producer, move |producer| {
+            producer.abort_transaction(timeout)
+        })
+        .await
+        {
+            Ok(()) => return Ok(()),
+            Err(error) => tracing::warn!(%error, "abort failed; recreating the producer"),
+        }
+    }
+    state.producer = None;
+    state.args.status.set_coordinator_ready(false);
+    let producer = new_producer(&state.args.settings).await?;
+    state.producer = Some(producer);
+    state.args.status.set_coordinator_ready(true);
+    tracing::info!("transactional producer recreated");
+    Ok(())
+}
+
+impl std::fmt::Debug for CoordinatorArgs {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CoordinatorArgs")
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for CoordinatorState {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CoordinatorState")
+            .finish_non_exhaustive()
+    }
+}

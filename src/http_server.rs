@@ -1,0 +1,65 @@
+//! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (200 while
+//! the process is sound) and `/readyz` (200 while the producer is ready and
+//! the circuit breaker is not open, else 503).
+//!
+//! Guarantees: the endpoints only read shared atomics; they never block the
+//! pipeline.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use onceflow_actors::PipelineStatus;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Binds `addr` and serves until `shutdown` is cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    status: PipelineStatus,
+    shutdown: CancellationToken,
+) -> std::io::Result<JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(status);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "http server failed");
+        }
+    }))
+}
+
+async fn metrics(State(status): State<PipelineStatus>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        status.metrics().encode(),
+    )
+}
+
+async fn healthz(State(status): State<PipelineStatus>) -> impl IntoResponse {
+    if status.is_healthy() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "escalated\n")
+    }
+}
+
+async fn readyz(State(status): State<PipelineStatus>) -> impl IntoResponse {
+    if status.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}

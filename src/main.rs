@@ -1,0 +1,132 @@
+//! The `onceflow` binary: command line, logging, signals and the HTTP
+//! endpoints around the actors crate. All pipeline logic lives in
+//! `onceflow-actors`; this file only wires it to the outside world.
+//!
+//! Guarantees: a bad setting stops start-up with one line naming it and a
+//! non-zero exit; SIGTERM/SIGINT shut down gracefully with exit 0 (a second
+//! signal, or 10 s, forces the exit); an escalated failure exits non-zero.
+
+mod http_server;
+mod logging;
+mod produce;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use onceflow_actors::{PipelineStatus, Settings, run_pipeline};
+use tokio_util::sync::CancellationToken;
+
+/// Moves ad events from Kafka into PostgreSQL and back into Kafka, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "onceflow", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service until SIGTERM or SIGINT.
+    Run {
+        /// TOML configuration file (environment variables win over it).
+        #[arg(long, env = "ONCEFLOW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Write ad events (with invalid records and repeats) to the input topic.
+    Produce(produce::ProduceArgs),
+}
+
+/// Longest graceful shutdown before the process exits anyway.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(9);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("onceflow: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run { config } => run(config).await,
+            Command::Produce(args) => produce::run_produce(&args).await.map(|_| ()),
+        }
+    });
+    // Do not wait for blocking Kafka calls still running at exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("onceflow: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+
+    let settings = Settings::load(config.as_deref())?;
+    settings.required_database_url()?;
+    let status = PipelineStatus::default();
+    let shutdown = CancellationToken::new();
+
+    let http = http_server::serve(settings.http_addr, status.clone(), shutdown.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "setting `http_addr`: cannot listen on {}",
+                settings.http_addr
+            )
+        })?;
+
+    let signals = tokio::spawn(wait_for_signals(shutdown.clone()));
+    let pipeline = run_pipeline(settings, status, shutdown.clone());
+    tokio::pin!(pipeline);
+    let result = tokio::select! {
+        result = &mut pipeline => result,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+        } => {
+            tracing::warn!("graceful shutdown took too long; exiting (uncommitted work is replayed on the next start)");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    signals.abort();
+    http.abort();
+    result.map_err(anyhow::Error::from)
+}
+
+async fn wait_for_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(0);
+}
