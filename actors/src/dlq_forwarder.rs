@@ -80,10 +80,7 @@ impl Actor for DlqForwarder {
     ) -> Result<(), ActorProcessingErr> {
         let DlqForwarderMsg::Forward(request, reply) = message;
         if let Err(fault) = crate::failpoints::hit(crate::failpoints::DLQ_FORWARDER) {
-            let _ = reply.send(Err(KafkaTxnError::TaskLost {
-                operation: "dlq forward",
-                reason: fault.to_string(),
-            }));
+            let _ = reply.send(Err(KafkaTxnError::Injected(fault)));
             return Ok(());
         }
         let span = tracing::info_span!(

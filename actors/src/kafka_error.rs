@@ -38,6 +38,10 @@ pub enum KafkaTxnError {
         #[source]
         source: KafkaError,
     },
+    /// A fault injected at a kill point (tests and chaos only); handled like
+    /// an abortable transaction error.
+    #[error("{0}")]
+    Injected(#[from] crate::failpoints::InjectedFault),
     /// The blocking task running the call died (panicked or was cancelled).
     #[error("kafka {operation} task did not finish: {reason}")]
     TaskLost {
@@ -56,6 +60,7 @@ impl KafkaTxnError {
                 classify(source)
             }
             KafkaTxnError::TaskLost { .. } => KafkaFailureClass::RecreateProducer,
+            KafkaTxnError::Injected(_) => KafkaFailureClass::AbortTransaction,
         }
     }
 

@@ -664,12 +664,7 @@ async fn commit_to_kafka(
         producer.send_offsets_to_transaction(&offsets, &group_metadata, timeout)
     })
     .await?;
-    if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_DURING_KAFKA_COMMIT) {
-        return Err(KafkaTxnError::TaskLost {
-            operation: "commit_transaction",
-            reason: fault.to_string(),
-        });
-    }
+    failpoints::hit(failpoints::COORDINATOR_DURING_KAFKA_COMMIT)?;
     retry_blocking("commit_transaction", &producer, move |producer| {
         producer.commit_transaction(timeout)
     })

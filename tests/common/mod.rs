@@ -114,7 +114,6 @@ impl Broker {
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + BROKER_START_TIMEOUT;
-        let mut last_problem = String::from("no answer yet");
         loop {
             if let Some(status) = self
                 .child
@@ -127,14 +126,14 @@ impl Broker {
                     self.stderr_tail()
                 );
             }
-            match tokio::net::TcpStream::connect(&self.bootstrap).await {
-                Err(error) => last_problem = format!("tcp connect: {error}"),
+            let last_problem = match tokio::net::TcpStream::connect(&self.bootstrap).await {
+                Err(error) => format!("tcp connect: {error}"),
                 Ok(_) => match fetch_broker_count(&self.bootstrap).await {
                     Ok(count) if count > 0 => return Ok(()),
-                    Ok(_) => last_problem = "metadata lists no broker".to_owned(),
-                    Err(error) => last_problem = format!("metadata: {error:#}"),
+                    Ok(_) => "metadata lists no broker".to_owned(),
+                    Err(error) => format!("metadata: {error:#}"),
                 },
-            }
+            };
             if Instant::now() >= deadline {
                 bail!(
                     "noida-db on {} not ready within {} s ({last_problem}); stderr:\n{}",
@@ -221,7 +220,11 @@ fn descendants(root: u32) -> Vec<u32> {
     let mut parent_of: Vec<(u32, u32)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -307,9 +310,15 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyh
         }
     }
     let wanted = usize::try_from(partitions).unwrap_or(0);
-    wait_until(Duration::from_secs(15), &format!("topic {topic} exists"), || async {
-        Ok(partition_count(bootstrap, topic).await?.is_some_and(|n| n >= wanted))
-    })
+    wait_until(
+        Duration::from_secs(15),
+        &format!("topic {topic} exists"),
+        || async {
+            Ok(partition_count(bootstrap, topic)
+                .await?
+                .is_some_and(|n| n >= wanted))
+        },
+    )
     .await
 }
 
@@ -434,6 +443,8 @@ fn read_committed_blocking(
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
+        // An empty fetch (the end of a partition) answers after at most this.
+        .set("fetch.wait.max.ms", "100")
         .create()
         .context("cannot create the topic reader")?;
     let mut assignment = TopicPartitionList::new();
@@ -622,6 +633,16 @@ pub struct Totals {
     pub spend_micros: i64,
 }
 
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} impressions, {} clicks, {} micros",
+            self.impressions, self.clicks, self.spend_micros
+        )
+    }
+}
+
 impl Totals {
     fn add(&mut self, kind: &str, cost_micros: i64) {
         if kind == "click" {
@@ -779,12 +800,21 @@ impl Verdict {
         if self.holds() {
             return;
         }
-        let shown: Vec<&str> = self.violations.iter().take(200).map(String::as_str).collect();
+        let shown: Vec<&str> = self
+            .violations
+            .iter()
+            .take(200)
+            .map(String::as_str)
+            .collect();
         let more = self.violations.len().saturating_sub(shown.len());
         panic!(
             "exactly-once violated ({} violations{}):\n  - {}\n{}",
             self.violations.len(),
-            if more > 0 { format!(", {more} not shown") } else { String::new() },
+            if more > 0 {
+                format!(", {more} not shown")
+            } else {
+                String::new()
+            },
             shown.join("\n  - "),
             self.summary()
         );
@@ -841,7 +871,10 @@ impl Verdict {
                         let totals = Totals {
                             impressions: t.get("impressions").and_then(Value::as_u64).unwrap_or(0),
                             clicks: t.get("clicks").and_then(Value::as_u64).unwrap_or(0),
-                            spend_micros: t.get("spend_micros").and_then(Value::as_i64).unwrap_or(0),
+                            spend_micros: t
+                                .get("spend_micros")
+                                .and_then(Value::as_i64)
+                                .unwrap_or(0),
                         };
                         (campaign.clone(), totals)
                     })
@@ -857,6 +890,50 @@ impl Verdict {
     }
 }
 
+/// Waits until the pipeline has caught up with the input as it is now: at
+/// least one `ad_events` row and one output record per distinct valid event,
+/// and one `dead_letters` row and one DLQ record per invalid record. Errors
+/// (such as tables that do not exist yet) count as "not yet". Call
+/// [`check_exactly_once`] afterwards: this only counts, it does not check.
+pub async fn wait_for_catch_up(
+    bootstrap: &str,
+    pool: &PgPool,
+    topics: &PipelineTopics,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let truth = input_truth(bootstrap, &topics.input).await?;
+    let events = i64::try_from(truth.distinct_events).unwrap_or(i64::MAX);
+    let invalid = i64::try_from(truth.invalid).unwrap_or(i64::MAX);
+    let what = format!(
+        "the pipeline has caught up with {} distinct events and {} invalid records",
+        truth.distinct_events, truth.invalid
+    );
+    wait_until(timeout, &what, || async {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ad_events")
+            .fetch_one(pool)
+            .await
+            .context("cannot count ad_events")?;
+        let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(pool)
+            .await
+            .context("cannot count dead_letters")?;
+        if stored < events || dead < invalid {
+            anyhow::bail!("{stored} ad_events rows, {dead} dead_letters rows so far");
+        }
+        let (output, dlq) = tokio::try_join!(
+            read_committed(bootstrap, &topics.output),
+            read_committed(bootstrap, &topics.dlq),
+        )?;
+        let outputs = i64::try_from(output.len()).unwrap_or(i64::MAX);
+        let dead_lettered = i64::try_from(dlq.len()).unwrap_or(i64::MAX);
+        if outputs < events || dead_lettered < invalid {
+            anyhow::bail!("{outputs} output records, {dead_lettered} dlq records so far");
+        }
+        Ok(true)
+    })
+    .await
+}
+
 /// Reads a header as a decimal integer.
 fn header_number(record: &TopicRecord, name: &str) -> Option<i64> {
     record.header_str(name).and_then(|v| v.parse().ok())
@@ -866,7 +943,9 @@ fn header_number(record: &TopicRecord, name: &str) -> Option<i64> {
 pub fn is_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
     let hex = |s: &str, len: usize| {
-        s.len() == len && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        s.len() == len
+            && s.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
     };
     parts.len() == 4
         && hex(parts[0], 2)
@@ -896,9 +975,12 @@ pub async fn check_exactly_once(
     pool: &PgPool,
     topics: &PipelineTopics,
 ) -> anyhow::Result<Verdict> {
-    let truth = input_truth(bootstrap, &topics.input).await?;
-    let output = read_committed(bootstrap, &topics.output).await?;
-    let dlq = read_committed(bootstrap, &topics.dlq).await?;
+    let (input, output, dlq) = tokio::try_join!(
+        read_committed(bootstrap, &topics.input),
+        read_committed(bootstrap, &topics.output),
+        read_committed(bootstrap, &topics.dlq),
+    )?;
+    let truth = InputTruth::from_records(&input);
 
     let mut violations = Vec::new();
     let mut notes = Vec::new();
@@ -912,7 +994,8 @@ pub async fn check_exactly_once(
 
     let output_distinct = check_output(&truth, &output, &mut violations);
     let ad_events = check_ad_events(&truth, pool, &mut violations).await?;
-    let campaign_spend_rows = check_campaign_spend(&truth, &ad_events, pool, &mut violations).await?;
+    let campaign_spend_rows =
+        check_campaign_spend(&truth, &ad_events, pool, &mut violations).await?;
     check_dlq(&truth, &topics.input, &dlq, &mut violations);
     let dead_letter_rows = check_dead_letters(&truth, &topics.input, pool, &mut violations).await?;
 
@@ -952,17 +1035,20 @@ fn check_output(truth: &InputTruth, output: &[TopicRecord], violations: &mut Vec
             continue;
         };
         if let Some((p, o)) = seen.insert(event_id, (record.partition, record.offset)) {
-            violations.push(format!("{at}: event {event_id} output twice (also at {p}/{o})"),
-            );
+            violations.push(format!(
+                "{at}: event {event_id} output twice (also at {p}/{o})"
+            ));
         }
         let Some(event) = truth.events.get(&event_id) else {
-            violations.push(format!("{at}: event {event_id} is not a valid input event"),
-            );
+            violations.push(format!("{at}: event {event_id} is not a valid input event"));
             continue;
         };
         let text = |name: &str| json.get(name).and_then(Value::as_str);
         let mismatches = [
-            ("campaign_id", text("campaign_id") == Some(event.campaign_id.as_str())),
+            (
+                "campaign_id",
+                text("campaign_id") == Some(event.campaign_id.as_str()),
+            ),
             ("ad_id", text("ad_id") == Some(event.ad_id.as_str())),
             ("kind", text("kind") == Some(event.kind.as_str())),
             (
@@ -986,13 +1072,16 @@ fn check_output(truth: &InputTruth, output: &[TopicRecord], violations: &mut Vec
         ];
         for (field, ok) in mismatches {
             if !ok {
-                violations.push(format!("{at}: event {event_id} has a wrong or missing {field}: {json}"),
-                );
+                violations.push(format!(
+                    "{at}: event {event_id} has a wrong or missing {field}: {json}"
+                ));
             }
         }
         if record.key.as_deref() != Some(event.campaign_id.as_bytes()) {
-            violations.push(format!("{at}: key is not the campaign_id {}", event.campaign_id),
-            );
+            violations.push(format!(
+                "{at}: key is not the campaign_id {}",
+                event.campaign_id
+            ));
         }
         if record
             .header_str("onceflow-txn-id")
@@ -1005,7 +1094,11 @@ fn check_output(truth: &InputTruth, output: &[TopicRecord], violations: &mut Vec
             violations.push(format!("{at}: no valid traceparent header"));
         }
     }
-    let mut missing: Vec<&Uuid> = truth.events.keys().filter(|id| !seen.contains_key(id)).collect();
+    let mut missing: Vec<&Uuid> = truth
+        .events
+        .keys()
+        .filter(|id| !seen.contains_key(id))
+        .collect();
     missing.sort();
     for event_id in missing {
         violations.push(format!("event {event_id} has no output record"));
@@ -1029,7 +1122,7 @@ async fn check_ad_events(
 ) -> anyhow::Result<Vec<AdEventRow>> {
     type Row = (Uuid, String, String, String, i64, i64, i64, i64, i64);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT event_id, campaign_id, ad_id, kind, cost_micros::int8, \
+        "SELECT event_id, campaign_id::text, ad_id::text, kind::text, cost_micros::int8, \
          (extract(epoch FROM occurred_at) * 1000000)::int8, \
          (floor(extract(epoch FROM occurred_at) / 60) * 60)::int8, \
          source_partition::int8, source_offset::int8 \
@@ -1040,8 +1133,17 @@ async fn check_ad_events(
     .context("cannot read ad_events")?;
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut out = Vec::with_capacity(rows.len());
-    for (event_id, campaign_id, ad_id, kind, cost_micros, occurred_micros, minute, partition, offset) in
-        rows
+    for (
+        event_id,
+        campaign_id,
+        ad_id,
+        kind,
+        cost_micros,
+        occurred_micros,
+        minute,
+        partition,
+        offset,
+    ) in rows
     {
         let at = format!("ad_events row {event_id}");
         if !seen.insert(event_id) {
@@ -1050,29 +1152,31 @@ async fn check_ad_events(
         match truth.events.get(&event_id) {
             None => violations.push(format!("{at}: not a valid input event")),
             Some(event) => {
-                if (campaign_id.as_str(), ad_id.as_str(), kind.as_str(), cost_micros, occurred_micros)
-                    != (
-                        event.campaign_id.as_str(),
-                        event.ad_id.as_str(),
-                        event.kind.as_str(),
-                        event.cost_micros,
-                        event.occurred_at_micros,
-                    )
-                {
+                if (
+                    campaign_id.as_str(),
+                    ad_id.as_str(),
+                    kind.as_str(),
+                    cost_micros,
+                    occurred_micros,
+                ) != (
+                    event.campaign_id.as_str(),
+                    event.ad_id.as_str(),
+                    event.kind.as_str(),
+                    event.cost_micros,
+                    event.occurred_at_micros,
+                ) {
                     violations.push(format!(
-                            "{at}: stored ({campaign_id}, {ad_id}, {kind}, {cost_micros}, \
+                        "{at}: stored ({campaign_id}, {ad_id}, {kind}, {cost_micros}, \
                              {occurred_micros} µs) differs from the input {event:?}"
-                        ),
-                    );
+                    ));
                 }
                 let position = i32::try_from(partition).ok().map(|p| (p, offset));
                 let known = truth.positions.get(&event_id);
                 if !position.is_some_and(|pos| known.is_some_and(|k| k.contains(&pos))) {
                     violations.push(format!(
-                            "{at}: source position {partition}/{offset} does not hold this \
+                        "{at}: source position {partition}/{offset} does not hold this \
                              event (it is at {known:?})"
-                        ),
-                    );
+                    ));
                 }
             }
         }
@@ -1083,7 +1187,11 @@ async fn check_ad_events(
             minute,
         });
     }
-    let mut missing: Vec<&Uuid> = truth.events.keys().filter(|id| !seen.contains(id)).collect();
+    let mut missing: Vec<&Uuid> = truth
+        .events
+        .keys()
+        .filter(|id| !seen.contains(id))
+        .collect();
     missing.sort();
     for event_id in missing {
         violations.push(format!("event {event_id} has no ad_events row"));
@@ -1098,7 +1206,7 @@ async fn check_campaign_spend(
     violations: &mut Vec<String>,
 ) -> anyhow::Result<u64> {
     let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT campaign_id, extract(epoch FROM minute)::int8, impressions::int8, \
+        "SELECT campaign_id::text, extract(epoch FROM minute)::int8, impressions::int8, \
          clicks::int8, spend_micros::int8 FROM campaign_spend",
     )
     .fetch_all(pool)
@@ -1109,8 +1217,9 @@ async fn check_campaign_spend(
     let mut per_minute: BTreeMap<(String, i64), Totals> = BTreeMap::new();
     for (campaign_id, minute, impressions, clicks, spend_micros) in rows {
         if minute.rem_euclid(60) != 0 {
-            violations.push(format!("campaign_spend {campaign_id} at {minute}: minute is not whole"),
-            );
+            violations.push(format!(
+                "campaign_spend {campaign_id} at {minute}: minute is not whole"
+            ));
         }
         let totals = per_minute.entry((campaign_id, minute)).or_default();
         totals.impressions += u64::try_from(impressions).unwrap_or(u64::MAX);
@@ -1128,23 +1237,42 @@ async fn check_campaign_spend(
             .or_default()
             .add(&row.kind, row.cost_micros);
     }
-    compare_totals("campaign_spend vs ad_events", &per_minute, &from_rows, violations);
+    compare_totals(
+        "campaign_spend vs ad_events",
+        &per_minute,
+        &from_rows,
+        describe_minute,
+        violations,
+    );
 
     if truth.conflicting_repeats == 0 {
         compare_totals(
             "campaign_spend per campaign vs input",
             &per_campaign,
             &truth.per_campaign,
+            |campaign| campaign.clone(),
             violations,
         );
         compare_totals(
             "campaign_spend per minute vs input",
             &per_minute,
             &truth.per_minute,
+            describe_minute,
             violations,
         );
     }
     Ok(row_count)
+}
+
+/// `c-1 at 2026-11-26T10:15:00Z`.
+fn describe_minute((campaign_id, minute): &(String, i64)) -> String {
+    match chrono::DateTime::from_timestamp(*minute, 0) {
+        Some(at) => format!(
+            "{campaign_id} at {}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        None => format!("{campaign_id} at epoch second {minute}"),
+    }
 }
 
 fn roll_up(per_minute: &BTreeMap<(String, i64), Totals>) -> BTreeMap<String, Totals> {
@@ -1158,10 +1286,11 @@ fn roll_up(per_minute: &BTreeMap<(String, i64), Totals>) -> BTreeMap<String, Tot
     per_campaign
 }
 
-fn compare_totals<K: Ord + std::fmt::Debug>(
+fn compare_totals<K: Ord>(
     what: &str,
     found: &BTreeMap<K, Totals>,
     expected: &BTreeMap<K, Totals>,
+    describe: impl Fn(&K) -> String,
     violations: &mut Vec<String>,
 ) {
     let keys: BTreeSet<&K> = found.keys().chain(expected.keys()).collect();
@@ -1169,14 +1298,21 @@ fn compare_totals<K: Ord + std::fmt::Debug>(
         let have = found.get(key).copied().unwrap_or_default();
         let want = expected.get(key).copied().unwrap_or_default();
         if have != want {
-            violations.push(format!("{what}: {key:?} has {have:?}, expected {want:?}"),
-            );
+            violations.push(format!(
+                "{what}: {} has {have}, expected {want}",
+                describe(key)
+            ));
         }
     }
 }
 
 /// DLQ topic: one record per invalid input record, original bytes, headers.
-fn check_dlq(truth: &InputTruth, input_topic: &str, dlq: &[TopicRecord], violations: &mut Vec<String>) {
+fn check_dlq(
+    truth: &InputTruth,
+    input_topic: &str,
+    dlq: &[TopicRecord],
+    violations: &mut Vec<String>,
+) {
     let mut seen: HashMap<(i32, i64), (i32, i64)> = HashMap::new();
     for record in dlq {
         let at = format!("dlq {}/{}", record.partition, record.offset);
@@ -1189,8 +1325,10 @@ fn check_dlq(truth: &InputTruth, input_topic: &str, dlq: &[TopicRecord], violati
             "traceparent",
         ] {
             if record.header_count(header) != 1 {
-                violations.push(format!("{at}: header {header} appears {} times", record.header_count(header)),
-                );
+                violations.push(format!(
+                    "{at}: header {header} appears {} times",
+                    record.header_count(header)
+                ));
             }
         }
         if record
@@ -1204,14 +1342,13 @@ fn check_dlq(truth: &InputTruth, input_topic: &str, dlq: &[TopicRecord], violati
         }
         if record.header_str("onceflow-source-topic") != Some(input_topic) {
             violations.push(format!(
-                    "{at}: source topic {:?} is not {input_topic}",
-                    record.header_str("onceflow-source-topic")
-                ),
-            );
+                "{at}: source topic {:?} is not {input_topic}",
+                record.header_str("onceflow-source-topic")
+            ));
             continue;
         }
-        let partition = header_number(record, "onceflow-source-partition")
-            .and_then(|p| i32::try_from(p).ok());
+        let partition =
+            header_number(record, "onceflow-source-partition").and_then(|p| i32::try_from(p).ok());
         let offset = header_number(record, "onceflow-source-offset");
         let (Some(partition), Some(offset)) = (partition, offset) else {
             violations.push(format!("{at}: source partition or offset is not a number"));
@@ -1219,34 +1356,38 @@ fn check_dlq(truth: &InputTruth, input_topic: &str, dlq: &[TopicRecord], violati
         };
         let position = (partition, offset);
         if let Some((p, o)) = seen.insert(position, (record.partition, record.offset)) {
-            violations.push(format!("{at}: source {partition}/{offset} dead-lettered twice (also at {p}/{o})"),
-            );
+            violations.push(format!(
+                "{at}: source {partition}/{offset} dead-lettered twice (also at {p}/{o})"
+            ));
         }
         let Some(invalid) = truth.invalid_records.get(&position) else {
-            violations.push(format!("{at}: source {partition}/{offset} is not an invalid input record"),
-            );
+            violations.push(format!(
+                "{at}: source {partition}/{offset} is not an invalid input record"
+            ));
             continue;
         };
         let kind = record.header_str("onceflow-error-kind");
         if kind != Some(invalid.error_kind) {
             violations.push(format!(
-                    "{at}: error kind {kind:?} for source {partition}/{offset}, the contract \
+                "{at}: error kind {kind:?} for source {partition}/{offset}, the contract \
                      implies {} ({})",
-                    invalid.error_kind, invalid.reason
-                ),
-            );
+                invalid.error_kind, invalid.reason
+            ));
         }
         if record.key != invalid.key {
             violations.push(format!("{at}: key differs from the original"));
         }
-        if record.value.as_deref().unwrap_or_default() != invalid.value.as_deref().unwrap_or_default() {
+        if record.value.as_deref().unwrap_or_default()
+            != invalid.value.as_deref().unwrap_or_default()
+        {
             violations.push(format!("{at}: value differs from the original"));
         }
     }
     for (partition, offset) in truth.invalid_records.keys() {
         if !seen.contains_key(&(*partition, *offset)) {
-            violations.push(format!("invalid input {partition}/{offset} has no dlq record"),
-            );
+            violations.push(format!(
+                "invalid input {partition}/{offset} has no dlq record"
+            ));
         }
     }
 }
@@ -1258,7 +1399,7 @@ async fn check_dead_letters(
     violations: &mut Vec<String>,
 ) -> anyhow::Result<u64> {
     let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
-        "SELECT source_topic, source_partition::int8, source_offset::int8, error_kind \
+        "SELECT source_topic::text, source_partition::int8, source_offset::int8, error_kind::text \
          FROM dead_letters",
     )
     .fetch_all(pool)
@@ -1282,17 +1423,17 @@ async fn check_dead_letters(
         match truth.invalid_records.get(&(partition, offset)) {
             None => violations.push(format!("{at}: not an invalid input record")),
             Some(invalid) if invalid.error_kind != error_kind => violations.push(format!(
-                    "{at}: error kind {error_kind}, the contract implies {}",
-                    invalid.error_kind
-                ),
-            ),
+                "{at}: error kind {error_kind}, the contract implies {}",
+                invalid.error_kind
+            )),
             Some(_) => {}
         }
     }
     for (partition, offset) in truth.invalid_records.keys() {
         if !seen.contains(&(*partition, *offset)) {
-            violations.push(format!("invalid input {partition}/{offset} has no dead_letters row"),
-            );
+            violations.push(format!(
+                "invalid input {partition}/{offset} has no dead_letters row"
+            ));
         }
     }
     Ok(count)

@@ -1,0 +1,187 @@
+//! End-to-end exactly-once tests of the real `onceflow` binary against the
+//! real PostgreSQL and a noida-db broker: the happy path, a Kafka abort after
+//! the database commit, SIGKILLs mid-run, a coordinator killed mid-cycle, and
+//! SIGTERM. Each verdict is computed from the input topic, the output and DLQ
+//! topics (`read_committed`) and the tables, independently of onceflow.
+//! Kill points need the `failpoints` feature (scripts/test.sh enables it).
+
+mod common;
+mod service;
+
+use std::time::Duration;
+
+use service::Scenario;
+
+const CATCH_UP: Duration = Duration::from_secs(120);
+
+async fn expected_counts(scenario: &Scenario) -> anyhow::Result<(i64, i64, common::InputTruth)> {
+    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+    Ok((truth.distinct_events as i64, truth.invalid as i64, truth))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_is_exactly_once_with_invalid_records_and_repeats() -> anyhow::Result<()> {
+    let scenario = Scenario::new(3).await?;
+    scenario.produce(3_000, 7).await?;
+    let (events, invalid, truth) = expected_counts(&scenario).await?;
+    assert!(
+        truth.repeats > 0 && truth.invalid > 0,
+        "workload must hold repeats and invalid records"
+    );
+
+    let service = scenario.start(&[])?;
+    scenario.wait_caught_up(events, invalid, CATCH_UP).await?;
+
+    let (ready, _) = scenario.http_get("/readyz").await?;
+    assert_eq!(ready, 200);
+    assert_eq!(
+        scenario.metric("onceflow_events_committed_total").await?,
+        events as f64
+    );
+    assert_eq!(
+        scenario.metric("onceflow_duplicates_total").await?,
+        truth.repeats as f64
+    );
+    assert_eq!(
+        scenario.metric("onceflow_records_consumed_total").await?,
+        truth.records as f64
+    );
+    assert_eq!(
+        scenario.metric("onceflow_txn_aborts_total").await.ok(),
+        None,
+        "no abort expected"
+    );
+
+    let (exit, took) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    let verdict = scenario.verdict().await?;
+    verdict.assert_holds();
+    assert_eq!(verdict.output_records, truth.distinct_events);
+    assert_eq!(verdict.dlq_records, truth.invalid);
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_abort_after_database_commit_replays_each_output_once() -> anyhow::Result<()> {
+    let scenario = Scenario::new(3).await?;
+    scenario.produce(3_000, 11).await?;
+    let (events, invalid, _) = expected_counts(&scenario).await?;
+
+    // The first three cycles (the very first batches of every partition, while
+    // the group has no committed offset) and a fifth of the later ones abort
+    // their Kafka transaction after the database committed and after the
+    // outputs and dead letters were produced into it.
+    let service = scenario.start(&[(
+        "FAILPOINTS",
+        "coordinator-during-kafka-commit=3*return->20%return",
+    )])?;
+    scenario.wait_caught_up(events, invalid, CATCH_UP).await?;
+    let aborts = scenario
+        .metric(r#"onceflow_txn_aborts_total{reason="abortable"}"#)
+        .await?;
+    assert!(aborts >= 3.0, "expected at least 3 aborts, saw {aborts}");
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+
+    let verdict = scenario.verdict().await?;
+    verdict.assert_holds();
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_commit_and_restart_keeps_exactly_once() -> anyhow::Result<()> {
+    let scenario = Scenario::new(3).await?;
+    scenario.produce(6_000, 23).await?;
+    let (events, invalid, _) = expected_counts(&scenario).await?;
+
+    // 1. SIGKILL between the database commit and the Kafka transaction.
+    let service = scenario.start(&[(
+        "FAILPOINTS",
+        "coordinator-after-db-commit=2*off->return(sigkill)",
+    )])?;
+    let exit = service.wait_exit(Duration::from_secs(60)).await?;
+    assert!(!exit.success(), "the kill point must kill the process");
+    let (after_first, _) = scenario.table_counts().await?;
+    assert!(
+        after_first > 0,
+        "the database commit before the kill must have landed"
+    );
+
+    // 2. SIGKILL with outputs produced and offsets sent, before commit_transaction.
+    let service = scenario.start(&[(
+        "FAILPOINTS",
+        "coordinator-during-kafka-commit=1*off->return(sigkill)",
+    )])?;
+    let exit = service.wait_exit(Duration::from_secs(60)).await?;
+    assert!(!exit.success());
+
+    // 3. SIGKILLs at moments the test does not control, while it commits.
+    for pause_ms in [700_u64, 1_300, 400] {
+        let service = scenario.start(&[])?;
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        service.sigkill().await?;
+    }
+
+    // 4. A last incarnation catches up and stops cleanly.
+    let service = scenario.start(&[])?;
+    scenario.wait_caught_up(events, invalid, CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+
+    scenario.verdict().await?.assert_holds();
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_killed_mid_cycle_is_restarted_by_its_supervisor() -> anyhow::Result<()> {
+    let scenario = Scenario::new(3).await?;
+    scenario.produce(4_000, 31).await?;
+    let (events, invalid, _) = expected_counts(&scenario).await?;
+
+    // The coordinator actor panics twice in flight: once after the database
+    // commit, once inside the open Kafka transaction.
+    let service = scenario.start(&[(
+        "FAILPOINTS",
+        "coordinator-after-db-commit=2*off->1*panic->off;coordinator-during-kafka-commit=6*off->1*panic->off",
+    )])?;
+    scenario.wait_caught_up(events, invalid, CATCH_UP).await?;
+    let restarts = scenario
+        .metric(r#"onceflow_actor_restarts_total{actor="transaction_coordinator"}"#)
+        .await?;
+    assert_eq!(restarts, 2.0, "log: {}", service.log());
+    let (health, _) = scenario.http_get("/healthz").await?;
+    assert_eq!(health, 200);
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+
+    scenario.verdict().await?.assert_holds();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
+    let scenario = Scenario::new(3).await?;
+    scenario.produce(8_000, 43).await?;
+    let (events, invalid, _) = expected_counts(&scenario).await?;
+
+    let service = scenario.start(&[])?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    let (exit, took) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    let (stored_after_stop, _) = scenario.table_counts().await?;
+
+    // Whatever was not committed is replayed by the next start.
+    let service = scenario.start(&[])?;
+    scenario.wait_caught_up(events, invalid, CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    assert!(stored_after_stop > 0);
+
+    scenario.verdict().await?.assert_holds();
+    Ok(())
+}

@@ -1,0 +1,595 @@
+//! Self-test of the integration-test harness (`tests/common`): the broker
+//! starts and stops, the `read_committed` reader returns exactly the
+//! committed records (not aborted ones, not an open transaction, not control
+//! records), fresh databases are distinct, and the exactly-once checker
+//! accepts a correct pipeline outcome and names each kind of violation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Broker, PipelineTopics, check_exactly_once, create_topic, fresh_database, read_committed,
+    unique, wait_for_catch_up, wait_until,
+};
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use uuid::Uuid;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn transactional_producer(bootstrap: &str) -> FutureProducer {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", unique("selftest-txn"))
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(TIMEOUT)
+        .expect("init_transactions");
+    producer
+}
+
+fn plain_producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .expect("plain producer")
+}
+
+/// Sends one record and waits for its delivery; returns (partition, offset).
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> (i32, i64) {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).partition(partition);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(value) = value {
+        record = record.payload(value);
+    }
+    if !headers.is_empty() {
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        record = record.headers(owned);
+    }
+    let delivery = producer
+        .send(record, TIMEOUT)
+        .await
+        .map_err(|(error, _)| error)
+        .expect("delivered");
+    (delivery.partition, delivery.offset)
+}
+
+type Seen = (
+    i32,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Vec<u8>)>,
+);
+
+fn seen(records: &[common::TopicRecord]) -> Vec<Seen> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r.partition,
+                r.key.clone(),
+                r.value.clone(),
+                r.headers.clone(),
+            )
+        })
+        .collect()
+}
+
+fn bytes(text: &str) -> Option<Vec<u8>> {
+    Some(text.as_bytes().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_committed_returns_exactly_the_committed_records() {
+    let broker = Broker::start().await.expect("broker starts");
+    let topic = unique("selftest");
+    create_topic(&broker.bootstrap, &topic, 2)
+        .await
+        .expect("topic");
+
+    let txn = transactional_producer(&broker.bootstrap);
+    let plain = plain_producer(&broker.bootstrap);
+
+    // Committed: three records, one without a value, one with headers.
+    txn.begin_transaction().expect("begin");
+    send(
+        &txn,
+        &topic,
+        0,
+        Some(b"k1"),
+        Some(b"v1"),
+        &[("h", "1"), ("traceparent", "x")],
+    )
+    .await;
+    send(&txn, &topic, 1, Some(b"k2"), None, &[]).await;
+    send(&txn, &topic, 0, None, Some(b"v3"), &[]).await;
+    txn.commit_transaction(TIMEOUT).expect("commit");
+
+    // Aborted: never seen.
+    txn.begin_transaction().expect("begin");
+    send(&txn, &topic, 0, Some(b"x"), Some(b"aborted-1"), &[]).await;
+    send(&txn, &topic, 1, Some(b"x"), Some(b"aborted-2"), &[]).await;
+    txn.abort_transaction(TIMEOUT).expect("abort");
+
+    // Outside any transaction.
+    send(&plain, &topic, 1, Some(b"k4"), Some(b"plain"), &[]).await;
+
+    txn.begin_transaction().expect("begin");
+    send(&txn, &topic, 1, Some(b"k5"), Some(b"v5"), &[]).await;
+    txn.commit_transaction(TIMEOUT).expect("commit");
+
+    // The topic ends with an aborted record and its abort marker.
+    txn.begin_transaction().expect("begin");
+    send(&txn, &topic, 0, Some(b"x"), Some(b"aborted-3"), &[]).await;
+    txn.abort_transaction(TIMEOUT).expect("abort");
+
+    let expected: Vec<Seen> = vec![
+        (
+            0,
+            bytes("k1"),
+            bytes("v1"),
+            vec![
+                ("h".to_owned(), b"1".to_vec()),
+                ("traceparent".to_owned(), b"x".to_vec()),
+            ],
+        ),
+        (0, None, bytes("v3"), vec![]),
+        (1, bytes("k2"), None, vec![]),
+        (1, bytes("k4"), bytes("plain"), vec![]),
+        (1, bytes("k5"), bytes("v5"), vec![]),
+    ];
+    let started = std::time::Instant::now();
+    let records = read_committed(&broker.bootstrap, &topic)
+        .await
+        .expect("read");
+    assert_eq!(seen(&records), expected);
+    assert!(
+        records
+            .windows(2)
+            .all(|w| (w[0].partition, w[0].offset) < (w[1].partition, w[1].offset)),
+        "sorted by partition and offset"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // An open transaction is not read and does not make the reader hang.
+    txn.begin_transaction().expect("begin");
+    send(&txn, &topic, 1, Some(b"x"), Some(b"still-open"), &[]).await;
+    let records = read_committed(&broker.bootstrap, &topic)
+        .await
+        .expect("read with open txn");
+    assert_eq!(seen(&records), expected);
+    txn.commit_transaction(TIMEOUT).expect("commit");
+    let records = read_committed(&broker.bootstrap, &topic)
+        .await
+        .expect("read after commit");
+    assert_eq!(records.len(), expected.len() + 1);
+    assert_eq!(
+        records.last().and_then(|r| r.value.clone()),
+        bytes("still-open")
+    );
+
+    // An empty topic reads as empty.
+    let empty = unique("selftest-empty");
+    create_topic(&broker.bootstrap, &empty, 3)
+        .await
+        .expect("topic");
+    let records = read_committed(&broker.bootstrap, &empty)
+        .await
+        .expect("read empty");
+    assert!(records.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_is_gone_after_drop() {
+    let broker = Broker::start().await.expect("broker starts");
+    let bootstrap = broker.bootstrap.clone();
+    assert!(tokio::net::TcpStream::connect(&bootstrap).await.is_ok());
+    drop(broker);
+    wait_until(
+        Duration::from_secs(10),
+        "the broker port refuses connections",
+        || {
+            let bootstrap = bootstrap.clone();
+            async move { Ok(tokio::net::TcpStream::connect(&bootstrap).await.is_err()) }
+        },
+    )
+    .await
+    .expect("the broker process tree was killed");
+}
+
+#[tokio::test]
+async fn fresh_databases_are_distinct_and_empty() {
+    let (first_url, first) = fresh_database().await.expect("first database");
+    let (second_url, second) = fresh_database().await.expect("second database");
+    assert_ne!(first_url, second_url);
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&first)
+    .await
+    .expect("query");
+    assert_eq!(tables, 0);
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&second)
+        .await
+        .expect("query");
+    assert!(second_url.ends_with(&name), "{second_url} names {name}");
+}
+
+#[tokio::test]
+async fn wait_until_names_what_it_waited_for() {
+    let error = wait_until(Duration::from_millis(300), "the moon is blue", || async {
+        Err::<bool, _>(anyhow::anyhow!("still green"))
+    })
+    .await
+    .expect_err("times out");
+    let text = error.to_string();
+    assert!(
+        text.contains("the moon is blue") && text.contains("still green"),
+        "{text}"
+    );
+
+    let mut calls = 0;
+    wait_until(Duration::from_secs(5), "the third call", || {
+        calls += 1;
+        let done = calls >= 3;
+        async move { Ok(done) }
+    })
+    .await
+    .expect("succeeds on the third call");
+}
+
+/// The contract's tables, as far as the checker reads them.
+const SCHEMA: &str = "
+CREATE TABLE ad_events (
+    event_id uuid PRIMARY KEY, campaign_id text NOT NULL, ad_id text NOT NULL,
+    kind text NOT NULL, cost_micros bigint NOT NULL, occurred_at timestamptz NOT NULL,
+    source_partition int NOT NULL, source_offset bigint NOT NULL, txn_id uuid NOT NULL);
+CREATE TABLE campaign_spend (
+    campaign_id text NOT NULL, minute timestamptz NOT NULL, impressions bigint NOT NULL,
+    clicks bigint NOT NULL, spend_micros bigint NOT NULL, PRIMARY KEY (campaign_id, minute));
+CREATE TABLE dead_letters (
+    source_topic text NOT NULL, source_partition int NOT NULL, source_offset bigint NOT NULL,
+    error_kind text NOT NULL, error text NOT NULL, payload bytea, txn_id uuid NOT NULL,
+    PRIMARY KEY (source_topic, source_partition, source_offset));
+";
+
+struct Input {
+    partition: i32,
+    key: Option<&'static [u8]>,
+    value: Vec<u8>,
+    /// `Some((event_id, campaign, ad, kind, cost, occurred_at, billed_minute))` if valid.
+    valid: Option<(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        i64,
+        &'static str,
+        &'static str,
+    )>,
+    /// The error kind if invalid.
+    invalid: Option<&'static str>,
+}
+
+fn event_json(
+    (id, campaign, ad, kind, cost, at, _): (&str, &str, &str, &str, i64, &str, &str),
+) -> Vec<u8> {
+    format!(
+        r#"{{"event_id":"{id}","campaign_id":"{campaign}","ad_id":"{ad}","kind":"{kind}","cost_micros":{cost},"occurred_at":"{at}"}}"#
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_accepts_a_correct_outcome_and_names_each_violation() {
+    let broker = Broker::start().await.expect("broker starts");
+    let (_url, pool) = fresh_database().await.expect("database");
+    let topics = PipelineTopics {
+        input: unique("in"),
+        output: unique("out"),
+        dlq: unique("dlq"),
+    };
+    for topic in [&topics.input, &topics.output, &topics.dlq] {
+        create_topic(&broker.bootstrap, topic, 2)
+            .await
+            .expect("topic");
+    }
+    // No tables yet: waiting for the pipeline times out and says why.
+    let error = wait_for_catch_up(
+        &broker.bootstrap,
+        &pool,
+        &topics,
+        Duration::from_millis(500),
+    )
+    .await
+    .expect_err("no tables");
+    assert!(
+        format!("{error:#}").contains("cannot count ad_events"),
+        "{error:#}"
+    );
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.expect("schema");
+
+    let e1 = (
+        "0b6c3c1e-5b1f-4e43-9f0a-0f3f6f4d8a01",
+        "c-1",
+        "ad-1",
+        "impression",
+        100,
+        "2026-11-26T10:15:30.123Z",
+        "2026-11-26T10:15:00Z",
+    );
+    let e2 = (
+        "0b6c3c1e-5b1f-4e43-9f0a-0f3f6f4d8a02",
+        "c-2",
+        "ad-2",
+        "click",
+        250_000,
+        "2026-11-26T10:16:59.999+01:00",
+        "2026-11-26T09:16:00Z",
+    );
+    let e3 = (
+        "0b6c3c1e-5b1f-4e43-9f0a-0f3f6f4d8a03",
+        "c-1",
+        "ad-3",
+        "click",
+        5,
+        "2026-11-26T10:15:01Z",
+        "2026-11-26T10:15:00Z",
+    );
+    let inputs = vec![
+        Input {
+            partition: 0,
+            key: Some(b"c-1"),
+            value: event_json(e1),
+            valid: Some(e1),
+            invalid: None,
+        },
+        Input {
+            partition: 0,
+            key: Some(b"c-2"),
+            value: event_json(e2),
+            valid: Some(e2),
+            invalid: None,
+        },
+        Input {
+            partition: 1,
+            key: Some(b"c-1"),
+            value: event_json(e3),
+            valid: Some(e3),
+            invalid: None,
+        },
+        // A repeat of e1 on the other partition: no second anything.
+        Input {
+            partition: 1,
+            key: Some(b"c-1"),
+            value: event_json(e1),
+            valid: None,
+            invalid: None,
+        },
+        Input {
+            partition: 0,
+            key: None,
+            value: vec![0xff, 0x00, 0x7b],
+            valid: None,
+            invalid: Some("invalid-utf8"),
+        },
+        Input {
+            partition: 1,
+            key: Some(b"k"),
+            value: b"{\"event_id\":".to_vec(),
+            valid: None,
+            invalid: Some("invalid-json"),
+        },
+        Input {
+            partition: 0,
+            key: Some(b"c-1"),
+            value: event_json((
+                "0b6c3c1e-5b1f-4e43-9f0a-0f3f6f4d8a04",
+                "c-1",
+                "ad-1",
+                "view",
+                1,
+                "2026-11-26T10:15:30Z",
+                "",
+            )),
+            valid: None,
+            invalid: Some("invalid-event"),
+        },
+    ];
+
+    // The input, and what a correct pipeline makes of it.
+    let producer = plain_producer(&broker.bootstrap);
+    let txn_id = Uuid::new_v4().to_string();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for input in &inputs {
+        let (partition, offset) = send(
+            &producer,
+            &topics.input,
+            input.partition,
+            input.key,
+            Some(&input.value),
+            &[],
+        )
+        .await;
+        if let Some(event @ (id, campaign, ad, kind, cost, at, minute)) = input.valid {
+            let mut output: serde_json::Value =
+                serde_json::from_slice(&event_json(event)).expect("json");
+            output["billed_minute"] = minute.into();
+            let output = output.to_string();
+            send(
+                &producer,
+                &topics.output,
+                0,
+                Some(campaign.as_bytes()),
+                Some(output.as_bytes()),
+                &[
+                    ("onceflow-txn-id", txn_id.as_str()),
+                    ("traceparent", traceparent),
+                ],
+            )
+            .await;
+            sqlx::query(
+                "INSERT INTO ad_events VALUES ($1::uuid, $2, $3, $4, $5, $6::timestamptz, $7, $8, $9::uuid)",
+            )
+            .bind(id)
+            .bind(campaign)
+            .bind(ad)
+            .bind(kind)
+            .bind(cost)
+            .bind(at)
+            .bind(partition)
+            .bind(offset)
+            .bind(&txn_id)
+            .execute(&pool)
+            .await
+            .expect("insert event");
+        }
+        if let Some(kind) = input.invalid {
+            let partition_text = partition.to_string();
+            let offset_text = offset.to_string();
+            send(
+                &producer,
+                &topics.dlq,
+                1,
+                input.key,
+                Some(&input.value),
+                &[
+                    ("onceflow-error-kind", kind),
+                    ("onceflow-error", "bad record"),
+                    ("onceflow-source-topic", topics.input.as_str()),
+                    ("onceflow-source-partition", partition_text.as_str()),
+                    ("onceflow-source-offset", offset_text.as_str()),
+                    ("traceparent", traceparent),
+                ],
+            )
+            .await;
+            sqlx::query(
+                "INSERT INTO dead_letters VALUES ($1, $2, $3, $4, 'bad record', $5, $6::uuid)",
+            )
+            .bind(&topics.input)
+            .bind(partition)
+            .bind(offset)
+            .bind(kind)
+            .bind(&input.value)
+            .bind(&txn_id)
+            .execute(&pool)
+            .await
+            .expect("insert dead letter");
+        }
+    }
+    sqlx::query(
+        "INSERT INTO campaign_spend SELECT campaign_id, date_trunc('minute', occurred_at), \
+         count(*) FILTER (WHERE kind = 'impression'), count(*) FILTER (WHERE kind = 'click'), \
+         sum(cost_micros) FROM ad_events GROUP BY 1, 2",
+    )
+    .execute(&pool)
+    .await
+    .expect("spend");
+
+    wait_for_catch_up(&broker.bootstrap, &pool, &topics, Duration::from_secs(20))
+        .await
+        .expect("caught up");
+    let mut verdict = check_exactly_once(&broker.bootstrap, &pool, &topics)
+        .await
+        .expect("check runs");
+    verdict.assert_holds();
+    assert_eq!(
+        (
+            verdict.truth.records,
+            verdict.truth.distinct_events,
+            verdict.truth.repeats,
+            verdict.truth.invalid,
+        ),
+        (7, 3, 1, 3)
+    );
+    assert_eq!((verdict.output_records, verdict.ad_events_rows), (3, 3));
+    assert_eq!((verdict.dlq_records, verdict.dead_letter_rows), (3, 3));
+    assert_eq!(verdict.campaign_spend_rows, 2);
+
+    let manifest = serde_json::json!({
+        "records": 7, "valid_records": 4, "distinct_events": 3, "repeats": 1, "invalid": 3,
+        "spend_micros_total": 250_105, "impressions": 1, "clicks": 2,
+        "per_campaign": {
+            "c-1": {"impressions": 1, "clicks": 1, "spend_micros": 105},
+            "c-2": {"impressions": 0, "clicks": 1, "spend_micros": 250_000},
+        },
+    });
+    verdict.compare_manifest(&manifest);
+    verdict.assert_holds();
+
+    // Now break each guarantee once.
+    let e2_output = {
+        let mut output: serde_json::Value = serde_json::from_slice(&event_json(e2)).expect("json");
+        output["billed_minute"] = e2.6.into();
+        output.to_string()
+    };
+    send(
+        &producer,
+        &topics.output,
+        1,
+        Some(b"c-2"),
+        Some(e2_output.as_bytes()),
+        &[
+            ("onceflow-txn-id", txn_id.as_str()),
+            ("traceparent", traceparent),
+        ],
+    )
+    .await;
+    sqlx::query("DELETE FROM dead_letters WHERE error_kind = 'invalid-json'")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    sqlx::query("UPDATE campaign_spend SET clicks = clicks + 1 WHERE campaign_id = 'c-2'")
+        .execute(&pool)
+        .await
+        .expect("update");
+    sqlx::query("DELETE FROM ad_events WHERE kind = 'impression'")
+        .execute(&pool)
+        .await
+        .expect("delete");
+
+    let verdict = check_exactly_once(&broker.bootstrap, &pool, &topics)
+        .await
+        .expect("check runs");
+    assert!(!verdict.holds());
+    let expect = |needle: &str| {
+        assert!(
+            verdict.violations.iter().any(|v| v.contains(needle)),
+            "no violation mentions {needle:?}: {:#?}",
+            verdict.violations
+        );
+    };
+    expect("output twice");
+    expect("has no dead_letters row");
+    expect("campaign_spend per campaign vs input");
+    expect("campaign_spend vs ad_events");
+    expect(&format!("event {} has no ad_events row", e1.0));
+    let panic = std::panic::catch_unwind(|| verdict.assert_holds());
+    assert!(panic.is_err(), "assert_holds panics on violations");
+}
