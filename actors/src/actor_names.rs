@@ -49,7 +49,7 @@ impl ActorNames {
 
     /// The live actor registered under `name`, if any.
     pub fn lookup<M: Message>(name: &str) -> Option<ActorRef<M>> {
-        registry::where_is(name.to_owned()).map(ActorRef::<M>::from)
+        registry::where_is(name).map(ActorRef::<M>::from)
     }
 
     /// Casts to the consumer supervisor; a message to a supervisor that is

@@ -192,10 +192,11 @@ impl Store {
         let mut in_batch_repeats: Vec<usize> = Vec::new();
         for (index, record) in batch.records.iter().enumerate() {
             if let RecordEffect::Event { event, .. } = &record.effect {
-                if first_index_of.contains_key(&event.event_id) {
-                    in_batch_repeats.push(index);
-                } else {
-                    first_index_of.insert(event.event_id, index);
+                match first_index_of.entry(event.event_id) {
+                    std::collections::hash_map::Entry::Occupied(_) => in_batch_repeats.push(index),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(index);
+                    }
                 }
             }
         }
