@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::actor_names::ActorNames;
 use crate::metrics::{BreakerState, PipelineStatus};
 use crate::store::Store;
+use crate::transaction_coordinator::CoordinatorMsg;
 
 /// Messages of the circuit breaker.
 #[derive(Debug)]
@@ -36,6 +38,8 @@ pub struct CircuitBreakerArgs {
     pub store: Store,
     /// where the state is published
     pub status: PipelineStatus,
+    /// to tell the coordinator about openings and closings
+    pub names: ActorNames,
     /// consecutive failures that open the breaker
     pub failure_threshold: u32,
     /// first cool-down
@@ -66,13 +70,20 @@ impl Actor for CircuitBreaker {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // A restarted breaker starts closed: the next failures reopen it.
+        // A restarted breaker starts closed: the next failures reopen it. If
+        // its predecessor died open, the partitions it paused are waiting for
+        // a close: say it.
+        let was_open = args.status.breaker_state() != BreakerState::Closed;
         args.status.set_breaker_state(BreakerState::Closed);
-        Ok(CircuitBreakerState {
+        let state = CircuitBreakerState {
             cooldown: args.cooldown,
             args,
             consecutive_failures: 0,
-        })
+        };
+        if was_open {
+            tell_coordinator(&state, CoordinatorMsg::BreakerClosed);
+        }
+        Ok(state)
     }
 
     async fn handle(
@@ -106,6 +117,7 @@ impl Actor for CircuitBreaker {
                         state.cooldown = state.args.cooldown;
                         status.set_breaker_state(BreakerState::Closed);
                         tracing::info!("circuit breaker closed: the database answers again");
+                        tell_coordinator(state, CoordinatorMsg::BreakerClosed);
                     }
                     Ok(Err(error)) => {
                         tracing::warn!(%error, "database probe failed");
@@ -126,8 +138,19 @@ impl Actor for CircuitBreaker {
     }
 }
 
+fn tell_coordinator(state: &CircuitBreakerState, message: CoordinatorMsg) {
+    if let Some(coordinator) = ActorNames::lookup::<CoordinatorMsg>(&state.args.names.coordinator())
+    {
+        let _ = coordinator.cast(message);
+    }
+}
+
 fn open(myself: &ActorRef<CircuitBreakerMsg>, state: &mut CircuitBreakerState) {
+    let was_open_or_probing = state.args.status.breaker_state() != BreakerState::Closed;
     state.args.status.set_breaker_state(BreakerState::Open);
+    if !was_open_or_probing {
+        tell_coordinator(state, CoordinatorMsg::BreakerOpened);
+    }
     tracing::warn!(
         cooldown_ms = state.cooldown.as_millis() as u64,
         "circuit breaker open: database writes stop until a probe succeeds"

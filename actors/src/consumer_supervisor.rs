@@ -49,6 +49,8 @@ pub enum ConsumerSupervisorMsg {
     },
     /// restart the partition consumer of a partition (after its backoff)
     RestartPartition(i32),
+    /// stop fetching these partitions until they are positioned again
+    PausePartitions(Vec<i32>),
 }
 
 /// Start arguments.
@@ -96,6 +98,7 @@ impl Actor for ConsumerSupervisor {
         let (fetcher, fetcher_task) = spawn_fetcher(
             Arc::clone(&args.consumer),
             args.settings.input_topic.clone(),
+            args.status.clone(),
             fetcher_stop.clone(),
         );
         Ok(ConsumerSupervisorState {
@@ -195,6 +198,11 @@ impl Actor for ConsumerSupervisor {
                         outputs_from,
                         target,
                     });
+                }
+            }
+            ConsumerSupervisorMsg::PausePartitions(partitions) => {
+                for partition in partitions {
+                    state.fetcher.send(FetcherCommand::Pause { partition });
                 }
             }
             ConsumerSupervisorMsg::RestartPartition(partition) => {

@@ -21,6 +21,7 @@ use crate::actor_names::ActorNames;
 use crate::consumer_supervisor::ConsumerSupervisorMsg;
 use crate::kafka_error::KafkaTxnError;
 use crate::settings::Settings;
+use crate::transaction_coordinator::CoordinatorMsg;
 
 /// The consumer context: forwards rebalances to the consumer supervisor.
 #[derive(Debug, Clone)]
@@ -42,11 +43,44 @@ fn partitions_of(topic: &str, list: &TopicPartitionList) -> Vec<i32> {
     partitions
 }
 
+/// Longest wait for the coordinator to finish with revoked partitions.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RebalanceContext {
+    /// Blocks the rebalance until the coordinator has finished the cycle in
+    /// flight and forgotten `partitions`, so no later cycle commits them.
+    /// If it does not answer in time the revocation goes on: a late commit is
+    /// then refused by the group generation (Kafka) and the owner epoch
+    /// (database), and its partitions replay elsewhere.
+    fn drain_before_revocation(&self, partitions: &[i32]) {
+        let Some(coordinator) = ActorNames::lookup::<CoordinatorMsg>(&self.names.coordinator())
+        else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let partitions = partitions.to_vec();
+        let drained = tokio::task::block_in_place(|| {
+            runtime.block_on(coordinator.call(
+                |reply| CoordinatorMsg::DrainPartitions(partitions, reply),
+                Some(DRAIN_TIMEOUT),
+            ))
+        });
+        if !matches!(drained, Ok(ractor::rpc::CallResult::Success(()))) {
+            tracing::warn!(
+                "coordinator did not drain revoked partitions in time; fencing protects them"
+            );
+        }
+    }
+}
+
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = partitions_of(&self.topic, list);
             tracing::info!(?partitions, "partitions revoked");
+            self.drain_before_revocation(&partitions);
             self.names
                 .cast_consumer_supervisor(ConsumerSupervisorMsg::PartitionsRevoked(partitions));
         }

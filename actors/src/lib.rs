@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod partition_batch;
 pub mod partition_consumer;
 pub mod pipeline;
+pub mod pipeline_monitor;
 pub mod processed_record;
 pub mod record_fetcher;
 pub mod recovery;

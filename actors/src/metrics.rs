@@ -5,8 +5,11 @@
 //! up (a replay may count a record again: metrics describe work done, the
 //! tables and topics are the ledger).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -172,6 +175,12 @@ impl PipelineMetrics {
     }
 }
 
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
 fn label(name: &str, value: impl Into<String>) -> Labels {
     vec![(name.to_owned(), value.into())]
 }
@@ -189,6 +198,10 @@ struct StatusInner {
     coordinator_ready: AtomicBool,
     escalated: AtomicBool,
     committed_cycles: AtomicI64,
+    /// unix milliseconds at which the open transaction began; 0 if none
+    txn_opened_at_ms: AtomicU64,
+    fatal: CancellationToken,
+    fatal_reason: Mutex<Option<String>>,
 }
 
 impl Default for PipelineStatus {
@@ -200,6 +213,9 @@ impl Default for PipelineStatus {
                 coordinator_ready: AtomicBool::new(false),
                 escalated: AtomicBool::new(false),
                 committed_cycles: AtomicI64::new(0),
+                txn_opened_at_ms: AtomicU64::new(0),
+                fatal: CancellationToken::new(),
+                fatal_reason: Mutex::new(None),
             }),
         }
     }
@@ -247,6 +263,57 @@ impl PipelineStatus {
     /// A supervisor gave up.
     pub fn mark_escalated(&self) {
         self.inner.escalated.store(true, Ordering::Release);
+    }
+
+    /// A condition no restart can mend (this instance was fenced out of its
+    /// group): the pipeline stops with `reason` and the process exits
+    /// non-zero.
+    pub fn fail_fatally(&self, reason: String) {
+        if let Ok(mut slot) = self.inner.fatal_reason.lock()
+            && slot.is_none()
+        {
+            *slot = Some(reason);
+        }
+        self.mark_escalated();
+        self.inner.fatal.cancel();
+    }
+
+    /// Resolves when [`PipelineStatus::fail_fatally`] was called.
+    pub fn fatal(&self) -> CancellationToken {
+        self.inner.fatal.clone()
+    }
+
+    /// The reason given to [`PipelineStatus::fail_fatally`].
+    pub fn fatal_reason(&self) -> Option<String> {
+        self.inner
+            .fatal_reason
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+    }
+
+    /// A Kafka transaction was opened now.
+    pub fn txn_opened(&self) {
+        self.inner
+            .txn_opened_at_ms
+            .store(unix_millis().max(1), Ordering::Release);
+    }
+
+    /// The open Kafka transaction ended (committed or aborted).
+    pub fn txn_closed(&self) {
+        self.inner.txn_opened_at_ms.store(0, Ordering::Release);
+        self.metrics().open_txn_age_seconds.set(0.0);
+    }
+
+    /// Age of the open transaction, if one is open; refreshes the gauge.
+    pub fn open_txn_age(&self) -> Option<Duration> {
+        let opened = self.inner.txn_opened_at_ms.load(Ordering::Acquire);
+        let age =
+            (opened != 0).then(|| Duration::from_millis(unix_millis().saturating_sub(opened)));
+        self.metrics()
+            .open_txn_age_seconds
+            .set(age.map_or(0.0, |age| age.as_secs_f64()));
+        age
     }
 
     /// Counts a committed cycle.

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actor_names::ActorNames;
 use crate::kafka_clients::create_input_consumer;
 use crate::metrics::PipelineStatus;
+use crate::pipeline_monitor::spawn_monitor;
 use crate::root_supervisor::{RootArgs, RootSupervisor};
 use crate::settings::{Settings, SettingsError};
 use crate::store::Store;
@@ -99,17 +100,27 @@ pub async fn run_pipeline(
         .await
         .map_err(|error| PipelineError::Actors(error.to_string()))?;
 
+    let monitor = spawn_monitor(
+        Arc::clone(&settings),
+        Arc::clone(&consumer),
+        status.clone(),
+        shutdown.clone(),
+    );
+    let fatal = status.fatal();
     let mut root_done = root_done;
     let escalated = tokio::select! {
-        () = shutdown.cancelled() => false,
-        _ = &mut root_done => true,
+        () = shutdown.cancelled() => None,
+        () = fatal.cancelled() => Some(status.fatal_reason().unwrap_or_default()),
+        _ = &mut root_done => Some("a supervisor spent its restart budget; see the log above".to_owned()),
     };
-    if escalated {
+    if let Some(reason) = escalated {
         shutdown.cancel();
+        monitor.abort();
+        let _ = root
+            .stop_and_wait(Some(reason.clone()), Some(Duration::from_secs(2)))
+            .await;
         close_consumer(consumer).await;
-        return Err(PipelineError::Escalated(
-            "a supervisor spent its restart budget; see the log above".to_owned(),
-        ));
+        return Err(PipelineError::Escalated(reason));
     }
 
     tracing::info!("shutting down: fetching stopped, committing what is buffered");
@@ -129,6 +140,7 @@ pub async fn run_pipeline(
     let _ = root
         .stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(1)))
         .await;
+    monitor.abort();
     close_consumer(consumer).await;
     tracing::info!("pipeline stopped");
     Ok(())

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka_clients::InputConsumer;
+use crate::metrics::PipelineStatus;
 use crate::partition_consumer::PartitionConsumerMsg;
 use crate::processed_record::ConsumedRecord;
 use crate::trace_context::TRACEPARENT_HEADER;
@@ -98,6 +100,7 @@ struct Fetcher {
 pub fn spawn_fetcher(
     consumer: Arc<InputConsumer>,
     topic: String,
+    status: PipelineStatus,
     shutdown: CancellationToken,
 ) -> (FetcherHandle, JoinHandle<()>) {
     let (sender, mut receiver) = mpsc::unbounded_channel();
@@ -122,6 +125,11 @@ pub fn spawn_fetcher(
                 received = consumer.recv() => match received {
                     Ok(message) => fetcher.route(&message),
                     Err(error) => {
+                        if is_fatal_consumer_error(&error) {
+                            tracing::error!(%error, "input consumer fenced or failed fatally");
+                            status.fail_fatally(format!("input consumer: {error}"));
+                            break;
+                        }
                         tracing::warn!(%error, "input consumer error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -131,6 +139,16 @@ pub fn spawn_fetcher(
         tracing::debug!("fetcher stopped");
     });
     (handle, task)
+}
+
+/// A consumer error no retry mends: this member was fenced out of its group
+/// (another process took its `group.instance.id`) or the client is dead.
+fn is_fatal_consumer_error(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::MessageConsumptionFatal(_))
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::FencedInstanceId | RDKafkaErrorCode::Fatal)
+        )
 }
 
 impl Fetcher {

@@ -205,6 +205,7 @@ async fn start_child(
             let breaker_args = CircuitBreakerArgs {
                 store: args.store.clone(),
                 status: args.status.clone(),
+                names: names.clone(),
                 failure_threshold: settings.breaker_failure_threshold,
                 cooldown: Duration::from_millis(settings.breaker_cooldown_ms),
                 max_cooldown: Duration::from_millis(settings.breaker_max_cooldown_ms),

@@ -68,6 +68,13 @@ pub enum CoordinatorMsg {
     RetryRecovery,
     /// run one last cycle and reply (graceful shutdown)
     Flush(RpcReplyPort<()>),
+    /// the circuit breaker opened: rewind and pause every partition
+    BreakerOpened,
+    /// the circuit breaker closed: position the partitions again
+    BreakerClosed,
+    /// these partitions are about to be revoked: finish with them (the
+    /// cycle in flight has ended by the time this is handled) and reply
+    DrainPartitions(Vec<i32>, RpcReplyPort<()>),
 }
 
 /// Start arguments.
@@ -115,6 +122,8 @@ impl Actor for TransactionCoordinator {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         args.status.set_coordinator_ready(false);
+        // A predecessor killed mid-transaction left it "open"; init fences it.
+        args.status.txn_closed();
         Ok(CoordinatorState {
             args,
             producer: None,
@@ -193,6 +202,33 @@ impl Actor for TransactionCoordinator {
                 run_cycle(&myself, state).await?;
                 let _ = reply.send(());
             }
+            CoordinatorMsg::BreakerOpened => {
+                let partitions: Vec<i32> = state.partitions.keys().copied().collect();
+                tracing::warn!(
+                    ?partitions,
+                    "database unavailable: rewinding and pausing every partition"
+                );
+                for (partition, owned) in &state.partitions {
+                    let _ = owned.consumer.cast(PartitionConsumerMsg::BeginRewind);
+                    state.awaiting_position.insert(*partition);
+                }
+                state
+                    .args
+                    .names
+                    .cast_consumer_supervisor(ConsumerSupervisorMsg::PausePartitions(partitions));
+            }
+            CoordinatorMsg::BreakerClosed => position_partitions(&myself, state).await,
+            CoordinatorMsg::DrainPartitions(partitions, reply) => {
+                // Handled between cycles: the cycle that held these partitions
+                // has committed or been rewound. Forget them so that no later
+                // cycle takes their batches.
+                for partition in &partitions {
+                    state.partitions.remove(partition);
+                    state.awaiting_position.remove(partition);
+                }
+                tracing::info!(?partitions, "partitions drained before revocation");
+                let _ = reply.send(());
+            }
         }
         Ok(())
     }
@@ -228,6 +264,11 @@ async fn rewind(
 /// fetcher seek there; on failure, retries later.
 async fn position_partitions(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
     if state.awaiting_position.is_empty() {
+        return;
+    }
+    if state.args.status.breaker_state() == BreakerState::Open {
+        // The breaker says the database is down: do not hammer it; the
+        // breaker's close message positions the partitions.
         return;
     }
     match read_recovery_inputs(state).await {
@@ -426,7 +467,9 @@ async fn commit_cycle(
 
     // 2. Kafka second, in one transaction.
     let committed_partitions: Vec<i32> = committed.iter().map(|c| c.batch.partition).collect();
-    match commit_to_kafka(state, txn_id, &committed).await {
+    let kafka_result = commit_to_kafka(state, txn_id, &committed).await;
+    state.args.status.txn_closed();
+    match kafka_result {
         Ok(()) => {
             if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_AFTER_KAFKA_COMMIT) {
                 // Both sides committed; the partitions replay [a, b) and find
@@ -476,7 +519,6 @@ async fn commit_cycle(
             rewind(myself, state, &committed_partitions).await;
         }
     }
-    state.args.status.metrics().open_txn_age_seconds.set(0.0);
     Ok(())
 }
 
@@ -559,6 +601,7 @@ async fn commit_to_kafka(
     };
     let settings = &state.args.settings;
     let opened = Instant::now();
+    state.args.status.txn_opened();
     producer
         .begin_transaction()
         .map_err(|source| KafkaTxnError::Client {
@@ -629,12 +672,6 @@ async fn commit_to_kafka(
     if !dead_letters.is_empty() {
         forward_dead_letters(state, &producer, txn_id, dead_letters).await?;
     }
-    state
-        .args
-        .status
-        .metrics()
-        .open_txn_age_seconds
-        .set(opened.elapsed().as_secs_f64());
 
     let mut offsets = TopicPartitionList::new();
     for committed_batch in committed {
@@ -751,6 +788,28 @@ where
     }
 }
 
+/// The first owned partition whose stored owner epoch is no longer ours.
+/// A database that cannot be read proves nothing: `None`.
+async fn partition_claimed_by_a_newer_owner(state: &CoordinatorState) -> Option<i32> {
+    let settings = &state.args.settings;
+    for (partition, owned) in &state.partitions {
+        let Some(epoch) = owned.owner_epoch else {
+            continue;
+        };
+        let stored = state
+            .args
+            .store
+            .read_partition(&settings.group_id, &settings.input_topic, *partition)
+            .await
+            .ok()
+            .flatten()?;
+        if stored.owner_epoch != epoch {
+            return Some(*partition);
+        }
+    }
+    None
+}
+
 /// After a failed transaction: abort it, or recreate the producer when it
 /// is unusable. Fails the actor (for its supervisor to restart) if even a
 /// new producer cannot be made.
@@ -773,6 +832,18 @@ async fn recover_producer(
     }
     state.producer = None;
     state.args.status.set_coordinator_ready(false);
+    if let Some(partition) = partition_claimed_by_a_newer_owner(state).await {
+        // A newer incarnation with our transactional.id fenced us and
+        // claimed our partitions: we are the zombie. Re-initialising would
+        // fence it in turn; stop instead.
+        let reason = format!(
+            "fenced: partition {partition} was claimed by a newer incarnation of instance {}",
+            state.args.settings.instance_id()
+        );
+        tracing::error!(%reason, "stopping this incarnation");
+        state.args.status.fail_fatally(reason.clone());
+        return Err(reason.into());
+    }
     let producer = new_producer(&state.args.settings).await?;
     state.producer = Some(producer);
     state.args.status.set_coordinator_ready(true);

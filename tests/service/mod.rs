@@ -36,7 +36,7 @@ pub struct Service {
     pub log_path: std::path::PathBuf,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -114,15 +114,27 @@ impl Scenario {
 
     /// Starts `onceflow run` with extra environment (for example `FAILPOINTS`).
     pub fn start(&self, extra_env: &[(&str, &str)]) -> anyhow::Result<Service> {
+        self.start_instance(&self.instance_id, self.http_port, extra_env)
+    }
+
+    /// Starts another instance of the same group, with its own instance id
+    /// and HTTP port.
+    pub fn start_instance(
+        &self,
+        instance_id: &str,
+        http_port: u16,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
         let log_path = std::env::temp_dir().join(format!(
-            "{}-{}.log",
-            self.instance_id,
+            "{instance_id}-{}.log",
             uuid::Uuid::new_v4().simple()
         ));
         let log = std::fs::File::create(&log_path)?;
         let child = Command::new(env!("CARGO_BIN_EXE_onceflow"))
             .arg("run")
             .envs(self.env())
+            .env("ONCEFLOW_INSTANCE_ID", instance_id)
+            .env("ONCEFLOW_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -288,6 +300,24 @@ impl Service {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// Sends a signal (`STOP`, `CONT`, …) to the process.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("service already exited")?;
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill -{signal} failed");
+        }
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 /// Waits until the service has committed something to the database.
@@ -300,4 +330,89 @@ pub async fn wait_for_progress(scenario: &Scenario, timeout: Duration) -> anyhow
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Makes the scenario's database refuse new connections and terminates its
+/// sessions; [`DatabaseOutage::end`] lets connections in again.
+pub struct DatabaseOutage {
+    admin: PgPool,
+    database: String,
+}
+
+impl DatabaseOutage {
+    pub async fn begin(scenario: &Scenario) -> anyhow::Result<DatabaseOutage> {
+        let database = scenario
+            .database_url
+            .rsplit('/')
+            .next()
+            .context("database url has no name")?
+            .to_owned();
+        let admin_url = std::env::var("ONCEFLOW_TEST_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let admin = PgPool::connect(&admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS false"
+        )))
+        .execute(&admin)
+        .await?;
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+            .bind(&database)
+            .execute(&admin)
+            .await?;
+        Ok(DatabaseOutage { admin, database })
+    }
+
+    pub async fn end(self) -> anyhow::Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true",
+            self.database
+        )))
+        .execute(&self.admin)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Scenario {
+    /// Writes `count` records at `rate` per second in the background.
+    pub fn produce_in_background(&self, count: u64, rate: u64, seed: u64) -> anyhow::Result<Child> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_onceflow"))
+            .args([
+                "produce",
+                "--quiet",
+                "--count",
+                &count.to_string(),
+                "--rate",
+                &rate.to_string(),
+            ])
+            .args([
+                "--partitions",
+                &self.partitions.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args(["--invalid-share", "0.03", "--repeat-share", "0.05"])
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+
+    /// Polls `check` until it holds, at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl AsyncFnMut(&Scenario) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !check(self).await {
+            if Instant::now() > deadline {
+                bail!("{what}: not seen within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,180 @@
+//! Failure handling of the real binary against real PostgreSQL and noida-db:
+//! database outages (circuit breaker), two instances in one group
+//! (rebalances, SIGKILLed member), and a zombie incarnation fenced on both
+//! sides. Verdicts are computed independently of onceflow (see `common`).
+
+mod common;
+mod service;
+
+use std::time::Duration;
+
+use service::{DatabaseOutage, Scenario};
+
+const CATCH_UP: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outages_open_the_breaker_pause_and_recover_by_themselves() -> anyhow::Result<()> {
+    let scenario = Scenario::new(3).await?;
+    let mut producer = scenario.produce_in_background(9_000, 600, 101)?;
+    let breaker = [
+        ("ONCEFLOW_BREAKER_COOLDOWN_MS", "300"),
+        ("ONCEFLOW_BREAKER_MAX_COOLDOWN_MS", "1500"),
+    ];
+    let mut service = scenario.start(&breaker)?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+
+    for round in 0..2 {
+        let outage = DatabaseOutage::begin(&scenario).await?;
+        scenario
+            .wait_for(
+                "breaker open and /readyz 503",
+                Duration::from_secs(30),
+                async |s| {
+                    matches!(s.http_get("/readyz").await, Ok((503, _)))
+                        && s.metric("onceflow_circuit_breaker_state").await.ok() == Some(1.0)
+                },
+            )
+            .await?;
+        let (health, _) = scenario.http_get("/healthz").await?;
+        assert_eq!(
+            health, 200,
+            "round {round}: healthz must stay 200 during an outage"
+        );
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(
+            service.is_running(),
+            "round {round}: the process must stay up; log: {}",
+            service.log()
+        );
+        outage.end().await?;
+        scenario
+            .wait_for(
+                "breaker closed and /readyz 200",
+                Duration::from_secs(30),
+                async |s| matches!(s.http_get("/readyz").await, Ok((200, _))),
+            )
+            .await?;
+    }
+    assert!(producer.wait().await?.success());
+
+    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+    scenario
+        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
+        .await?;
+    assert!(
+        scenario
+            .metric(r#"onceflow_circuit_breaker_transitions_total{to="open"}"#)
+            .await?
+            >= 2.0
+    );
+    assert!(
+        scenario
+            .metric(r#"onceflow_circuit_breaker_transitions_total{to="closed"}"#)
+            .await?
+            >= 2.0
+    );
+    assert!(service.is_running());
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    scenario.verdict().await?.assert_holds();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_joins_and_is_repeatedly_sigkilled() -> anyhow::Result<()> {
+    let scenario = Scenario::new(4).await?;
+    let mut producer = scenario.produce_in_background(10_000, 1_000, 202)?;
+    let first = scenario.start(&[])?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+
+    let second_id = common::unique("second");
+    let second_port = service::free_port()?;
+    let mut second = scenario.start_instance(&second_id, second_port, &[])?;
+    // The join rebalances the group: the second instance must get partitions.
+    let owners_seen = scenario
+        .wait_for(
+            "partitions claimed by the second instance",
+            Duration::from_secs(60),
+            async |s| {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM consumer_offsets WHERE owner_instance = $1",
+                )
+                .bind(&second_id)
+                .fetch_one(&s.pool)
+                .await
+                .is_ok_and(|owned| owned > 0)
+            },
+        )
+        .await;
+    owners_seen?;
+    for pause_ms in [900_u64, 400, 1_500] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        second.sigkill().await?;
+        second = scenario.start_instance(&second_id, second_port, &[])?;
+    }
+    assert!(producer.wait().await?.success());
+    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+    scenario
+        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
+        .await?;
+    assert!(second.is_running(), "log: {}", second.log());
+    let (exit, _) = second.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    let (exit, _) = first.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    scenario.verdict().await?.assert_holds();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_incarnation_can_move_neither_offsets_nor_output() -> anyhow::Result<()> {
+    let scenario = Scenario::new(3).await?;
+    let mut producer = scenario.produce_in_background(6_000, 1_000, 303)?;
+    let zombie = scenario.start(&[])?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+
+    // Freeze the first incarnation (a long GC pause, a network partition),
+    // and start its successor with the same instance id.
+    zombie.signal("STOP").await?;
+    let successor_port = service::free_port()?;
+    let successor = scenario.start_instance(&scenario.instance_id, successor_port, &[])?;
+    scenario
+        .wait_for(
+            "successor claimed the partitions",
+            Duration::from_secs(60),
+            async |s| {
+                sqlx::query_scalar::<_, i64>("SELECT min(owner_epoch) FROM consumer_offsets")
+                    .fetch_one(&s.pool)
+                    .await
+                    .is_ok_and(|epoch| epoch >= 2)
+            },
+        )
+        .await?;
+    // Wake the zombie: its producer is fenced, its owner epoch is stale, and
+    // its consumer's static membership was taken over; it must stop.
+    zombie.signal("CONT").await?;
+    let zombie_log_path = zombie.log_path.clone();
+    let exit = zombie.wait_exit(Duration::from_secs(30)).await?;
+    assert!(!exit.success(), "a fenced instance must exit non-zero");
+    let zombie_log = std::fs::read_to_string(&zombie_log_path)?;
+    assert!(
+        zombie_log.contains("claimed by a newer incarnation")
+            || zombie_log.contains("input consumer fenced"),
+        "the zombie must stop because it was fenced; log: {zombie_log}"
+    );
+
+    assert!(producer.wait().await?.success());
+    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+    scenario
+        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
+        .await?;
+    assert!(
+        !successor.log().contains("transactional producer recreated"),
+        "the zombie must not fence its successor back; log: {}",
+        successor.log()
+    );
+    let (exit, _) = successor.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    scenario.verdict().await?.assert_holds();
+    Ok(())
+}
