@@ -178,3 +178,70 @@ async fn a_zombie_incarnation_can_move_neither_offsets_nor_output() -> anyhow::R
     scenario.verdict().await?.assert_holds();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_database_refuses_goes_to_the_dlq_as_processing_without_stalling()
+-> anyhow::Result<()> {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let scenario = Scenario::new(3).await?;
+    scenario.produce(1_500, 404).await?;
+    // Valid by the contract, but PostgreSQL text cannot hold a NUL character.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &scenario.broker.bootstrap)
+        .create()?;
+    let mut poison_values = Vec::new();
+    for partition in 0..3 {
+        let value = format!(
+            r#"{{"event_id":"{}","campaign_id":"c-\u0000{partition}","ad_id":"ad-1","kind":"click","cost_micros":5,"occurred_at":"2026-11-26T10:15:30.123Z"}}"#,
+            uuid::Uuid::new_v4()
+        );
+        producer
+            .send(
+                FutureRecord::<[u8], str>::to(&scenario.topics.input)
+                    .partition(partition)
+                    .payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(error, _)| error)?;
+        poison_values.push(value.into_bytes());
+    }
+    scenario.produce(1_500, 405).await?;
+    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+
+    let service = scenario.start(&[])?;
+    scenario
+        .wait_caught_up(
+            truth.distinct_events as i64 - 3,
+            truth.invalid as i64 + 3,
+            CATCH_UP,
+        )
+        .await?;
+    let processing: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE error_kind = 'processing'")
+            .fetch_one(&scenario.pool)
+            .await?;
+    assert_eq!(processing, 3);
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+
+    let dlq = common::read_committed(&scenario.broker.bootstrap, &scenario.topics.dlq).await?;
+    let processing_records: Vec<_> = dlq
+        .iter()
+        .filter(|record| record.header_str("onceflow-error-kind") == Some("processing"))
+        .collect();
+    assert_eq!(processing_records.len(), 3);
+    for record in processing_records {
+        assert!(
+            poison_values.contains(record.value.as_ref().expect("value")),
+            "original bytes kept"
+        );
+    }
+    assert_eq!(dlq.len() as u64, truth.invalid + 3);
+    let output =
+        common::read_committed(&scenario.broker.bootstrap, &scenario.topics.output).await?;
+    assert_eq!(output.len() as u64, truth.distinct_events - 3);
+    Ok(())
+}

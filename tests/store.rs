@@ -40,6 +40,8 @@ fn event_record(
     ProcessedRecord {
         partition,
         offset,
+        key: Some(campaign.as_bytes().to_vec()),
+        payload: None,
         trace: TraceContext::new_root(),
         effect: RecordEffect::Event {
             output_value: output_value(&event),
@@ -52,12 +54,12 @@ fn dead_letter_record(partition: i32, offset: i64) -> ProcessedRecord {
     ProcessedRecord {
         partition,
         offset,
+        key: None,
+        payload: Some(b"{".to_vec()),
         trace: TraceContext::new_root(),
         effect: RecordEffect::DeadLetter {
             kind: DeadLetterKind::InvalidJson,
             reason: "value is not json".to_owned(),
-            key: None,
-            payload: Some(b"{".to_vec()),
         },
     }
 }
@@ -350,5 +352,45 @@ async fn parallel_writers_with_overlapping_events_do_not_deadlock() -> anyhow::R
         total += spend(&store, campaign).await?.2;
     }
     assert_eq!(total, expected_spend);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rows_the_database_refuses_are_found_without_writing_anything() -> anyhow::Result<()> {
+    let store = store().await?;
+    let epoch = store
+        .claim_partition(GROUP, TOPIC, 0, "i")
+        .await?
+        .owner_epoch;
+    let poison = batch(
+        0,
+        0,
+        3,
+        i64::MIN,
+        vec![
+            event_record(0, 0, Uuid::new_v4(), "c", AdEventKind::Click, 1),
+            event_record(0, 1, Uuid::new_v4(), "c-\u{0}", AdEventKind::Click, 1),
+            event_record(0, 2, Uuid::new_v4(), "c", AdEventKind::Impression, 1),
+        ],
+    );
+    let error = store
+        .write_batch(GROUP, TOPIC, epoch, Uuid::now_v7(), &poison)
+        .await
+        .expect_err("PostgreSQL text cannot hold NUL");
+    assert!(error.is_data_error(), "{error}");
+    let unstorable = store
+        .find_unstorable_events(TOPIC, Uuid::now_v7(), &poison)
+        .await?;
+    assert_eq!(
+        unstorable
+            .iter()
+            .map(|(index, _)| *index)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ad_events")
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(rows, 0, "probing writes nothing");
     Ok(())
 }

@@ -16,8 +16,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::actor_names::ActorNames;
+use crate::ad_event::DeadLetterKind;
 use crate::circuit_breaker::CircuitBreakerMsg;
 use crate::partition_batch::PartitionBatch;
+use crate::processed_record::RecordEffect;
 use crate::store::{BatchWriteOutcome, Store};
 use crate::store_error::StoreError;
 
@@ -40,10 +42,17 @@ pub struct WriteRequest {
 #[derive(Debug)]
 pub enum DbWriterMsg {
     /// commit a batch and reply with the outcome
-    Write(
-        WriteRequest,
-        RpcReplyPort<Result<BatchWriteOutcome, StoreError>>,
-    ),
+    Write(WriteRequest, RpcReplyPort<Result<WrittenBatch, StoreError>>),
+}
+
+/// A committed batch: the one requested, or a copy in which the events the
+/// database refuses became `processing` dead letters.
+#[derive(Debug, Clone)]
+pub struct WrittenBatch {
+    /// the batch as committed
+    pub batch: Arc<PartitionBatch>,
+    /// what the commit did and what Kafka still owes
+    pub outcome: BatchWriteOutcome,
 }
 
 /// Start arguments.
@@ -83,12 +92,67 @@ impl Actor for DbWriter {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let DbWriterMsg::Write(request, reply) = message;
-        let outcome = write_with_retries(state, &request).await;
+        let outcome = write_isolating_poison(state, request).await;
         // The coordinator may have given up waiting; the write is idempotent,
         // so a reply nobody reads is harmless.
         let _ = reply.send(outcome);
         Ok(())
     }
+}
+
+/// Writes the batch; if the database refuses some of its rows, turns
+/// exactly those into `processing` dead letters and writes again, so a
+/// poison record never stalls its partition. If every event is refused the
+/// error stands: that is the database's problem, not the records'.
+async fn write_isolating_poison(
+    state: &DbWriterArgs,
+    request: WriteRequest,
+) -> Result<WrittenBatch, StoreError> {
+    let error = match write_with_retries(state, &request).await {
+        Ok(outcome) => {
+            return Ok(WrittenBatch {
+                batch: request.batch,
+                outcome,
+            });
+        }
+        Err(error) if error.is_data_error() => error,
+        Err(error) => return Err(error),
+    };
+    let unstorable = state
+        .store
+        .find_unstorable_events(&request.topic, request.txn_id, &request.batch)
+        .await?;
+    let events = request
+        .batch
+        .records
+        .iter()
+        .filter(|record| matches!(record.effect, RecordEffect::Event { .. }))
+        .count();
+    if unstorable.is_empty() || unstorable.len() >= events {
+        return Err(error);
+    }
+    let mut rewritten = (*request.batch).clone();
+    for (index, reason) in unstorable {
+        tracing::warn!(
+            partition = rewritten.partition,
+            offset = rewritten.records[index].offset,
+            %reason,
+            "record refused by the database; sending it to the DLQ as `processing`"
+        );
+        rewritten.records[index].effect = RecordEffect::DeadLetter {
+            kind: DeadLetterKind::Processing,
+            reason: format!("database refused the event: {reason}"),
+        };
+    }
+    let request = WriteRequest {
+        batch: Arc::new(rewritten),
+        ..request
+    };
+    let outcome = write_with_retries(state, &request).await?;
+    Ok(WrittenBatch {
+        batch: request.batch,
+        outcome,
+    })
 }
 
 async fn write_with_retries(

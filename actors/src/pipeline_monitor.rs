@@ -49,7 +49,7 @@ pub fn spawn_monitor(
                 );
             }
             tick = tick.wrapping_add(1);
-            if tick % LAG_EVERY_TICKS == 0 {
+            if tick.is_multiple_of(LAG_EVERY_TICKS) {
                 let consumer = Arc::clone(&consumer);
                 let topic = settings.input_topic.clone();
                 let lags =

@@ -35,16 +35,13 @@ pub enum RecordEffect {
         /// JSON value of the output record
         output_value: Vec<u8>,
     },
-    /// an invalid record: one dead-letter row and one DLQ record
+    /// an invalid (or unstorable) record: one dead-letter row and one DLQ
+    /// record carrying the record's original key and value
     DeadLetter {
         /// contract error kind
         kind: DeadLetterKind,
         /// one-line reason
         reason: String,
-        /// original key
-        key: Option<Vec<u8>>,
-        /// original value
-        payload: Option<Vec<u8>>,
     },
 }
 
@@ -55,6 +52,10 @@ pub struct ProcessedRecord {
     pub partition: i32,
     /// offset in the partition
     pub offset: i64,
+    /// the record's original key, kept for a dead-letter record
+    pub key: Option<Vec<u8>>,
+    /// the record's original value, kept for a dead-letter record
+    pub payload: Option<Vec<u8>>,
     /// trace context for whatever this record produces
     pub trace: TraceContext,
     /// what it asks for
@@ -89,13 +90,13 @@ pub fn process_record(record: ConsumedRecord) -> ProcessedRecord {
         Err(invalid) => RecordEffect::DeadLetter {
             kind: invalid.kind,
             reason: invalid.reason,
-            key: record.key,
-            payload: record.payload,
         },
     };
     ProcessedRecord {
         partition: record.partition,
         offset: record.offset,
+        key: record.key,
+        payload: record.payload,
         trace,
         effect,
     }
@@ -132,14 +133,11 @@ mod tests {
             payload: Some(vec![0xff]),
             traceparent: None,
         });
-        let RecordEffect::DeadLetter {
-            kind, key, payload, ..
-        } = processed.effect
-        else {
+        let RecordEffect::DeadLetter { kind, .. } = processed.effect else {
             panic!("expected a dead letter");
         };
         assert_eq!(kind, DeadLetterKind::InvalidUtf8);
-        assert_eq!(key, Some(vec![1, 2]));
-        assert_eq!(payload, Some(vec![0xff]));
+        assert_eq!(processed.key, Some(vec![1, 2]));
+        assert_eq!(processed.payload, Some(vec![0xff]));
     }
 }

@@ -80,6 +80,9 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// `statement_timeout` of every database session, in milliseconds.
     pub db_statement_timeout_ms: u64,
+    /// `idle_in_transaction_session_timeout` of every database session: a
+    /// frozen process (a zombie) cannot hold a partition's row lock longer.
+    pub db_idle_in_transaction_timeout_ms: u64,
     /// Restarts a supervisor allows per child within `restart_window_ms`
     /// before it gives up and escalates.
     pub restart_budget: u32,
@@ -124,6 +127,7 @@ impl Default for Settings {
             db_writers: 4,
             db_max_connections: 8,
             db_statement_timeout_ms: 30_000,
+            db_idle_in_transaction_timeout_ms: 10_000,
             restart_budget: 10,
             restart_window_ms: 60_000,
             restart_backoff_initial_ms: 100,
@@ -280,6 +284,12 @@ impl Settings {
         if self.db_statement_timeout_ms == 0 {
             return Err(invalid(
                 "db_statement_timeout_ms",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.db_idle_in_transaction_timeout_ms == 0 {
+            return Err(invalid(
+                "db_idle_in_transaction_timeout_ms",
                 "must be at least 1".to_owned(),
             ));
         }

@@ -71,19 +71,28 @@ enum EventFate {
 
 impl Store {
     /// Builds a pool for `url`. Connections are opened lazily, so a
-    /// database that is down does not stop an actor from starting.
+    /// database that is down does not stop an actor from starting. A session
+    /// idle inside a transaction for `idle_in_transaction_timeout` is ended
+    /// by the server, so a frozen process cannot hold a row lock for ever.
     pub fn connect_lazy(
         url: &str,
         max_connections: u32,
         statement_timeout: Duration,
+        idle_in_transaction_timeout: Duration,
     ) -> Result<Store, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(StoreError::Permanent)?
             .application_name("onceflow")
-            .options([(
-                "statement_timeout",
-                format!("{}ms", statement_timeout.as_millis()),
-            )]);
+            .options([
+                (
+                    "statement_timeout",
+                    format!("{}ms", statement_timeout.as_millis()),
+                ),
+                (
+                    "idle_in_transaction_session_timeout",
+                    format!("{}ms", idle_in_transaction_timeout.as_millis()),
+                ),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -281,6 +290,71 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Finds the events of `batch` that the database refuses on their own
+    /// (a data or constraint error of that row, such as a NUL character in a
+    /// text field): each first occurrence is inserted alone inside a
+    /// savepoint of a transaction that is always rolled back, so nothing is
+    /// written. Returns their indexes with the database's reason.
+    pub async fn find_unstorable_events(
+        &self,
+        topic: &str,
+        txn_id: Uuid,
+        batch: &PartitionBatch,
+    ) -> Result<Vec<(usize, String)>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let mut unstorable = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, record) in batch.records.iter().enumerate() {
+            let RecordEffect::Event { event, .. } = &record.effect else {
+                continue;
+            };
+            if !seen.insert(event.event_id) {
+                continue;
+            }
+            sqlx::query("SAVEPOINT probe")
+                .execute(&mut *transaction)
+                .await?;
+            let probe = sqlx::query(
+                "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
+                                        billed_minute, source_topic, source_partition, source_offset, txn_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(event.event_id)
+            .bind(&event.campaign_id)
+            .bind(&event.ad_id)
+            .bind(event.kind.as_str())
+            .bind(event.cost_micros)
+            .bind(event.occurred_at)
+            .bind(event.billed_minute())
+            .bind(topic)
+            .bind(record.partition)
+            .bind(record.offset)
+            .bind(txn_id)
+            .execute(&mut *transaction)
+            .await;
+            if let Err(error) = probe {
+                let error = StoreError::from(error);
+                if !error.is_data_error() {
+                    return Err(error);
+                }
+                let reason = error
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                unstorable.push((index, reason));
+            }
+            sqlx::query("ROLLBACK TO SAVEPOINT probe")
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.rollback().await?;
+        Ok(unstorable)
+    }
+}
+
 async fn advance_offset(
     transaction: &mut Transaction<'_, Postgres>,
     group_id: &str,
@@ -463,18 +537,12 @@ async fn insert_dead_letters(
     let mut payloads: Vec<Option<Vec<u8>>> = Vec::with_capacity(indexes.len());
     for index in indexes {
         let record = &batch.records[*index];
-        if let RecordEffect::DeadLetter {
-            kind,
-            reason,
-            key,
-            payload,
-        } = &record.effect
-        {
+        if let RecordEffect::DeadLetter { kind, reason } = &record.effect {
             offsets.push(record.offset);
             kinds.push(kind.as_str());
             reasons.push(reason.clone());
-            keys.push(key.clone());
-            payloads.push(payload.clone());
+            keys.push(record.key.clone());
+            payloads.push(record.payload.clone());
         }
     }
     sqlx::query(

@@ -28,6 +28,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database refused the data itself (SQLSTATE class 22,
+    /// data exception, or 23, integrity constraint): a row that can never be
+    /// stored, which retrying cannot mend but isolating can.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            StoreError::Permanent(sqlx::Error::Database(error)) => error
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            _ => false,
+        }
+    }
+
     /// Whether retrying the same operation can succeed.
     pub fn is_retriable(&self) -> bool {
         matches!(self, StoreError::Transient(_) | StoreError::Injected(_))

@@ -577,7 +577,10 @@ async fn write_batches(
     }
     for (batch, result) in results {
         match result {
-            Ok(outcome) => committed.push(CommittedBatch { batch, outcome }),
+            Ok(written) => committed.push(CommittedBatch {
+                batch: written.batch,
+                outcome: written.outcome,
+            }),
             Err(error) => {
                 tracing::warn!(partition = batch.partition, %txn_id, %error, "database write failed");
                 failed.push(batch.partition);
@@ -626,18 +629,13 @@ async fn commit_to_kafka(
                         record.trace.to_header(),
                     ));
                 }
-                RecordEffect::DeadLetter {
-                    kind,
-                    reason,
-                    key,
-                    payload,
-                } => dead_letters.push(DeadLetter {
+                RecordEffect::DeadLetter { kind, reason } => dead_letters.push(DeadLetter {
                     partition: record.partition,
                     offset: record.offset,
                     kind: *kind,
                     reason: reason.clone(),
-                    key: key.clone(),
-                    payload: payload.clone(),
+                    key: record.key.clone(),
+                    payload: record.payload.clone(),
                     trace: record.trace,
                 }),
             }
