@@ -4,6 +4,8 @@
 //! Guarantees: an invalid `RUST_LOG` falls back to `info` with a warning
 //! instead of failing start-up.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber.
@@ -17,6 +19,7 @@ pub fn init() {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     if let Some((value, error)) = bad_filter {

@@ -581,6 +581,27 @@ pub fn generate(args: &ProduceArgs) -> (Vec<GeneratedRecord>, Manifest) {
     (records, generator.manifest)
 }
 
+/// The partition count of `topic`, if the broker knows it.
+async fn topic_partitions(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    topic: &str,
+) -> Result<Option<i32>, KafkaError> {
+    let client = Arc::clone(admin);
+    let name = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = client
+            .inner()
+            .fetch_metadata(Some(&name), Duration::from_secs(5))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
+    })
+    .await
+    .unwrap_or(Ok(None))
+}
+
 /// Creates `topic` with `partitions` partitions unless it exists, and waits
 /// until the broker reports at least that many partitions.
 async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
@@ -589,6 +610,14 @@ async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Re
         .create()
         .context("cannot create the kafka admin client")?;
     let admin = Arc::new(admin);
+    // A topic that exists needs no admin rights (and some brokers, such as
+    // librdkafka's mock cluster, do not answer CreateTopics at all).
+    if let Ok(Some(have)) = topic_partitions(&admin, topic).await {
+        if have >= partitions {
+            return Ok(());
+        }
+        bail!("topic {topic} has {have} partitions, fewer than --partitions {partitions}");
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     // Replication -1: the broker's default replication factor.
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));

@@ -15,7 +15,7 @@ use service::Scenario;
 const CATCH_UP: Duration = Duration::from_secs(120);
 
 async fn expected_counts(scenario: &Scenario) -> anyhow::Result<(i64, i64, common::InputTruth)> {
-    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
     Ok((truth.distinct_events as i64, truth.invalid as i64, truth))
 }
 

@@ -57,7 +57,7 @@ async fn database_outages_open_the_breaker_pause_and_recover_by_themselves() -> 
     }
     assert!(producer.wait().await?.success());
 
-    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
     scenario
         .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
         .await?;
@@ -113,7 +113,7 @@ async fn a_second_instance_joins_and_is_repeatedly_sigkilled() -> anyhow::Result
         second = scenario.start_instance(&second_id, second_port, &[])?;
     }
     assert!(producer.wait().await?.success());
-    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
     scenario
         .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
         .await?;
@@ -164,7 +164,7 @@ async fn a_zombie_incarnation_can_move_neither_offsets_nor_output() -> anyhow::R
     );
 
     assert!(producer.wait().await?.success());
-    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
     scenario
         .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
         .await?;
@@ -189,7 +189,7 @@ async fn a_record_the_database_refuses_goes_to_the_dlq_as_processing_without_sta
     scenario.produce(1_500, 404).await?;
     // Valid by the contract, but PostgreSQL text cannot hold a NUL character.
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &scenario.broker.bootstrap)
+        .set("bootstrap.servers", &scenario.bootstrap)
         .create()?;
     let mut poison_values = Vec::new();
     for partition in 0..3 {
@@ -209,7 +209,7 @@ async fn a_record_the_database_refuses_goes_to_the_dlq_as_processing_without_sta
         poison_values.push(value.into_bytes());
     }
     scenario.produce(1_500, 405).await?;
-    let truth = common::input_truth(&scenario.broker.bootstrap, &scenario.topics.input).await?;
+    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
 
     let service = scenario.start(&[])?;
     scenario
@@ -227,7 +227,7 @@ async fn a_record_the_database_refuses_goes_to_the_dlq_as_processing_without_sta
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success());
 
-    let dlq = common::read_committed(&scenario.broker.bootstrap, &scenario.topics.dlq).await?;
+    let dlq = common::read_committed(&scenario.bootstrap, &scenario.topics.dlq).await?;
     let processing_records: Vec<_> = dlq
         .iter()
         .filter(|record| record.header_str("onceflow-error-kind") == Some("processing"))
@@ -240,8 +240,7 @@ async fn a_record_the_database_refuses_goes_to_the_dlq_as_processing_without_sta
         );
     }
     assert_eq!(dlq.len() as u64, truth.invalid + 3);
-    let output =
-        common::read_committed(&scenario.broker.bootstrap, &scenario.topics.output).await?;
+    let output = common::read_committed(&scenario.bootstrap, &scenario.topics.output).await?;
     assert_eq!(output.len() as u64, truth.distinct_events - 3);
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::ad_event::DeadLetterKind;
 use crate::circuit_breaker::CircuitBreakerMsg;
 use crate::partition_batch::PartitionBatch;
 use crate::processed_record::RecordEffect;
-use crate::store::{BatchWriteOutcome, Store};
+use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, Store};
 use crate::store_error::StoreError;
 
 /// One partition batch to commit.
@@ -43,6 +43,8 @@ pub struct WriteRequest {
 pub enum DbWriterMsg {
     /// commit a batch and reply with the outcome
     Write(WriteRequest, RpcReplyPort<Result<WrittenBatch, StoreError>>),
+    /// record Kafka offsets confirmed committed (bookkeeping)
+    ConfirmKafkaCommit(Vec<KafkaCommitConfirmation>, RpcReplyPort<()>),
 }
 
 /// A committed batch: the one requested, or a copy in which the events the
@@ -66,6 +68,10 @@ pub struct DbWriterArgs {
     pub retry_attempts: u32,
     /// first backoff
     pub retry_backoff: Duration,
+    /// consumer group (for offset bookkeeping)
+    pub group_id: String,
+    /// input topic (for offset bookkeeping)
+    pub topic: String,
 }
 
 /// The database writer actor.
@@ -91,11 +97,24 @@ impl Actor for DbWriter {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let DbWriterMsg::Write(request, reply) = message;
-        let outcome = write_isolating_poison(state, request).await;
-        // The coordinator may have given up waiting; the write is idempotent,
-        // so a reply nobody reads is harmless.
-        let _ = reply.send(outcome);
+        match message {
+            DbWriterMsg::Write(request, reply) => {
+                let outcome = write_isolating_poison(state, request).await;
+                // The coordinator may have given up waiting; the write is
+                // idempotent, so a reply nobody reads is harmless.
+                let _ = reply.send(outcome);
+            }
+            DbWriterMsg::ConfirmKafkaCommit(confirmations, reply) => {
+                if let Err(error) = state
+                    .store
+                    .confirm_kafka_commit(&state.group_id, &state.topic, &confirmations)
+                    .await
+                {
+                    tracing::warn!(%error, "could not record the confirmed kafka offsets; the group's offsets still hold them");
+                }
+                let _ = reply.send(());
+            }
+        }
         Ok(())
     }
 }

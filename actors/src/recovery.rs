@@ -4,7 +4,9 @@
 //!
 //! With `db` the database's stored next offset and `kafka` the group's
 //! committed offset (read with `read_committed`, after `init_transactions`
-//! fenced the previous producer), fetching resumes at `min(db, kafka)` and
+//! fenced the previous producer), or the Kafka offset onceflow recorded
+//! after its last confirmed commit if that is higher (it survives the loss
+//! of the group's offsets), fetching resumes at `min(db, kafka)` and
 //! outputs are owed from `kafka` on. When the group has no committed offset,
 //! `kafka` is the offset the group started at (stored with the first batch),
 //! never the database's: otherwise a first transaction that aborted after its
@@ -30,7 +32,13 @@ pub fn recovery_position(
 ) -> RecoveryPosition {
     let db = stored.and_then(|stored| stored.next_offset);
     let group_start = stored.and_then(|stored| stored.start_offset);
-    let kafka = kafka_committed.or(group_start);
+    let confirmed = stored.and_then(|stored| stored.kafka_committed_offset);
+    // Both are lower bounds of what Kafka holds: take the higher one.
+    let kafka = match (kafka_committed, confirmed) {
+        (Some(group), Some(confirmed)) => Some(group.max(confirmed)),
+        (group, confirmed) => group.or(confirmed),
+    }
+    .or(group_start);
     match (db, kafka) {
         (Some(db), Some(kafka)) => RecoveryPosition {
             start: StartPosition::Offset(db.min(kafka)),
@@ -59,6 +67,7 @@ mod tests {
         Some(StoredPartition {
             next_offset: next,
             start_offset: start,
+            kafka_committed_offset: None,
             owner_epoch: 1,
         })
     }
@@ -90,6 +99,22 @@ mod tests {
         let position = recovery_position(stored(Some(300), Some(0)), Some(500));
         assert_eq!(position.start, StartPosition::Offset(300));
         assert_eq!(position.outputs_from, 500);
+    }
+
+    #[test]
+    fn the_confirmed_kafka_offset_stands_in_for_lost_group_offsets() {
+        let mut stored = stored(Some(500), Some(0));
+        if let Some(row) = stored.as_mut() {
+            row.kafka_committed_offset = Some(400);
+        }
+        let position = recovery_position(stored, None);
+        assert_eq!(position.start, StartPosition::Offset(400));
+        assert_eq!(position.outputs_from, 400);
+        let ahead = recovery_position(stored, Some(450));
+        assert_eq!(
+            ahead.outputs_from, 450,
+            "the group's offset wins when higher"
+        );
     }
 
     #[test]

@@ -226,6 +226,8 @@ async fn start_child(
                 names: names.clone(),
                 retry_attempts: settings.db_retry_attempts,
                 retry_backoff: Duration::from_millis(settings.db_retry_backoff_ms),
+                group_id: settings.group_id.clone(),
+                topic: settings.input_topic.clone(),
             };
             Actor::spawn_linked(
                 Some(names.db_writer(index)),

@@ -35,7 +35,20 @@ pub struct StoredPartition {
     pub next_offset: Option<i64>,
     /// first offset the group ever fetched in this partition
     pub start_offset: Option<i64>,
+    /// highest offset onceflow saw committed to Kafka (after the commit)
+    pub kafka_committed_offset: Option<i64>,
     /// the current owner epoch
+    pub owner_epoch: i64,
+}
+
+/// A partition's end offset confirmed committed in Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KafkaCommitConfirmation {
+    /// input partition
+    pub partition: i32,
+    /// the committed end offset
+    pub end_offset: i64,
+    /// the owner epoch the commit was made under
     pub owner_epoch: i64,
 }
 
@@ -134,7 +147,7 @@ impl Store {
                SET owner_epoch = consumer_offsets.owner_epoch + 1,
                    owner_instance = EXCLUDED.owner_instance,
                    updated_at = now()
-             RETURNING next_offset, start_offset, owner_epoch",
+             RETURNING next_offset, start_offset, kafka_committed_offset, owner_epoch",
         )
         .bind(group_id)
         .bind(topic)
@@ -145,6 +158,7 @@ impl Store {
         Ok(StoredPartition {
             next_offset: row.try_get("next_offset")?,
             start_offset: row.try_get("start_offset")?,
+            kafka_committed_offset: row.try_get("kafka_committed_offset")?,
             owner_epoch: row.try_get("owner_epoch")?,
         })
     }
@@ -157,7 +171,7 @@ impl Store {
         partition: i32,
     ) -> Result<Option<StoredPartition>, StoreError> {
         let row = sqlx::query(
-            "SELECT next_offset, start_offset, owner_epoch FROM consumer_offsets
+            "SELECT next_offset, start_offset, kafka_committed_offset, owner_epoch FROM consumer_offsets
              WHERE group_id = $1 AND topic = $2 AND partition = $3",
         )
         .bind(group_id)
@@ -169,10 +183,46 @@ impl Store {
             Ok(StoredPartition {
                 next_offset: row.try_get("next_offset")?,
                 start_offset: row.try_get("start_offset")?,
+                kafka_committed_offset: row.try_get("kafka_committed_offset")?,
                 owner_epoch: row.try_get("owner_epoch")?,
             })
         })
         .transpose()
+    }
+
+    /// Records, after a confirmed Kafka commit, the end offset each
+    /// partition reached in Kafka (never backwards, only for current owners).
+    /// Bookkeeping only: losing it costs duplicate-free replays nothing but
+    /// time, since the group's committed offset says the same.
+    pub async fn confirm_kafka_commit(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partitions: &[KafkaCommitConfirmation],
+    ) -> Result<(), StoreError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let mut sorted = partitions.to_vec();
+        sorted.sort_unstable_by_key(|confirmation| confirmation.partition);
+        let ids: Vec<i32> = sorted.iter().map(|c| c.partition).collect();
+        let offsets: Vec<i64> = sorted.iter().map(|c| c.end_offset).collect();
+        let epochs: Vec<i64> = sorted.iter().map(|c| c.owner_epoch).collect();
+        sqlx::query(
+            "UPDATE consumer_offsets AS o
+                SET kafka_committed_offset = GREATEST(COALESCE(o.kafka_committed_offset, c.end_offset), c.end_offset)
+               FROM UNNEST($3::int[], $4::bigint[], $5::bigint[]) AS c(partition, end_offset, owner_epoch)
+              WHERE o.group_id = $1 AND o.topic = $2 AND o.partition = c.partition
+                AND o.owner_epoch = c.owner_epoch",
+        )
+        .bind(group_id)
+        .bind(topic)
+        .bind(&ids)
+        .bind(&offsets)
+        .bind(&epochs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Commits one partition batch in one database transaction (see the

@@ -47,7 +47,7 @@ use crate::partition_consumer::PartitionConsumerMsg;
 use crate::processed_record::RecordEffect;
 use crate::recovery::recovery_position;
 use crate::settings::Settings;
-use crate::store::{BatchWriteOutcome, Store, StoredPartition};
+use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, Store, StoredPartition};
 use crate::store_error::StoreError;
 use crate::trace_context::TRACEPARENT_HEADER;
 use crate::transactional_send::{TXN_ID_HEADER, send_all};
@@ -176,6 +176,15 @@ impl Actor for TransactionCoordinator {
             CoordinatorMsg::Tick => run_cycle(&myself, state).await?,
             CoordinatorMsg::PartitionsAssigned(assigned) => {
                 for (partition, consumer) in assigned {
+                    // The same consumer announced twice (by the rebalance and by
+                    // the report asked for at start) is already positioned.
+                    if state
+                        .partitions
+                        .get(&partition)
+                        .is_some_and(|owned| owned.consumer.get_id() == consumer.get_id())
+                    {
+                        continue;
+                    }
                     consumer.cast(PartitionConsumerMsg::BeginRewind)?;
                     state.partitions.insert(
                         partition,
@@ -351,6 +360,7 @@ async fn read_recovery_inputs(
                 .unwrap_or(StoredPartition {
                     next_offset: None,
                     start_offset: None,
+                    kafka_committed_offset: None,
                     owner_epoch: epoch,
                 }),
         };
@@ -478,6 +488,7 @@ async fn commit_cycle(
                 rewind(myself, state, &committed_partitions).await;
                 return Ok(());
             }
+            confirm_kafka_commit(state, &committed).await;
             let metrics = state.args.status.metrics();
             for committed_batch in &committed {
                 let batch = &committed_batch.batch;
@@ -520,6 +531,35 @@ async fn commit_cycle(
         }
     }
     Ok(())
+}
+
+/// Has a database writer record the Kafka offsets just confirmed committed,
+/// before the next cycle (so a rewind in that cycle sees them). Bounded in
+/// time; a failure only costs a longer replay if the group's offsets are
+/// lost too.
+async fn confirm_kafka_commit(state: &CoordinatorState, committed: &[CommittedBatch]) {
+    let confirmations: Vec<KafkaCommitConfirmation> = committed
+        .iter()
+        .filter_map(|committed_batch| {
+            let partition = committed_batch.batch.partition;
+            Some(KafkaCommitConfirmation {
+                partition,
+                end_offset: committed_batch.batch.end_offset,
+                owner_epoch: state.partitions.get(&partition)?.owner_epoch?,
+            })
+        })
+        .collect();
+    if let Some(writer) = ActorNames::lookup::<DbWriterMsg>(&state.args.names.db_writer(0)) {
+        let confirmed = writer
+            .call(
+                |reply| DbWriterMsg::ConfirmKafkaCommit(confirmations, reply),
+                Some(Duration::from_secs(2)),
+            )
+            .await;
+        if !matches!(confirmed, Ok(CallResult::Success(()))) {
+            tracing::debug!("confirmed kafka offsets not recorded in time");
+        }
+    }
 }
 
 /// Commits every batch through the writer pool, in parallel; returns the

@@ -20,7 +20,10 @@ use crate::common::{self, Broker, PipelineTopics, Verdict};
 
 /// Everything one test needs, isolated from every other test.
 pub struct Scenario {
-    pub broker: Broker,
+    /// `bootstrap.servers` of the broker under test
+    pub bootstrap: String,
+    /// the noida-db broker, when the scenario owns one (not on the mock)
+    pub broker: Option<Broker>,
     pub database_url: String,
     pub pool: PgPool,
     pub topics: PipelineTopics,
@@ -42,19 +45,38 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Scenario {
-    /// A broker, a database and an input topic with `partitions` partitions.
+    /// A noida-db broker, a database and an input topic with `partitions`
+    /// partitions.
     pub async fn new(partitions: i32) -> anyhow::Result<Scenario> {
         let broker = Broker::start().await?;
-        let (database_url, pool) = common::fresh_database().await?;
-        let topics = PipelineTopics {
+        let bootstrap = broker.bootstrap.clone();
+        let topics = Scenario::unique_topics();
+        common::create_topic(&bootstrap, &topics.input, partitions).await?;
+        common::create_topic(&bootstrap, &topics.output, 3).await?;
+        common::create_topic(&bootstrap, &topics.dlq, 1).await?;
+        Scenario::with_broker(bootstrap, Some(broker), topics, partitions).await
+    }
+
+    /// Fresh unique topic names.
+    pub fn unique_topics() -> PipelineTopics {
+        PipelineTopics {
             input: common::unique("in"),
             output: common::unique("out"),
             dlq: common::unique("dlq"),
-        };
-        common::create_topic(&broker.bootstrap, &topics.input, partitions).await?;
-        common::create_topic(&broker.bootstrap, &topics.output, 3).await?;
-        common::create_topic(&broker.bootstrap, &topics.dlq, 1).await?;
+        }
+    }
+
+    /// A scenario on a broker the caller runs (librdkafka's mock cluster),
+    /// whose topics the caller has created.
+    pub async fn with_broker(
+        bootstrap: String,
+        broker: Option<Broker>,
+        topics: PipelineTopics,
+        partitions: i32,
+    ) -> anyhow::Result<Scenario> {
+        let (database_url, pool) = common::fresh_database().await?;
         Ok(Scenario {
+            bootstrap,
             broker,
             database_url,
             pool,
@@ -69,7 +91,7 @@ impl Scenario {
     /// The environment of every `onceflow` command of this scenario.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("ONCEFLOW_KAFKA_BROKERS", self.broker.bootstrap.clone()),
+            ("ONCEFLOW_KAFKA_BROKERS", self.bootstrap.clone()),
             ("ONCEFLOW_DATABASE_URL", self.database_url.clone()),
             ("ONCEFLOW_GROUP_ID", self.group_id.clone()),
             ("ONCEFLOW_INSTANCE_ID", self.instance_id.clone()),
@@ -162,7 +184,7 @@ impl Scenario {
     /// every input partition (Kafka side caught up).
     pub fn group_caught_up(&self) -> anyhow::Result<bool> {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.broker.bootstrap)
+            .set("bootstrap.servers", &self.bootstrap)
             .set("group.id", &self.group_id)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
@@ -251,7 +273,7 @@ impl Scenario {
 
     /// The exactly-once verdict, independent of onceflow's code.
     pub async fn verdict(&self) -> anyhow::Result<Verdict> {
-        common::check_exactly_once(&self.broker.bootstrap, &self.pool, &self.topics).await
+        common::check_exactly_once(&self.bootstrap, &self.pool, &self.topics).await
     }
 }
 

@@ -1,0 +1,361 @@
+//! Kafka client faults on librdkafka's mock cluster (three brokers), with
+//! the real binary and the real PostgreSQL: injected errors on EndTxn,
+//! Produce, AddPartitionsToTxn and TxnOffsetCommit, leader changes in the
+//! middle of transactions, a broker down and up, and a slow broker.
+//!
+//! The mock has no transaction semantics (aborted records stay visible, its
+//! group offsets are discarded), so each test is judged, as the design notes
+//! say, by the database and by which transaction ids committed: outputs and
+//! dead letters are counted only in the transactions onceflow reported as
+//! committed, and each distinct event must appear in exactly one of them.
+
+mod common;
+mod service;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use rdkafka::mocking::{MockCluster, MockCoordinator};
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use service::{Scenario, Service};
+use uuid::Uuid;
+
+type Mock = MockCluster<'static, DefaultProducerContext>;
+
+const EVENTS: u64 = 2_000;
+const SETTLE: Duration = Duration::from_secs(150);
+
+async fn mock_scenario(seed: u64) -> anyhow::Result<(Mock, Scenario)> {
+    let cluster = MockCluster::new(3)?;
+    let topics = Scenario::unique_topics();
+    cluster.create_topic(&topics.input, 3, 3)?;
+    cluster.create_topic(&topics.output, 3, 3)?;
+    cluster.create_topic(&topics.dlq, 1, 3)?;
+    let scenario = Scenario::with_broker(cluster.bootstrap_servers(), None, topics, 3).await?;
+    // Keep the coordinators on broker 1, so broker faults elsewhere do not hit
+    // librdkafka #5511 (send_offsets hanging when the group coordinator is down).
+    cluster.coordinator(MockCoordinator::Group(scenario.group_id.clone()), 1)?;
+    cluster.coordinator(
+        MockCoordinator::Transaction(format!("{}-{}", scenario.group_id, scenario.instance_id)),
+        1,
+    )?;
+    scenario.produce(EVENTS, seed).await?;
+    Ok((cluster, scenario))
+}
+
+/// Transaction ids the service reported as committed, from its log.
+fn committed_txn_ids(log: &str) -> HashSet<String> {
+    log.lines()
+        .filter(|line| line.contains("cycle committed"))
+        .filter_map(|line| {
+            let start = line.find("txn_id=")? + "txn_id=".len();
+            line.get(start..start + 36).map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Every violation of exactly-once, judged by the database and by the
+/// records of committed transactions only.
+async fn mock_violations(scenario: &Scenario, service: &Service) -> anyhow::Result<Vec<String>> {
+    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
+    let mut violations = Vec::new();
+    let (events, dead) = scenario.table_counts().await?;
+    if events != truth.distinct_events as i64 {
+        violations.push(format!(
+            "ad_events has {events} rows, truth {}",
+            truth.distinct_events
+        ));
+    }
+    if dead != truth.invalid as i64 {
+        violations.push(format!(
+            "dead_letters has {dead} rows, truth {}",
+            truth.invalid
+        ));
+    }
+    let spend: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT campaign_id, sum(impressions)::bigint, sum(clicks)::bigint, sum(spend_micros)::bigint
+           FROM campaign_spend GROUP BY campaign_id",
+    )
+    .fetch_all(&scenario.pool)
+    .await?;
+    let stored: HashMap<String, (i64, i64, i64)> = spend
+        .into_iter()
+        .map(|(campaign, i, c, s)| (campaign, (i, c, s)))
+        .collect();
+    for (campaign, totals) in &truth.per_campaign {
+        let expected = (
+            totals.impressions as i64,
+            totals.clicks as i64,
+            totals.spend_micros,
+        );
+        if stored.get(campaign) != Some(&expected) {
+            violations.push(format!(
+                "campaign_spend {campaign}: {:?}, truth {expected:?}",
+                stored.get(campaign)
+            ));
+        }
+    }
+
+    let committed = committed_txn_ids(&service.log());
+    let in_committed = |record: &common::TopicRecord| {
+        record
+            .header_str("onceflow-txn-id")
+            .is_some_and(|txn| committed.contains(txn))
+    };
+    let mut outputs: HashMap<Uuid, u32> = HashMap::new();
+    for record in common::read_committed(&scenario.bootstrap, &scenario.topics.output).await? {
+        if !in_committed(&record) {
+            continue;
+        }
+        let event_id = record
+            .value
+            .as_deref()
+            .and_then(|value| serde_json::from_slice::<serde_json::Value>(value).ok())
+            .and_then(|json| {
+                json["event_id"]
+                    .as_str()
+                    .and_then(|id| Uuid::parse_str(id).ok())
+            });
+        match event_id {
+            Some(event_id) => *outputs.entry(event_id).or_default() += 1,
+            None => violations.push("an output record without an event id".to_owned()),
+        }
+    }
+    for event_id in truth.events.keys() {
+        match outputs.get(event_id).copied().unwrap_or(0) {
+            1 => {}
+            count => violations.push(format!("event {event_id}: {count} committed outputs")),
+        }
+    }
+    if outputs.len() != truth.events.len() {
+        violations.push(format!(
+            "{} distinct events output, truth {}",
+            outputs.len(),
+            truth.events.len()
+        ));
+    }
+    let mut dead_letters: HashMap<(String, String), u32> = HashMap::new();
+    for record in common::read_committed(&scenario.bootstrap, &scenario.topics.dlq).await? {
+        if in_committed(&record) {
+            let position = (
+                record
+                    .header_str("onceflow-source-partition")
+                    .unwrap_or_default()
+                    .to_owned(),
+                record
+                    .header_str("onceflow-source-offset")
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            *dead_letters.entry(position).or_default() += 1;
+        }
+    }
+    if dead_letters.len() as u64 != truth.invalid || dead_letters.values().any(|count| *count != 1)
+    {
+        violations.push(format!(
+            "{} dead-letter positions in committed transactions (truth {}), {} of them more than once",
+            dead_letters.len(),
+            truth.invalid,
+            dead_letters.values().filter(|count| **count != 1).count()
+        ));
+    }
+    Ok(violations)
+}
+
+/// Waits until exactly-once holds on the mock, or fails with what is wrong.
+async fn settle(scenario: &Scenario, service: &Service) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let violations = mock_violations(scenario, service).await?;
+        if violations.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "exactly-once does not hold after {SETTLE:?}:\n  - {}\nlog: {}",
+                violations
+                    .iter()
+                    .take(30)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n  - "),
+                service.log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The aborted cycles by reason, from `/metrics`.
+async fn aborts(scenario: &Scenario) -> anyhow::Result<HashMap<String, f64>> {
+    let (_, body) = scenario.http_get("/metrics").await?;
+    Ok(body
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("onceflow_txn_aborts_total{reason=\"")?;
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((reason.to_owned(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Settles, then stops the service; returns the aborts seen.
+async fn finish(scenario: &Scenario, service: Service) -> anyhow::Result<HashMap<String, f64>> {
+    settle(scenario, &service).await?;
+    let aborts = aborts(scenario).await?;
+    eprintln!("aborts by reason: {aborts:?}");
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit status {exit:?}");
+    Ok(aborts)
+}
+
+fn mock_env() -> [(&'static str, &'static str); 1] {
+    // A replacement member waits session.timeout.ms - 1 s on the mock.
+    [("ONCEFLOW_KAFKA_CALL_TIMEOUT_MS", "5000")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_txn_errors_are_retried_or_answered_with_a_new_producer() -> anyhow::Result<()> {
+    let (cluster, scenario) = mock_scenario(1).await?;
+    let service = scenario.start(&mock_env())?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    use RDKafkaRespErr::*;
+    cluster.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[
+            RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+            RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+            RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
+            RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+        ],
+    );
+    let aborts = finish(&scenario, service).await?;
+    assert!(
+        aborts.get("fenced_or_fatal").copied().unwrap_or(0.0) >= 1.0,
+        "PRODUCER_FENCED on EndTxn must recreate the producer: {aborts:?}"
+    );
+    drop(cluster);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_errors_abort_and_replay() -> anyhow::Result<()> {
+    let (cluster, scenario) = mock_scenario(2).await?;
+    let service = scenario.start(&mock_env())?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    use RDKafkaRespErr::*;
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RD_KAFKA_RESP_ERR_INVALID_RECORD,
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RD_KAFKA_RESP_ERR_INVALID_RECORD,
+        ],
+    );
+    let aborts = finish(&scenario, service).await?;
+    assert!(
+        aborts.get("abortable").copied().unwrap_or(0.0) >= 1.0,
+        "INVALID_RECORD must abort: {aborts:?}"
+    );
+    drop(cluster);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_partitions_to_txn_errors_abort_and_replay() -> anyhow::Result<()> {
+    let (cluster, scenario) = mock_scenario(3).await?;
+    let service = scenario.start(&mock_env())?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    use RDKafkaRespErr::*;
+    cluster.request_errors(
+        RDKafkaApiKey::AddPartitionsToTxn,
+        &[
+            RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
+            RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+            RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+        ],
+    );
+    let aborts = finish(&scenario, service).await?;
+    assert!(
+        aborts.get("abortable").copied().unwrap_or(0.0) >= 1.0,
+        "TOPIC_AUTHORIZATION_FAILED must abort: {aborts:?}"
+    );
+    drop(cluster);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_offset_commit_errors_abort_and_replay() -> anyhow::Result<()> {
+    let (cluster, scenario) = mock_scenario(4).await?;
+    let service = scenario.start(&mock_env())?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    use RDKafkaRespErr::*;
+    cluster.request_errors(
+        RDKafkaApiKey::TxnOffsetCommit,
+        &[
+            RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+            RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH,
+            RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID,
+        ],
+    );
+    let aborts = finish(&scenario, service).await?;
+    assert!(
+        aborts.get("abortable").copied().unwrap_or(0.0) >= 1.0,
+        "UNKNOWN_MEMBER_ID must abort: {aborts:?}"
+    );
+    drop(cluster);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_moving_in_the_middle_of_transactions() -> anyhow::Result<()> {
+    let (cluster, scenario) = mock_scenario(5).await?;
+    // Leader changes crash the mock above Produce v9 (see the design notes).
+    cluster.apiversion(RDKafkaApiKey::Produce, None, Some(9))?;
+    let service = scenario.start(&mock_env())?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    for round in 0..12_i32 {
+        for partition in 0..3 {
+            let leader = 1 + (round + partition).rem_euclid(3);
+            cluster.partition_leader(&scenario.topics.input, partition, Some(leader))?;
+            cluster.partition_leader(&scenario.topics.output, partition, Some(leader))?;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    finish(&scenario, service).await?;
+    drop(cluster);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_and_up_again() -> anyhow::Result<()> {
+    let (cluster, scenario) = mock_scenario(6).await?;
+    let service = scenario.start(&mock_env())?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    cluster.broker_down(3)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.broker_up(3)?;
+    finish(&scenario, service).await?;
+    drop(cluster);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_broker() -> anyhow::Result<()> {
+    let (cluster, scenario) = mock_scenario(7).await?;
+    let service = scenario.start(&mock_env())?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    for broker in 1..=3 {
+        cluster.broker_round_trip_time(broker, Duration::from_millis(150))?;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for broker in 1..=3 {
+        cluster.broker_round_trip_time(broker, Duration::ZERO)?;
+    }
+    finish(&scenario, service).await?;
+    drop(cluster);
+    Ok(())
+}
