@@ -589,9 +589,11 @@ async fn topic_partitions(
     let client = Arc::clone(admin);
     let name = topic.to_owned();
     tokio::task::spawn_blocking(move || {
+        // All topics: asking for one by name makes some brokers (noida-db)
+        // create it with their default partition count.
         let metadata = client
             .inner()
-            .fetch_metadata(Some(&name), Duration::from_secs(5))?;
+            .fetch_metadata(None, Duration::from_secs(5))?;
         Ok(metadata
             .topics()
             .iter()

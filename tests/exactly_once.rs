@@ -21,7 +21,7 @@ async fn expected_counts(scenario: &Scenario) -> anyhow::Result<(i64, i64, commo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_is_exactly_once_with_invalid_records_and_repeats() -> anyhow::Result<()> {
-    let scenario = Scenario::new(3).await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
     scenario.produce(3_000, 7).await?;
     let (events, invalid, truth) = expected_counts(&scenario).await?;
     assert!(
@@ -65,7 +65,7 @@ async fn happy_path_is_exactly_once_with_invalid_records_and_repeats() -> anyhow
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_abort_after_database_commit_replays_each_output_once() -> anyhow::Result<()> {
-    let scenario = Scenario::new(3).await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
     scenario.produce(3_000, 11).await?;
     let (events, invalid, _) = expected_counts(&scenario).await?;
 
@@ -93,7 +93,7 @@ async fn kafka_abort_after_database_commit_replays_each_output_once() -> anyhow:
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_commit_and_restart_keeps_exactly_once() -> anyhow::Result<()> {
-    let scenario = Scenario::new(3).await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
     scenario.produce(6_000, 23).await?;
     let (events, invalid, _) = expected_counts(&scenario).await?;
 
@@ -138,7 +138,7 @@ async fn sigkill_mid_commit_and_restart_keeps_exactly_once() -> anyhow::Result<(
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_mid_cycle_is_restarted_by_its_supervisor() -> anyhow::Result<()> {
-    let scenario = Scenario::new(3).await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
     scenario.produce(4_000, 31).await?;
     let (events, invalid, _) = expected_counts(&scenario).await?;
 
@@ -164,7 +164,7 @@ async fn coordinator_killed_mid_cycle_is_restarted_by_its_supervisor() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
-    let scenario = Scenario::new(3).await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
     scenario.produce(8_000, 43).await?;
     let (events, invalid, _) = expected_counts(&scenario).await?;
 

@@ -14,7 +14,7 @@ const CATCH_UP: Duration = Duration::from_secs(180);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outages_open_the_breaker_pause_and_recover_by_themselves() -> anyhow::Result<()> {
-    let scenario = Scenario::new(3).await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
     let mut producer = scenario.produce_in_background(9_000, 600, 101)?;
     let breaker = [
         ("ONCEFLOW_BREAKER_COOLDOWN_MS", "300"),
@@ -82,7 +82,7 @@ async fn database_outages_open_the_breaker_pause_and_recover_by_themselves() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_joins_and_is_repeatedly_sigkilled() -> anyhow::Result<()> {
-    let scenario = Scenario::new(4).await?;
+    let scenario = Scenario::new(service::bin(), 4).await?;
     let mut producer = scenario.produce_in_background(10_000, 1_000, 202)?;
     let first = scenario.start(&[])?;
     service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
@@ -128,7 +128,7 @@ async fn a_second_instance_joins_and_is_repeatedly_sigkilled() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_incarnation_can_move_neither_offsets_nor_output() -> anyhow::Result<()> {
-    let scenario = Scenario::new(3).await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
     let mut producer = scenario.produce_in_background(6_000, 1_000, 303)?;
     let zombie = scenario.start(&[])?;
     service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
@@ -185,7 +185,7 @@ async fn a_record_the_database_refuses_goes_to_the_dlq_as_processing_without_sta
     use rdkafka::ClientConfig;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let scenario = Scenario::new(3).await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
     scenario.produce(1_500, 404).await?;
     // Valid by the contract, but PostgreSQL text cannot hold a NUL character.
     let producer: FutureProducer = ClientConfig::new()

@@ -244,7 +244,7 @@ async fn fresh_databases_are_distinct_and_empty() {
 #[tokio::test]
 async fn wait_until_names_what_it_waited_for() {
     let error = wait_until(Duration::from_millis(300), "the moon is blue", || async {
-        Err::<bool, _>(anyhow::anyhow!("still green"))
+        Err::<bool, _>(common::ChaosError::Step("still green".to_owned()))
     })
     .await
     .expect_err("times out");

@@ -26,8 +26,11 @@ use crate::store::Store;
 use crate::store_error::StoreError;
 use crate::transaction_coordinator::CoordinatorMsg;
 
-/// Attempts to apply migrations while the database is unreachable.
-const MIGRATION_ATTEMPTS: u32 = 10;
+/// Attempts to apply migrations while the database is unreachable (about
+/// two minutes with the capped backoff below).
+const MIGRATION_ATTEMPTS: u32 = 30;
+/// Longest wait between two migration attempts.
+const MIGRATION_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Why the pipeline stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +162,9 @@ async fn migrate_with_retries(
                 tracing::warn!(attempt, %error, "database not ready for migrations; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return Err(error.into()),
-                    () = tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))) => {}
+                    () = tokio::time::sleep(
+                        Duration::from_millis(500 * u64::from(attempt)).min(MIGRATION_MAX_BACKOFF),
+                    ) => {}
                 }
                 attempt += 1;
             }

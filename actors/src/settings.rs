@@ -137,7 +137,7 @@ impl Default for Settings {
             db_retry_backoff_ms: 50,
             breaker_failure_threshold: 3,
             breaker_cooldown_ms: 1_000,
-            breaker_max_cooldown_ms: 30_000,
+            breaker_max_cooldown_ms: 10_000,
             kafka: BTreeMap::new(),
         }
     }

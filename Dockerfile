@@ -1,0 +1,87 @@
+# The onceflow image: one binary, `onceflow`, running `onceflow run` by default
+# (`docker run IMAGE produce …` runs the load generator instead).
+#
+# Two stages: a Rust build stage with the C toolchain librdkafka's cmake build
+# needs, and a small Debian runtime stage that holds the binary and only the
+# shared libraries it links. Needs BuildKit (the default builder of Docker and
+# of `docker compose build`) for the cache mount of the build stage.
+
+# ---------------------------------------------------------------------------
+# Manifests only: every Cargo.toml and Cargo.lock of the build context, each
+# crate given empty stub targets so that cargo can resolve the workspace.
+# This stage re-runs on every source change, but its result only changes when
+# a manifest or the lock file does, so the `cargo fetch` layer below stays
+# cached while only code changes. Found by name, not listed, so that new
+# workspace members need no change here.
+FROM rust:1-bookworm AS manifests
+WORKDIR /src
+COPY . .
+RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock -delete \
+ && find . -type d -empty -delete \
+ && for manifest in $(find . -name Cargo.toml); do \
+      crate="$(dirname "$manifest")"; \
+      mkdir -p "$crate/src" && touch "$crate/src/lib.rs" "$crate/src/main.rs"; \
+    done
+
+# ---------------------------------------------------------------------------
+FROM rust:1-bookworm AS build
+# cmake: rdkafka is built with its `cmake-build` feature (librdkafka compiled
+# from source and linked statically). libcurl4-openssl-dev and build-essential:
+# the same build prerequisites the project's scripts install (scripts/dev-env.sh).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      cmake libcurl4-openssl-dev build-essential \
+ && rm -rf /var/lib/apt/lists/*
+
+# Dependency fetch in a directory of its own: the stubs never mix with the
+# real sources, and the downloaded crates land in $CARGO_HOME, which the real
+# build below reuses.
+WORKDIR /deps
+COPY --from=manifests /src ./
+RUN cargo fetch --locked
+
+# The whole source. The target directory is a BuildKit cache mount, so a code
+# change recompiles onceflow's own crates, not librdkafka and every
+# dependency; the binary is copied out of the mount in the same step.
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/src/target,id=onceflow-target \
+    cargo build --release --locked -p onceflow \
+ && install -D -m 0755 target/release/onceflow /out/onceflow
+
+# ---------------------------------------------------------------------------
+FROM debian:bookworm-slim AS runtime
+# What the binary links dynamically (read off `ldd target/release/onceflow`):
+# libz (zlib1g: rdkafka's default `libz` feature), libgcc_s (libgcc-s1), libm
+# and libc. librdkafka itself is static; with rdkafka's default features it
+# links neither OpenSSL, libcurl nor Cyrus SASL. ca-certificates: for
+# TLS endpoints (SASL_SSL brokers, an https OTLP endpoint). curl: the health
+# check below.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      zlib1g libgcc-s1 ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin onceflow
+
+COPY --from=build /out/onceflow /usr/local/bin/onceflow
+# Fail the image build, not the first start, if a library the binary needs is
+# missing from this stage (e.g. after a dependency starts linking OpenSSL).
+RUN if ldd /usr/local/bin/onceflow | grep 'not found'; then \
+      echo 'onceflow links a library this image lacks (see above)' >&2; exit 1; \
+    fi
+
+USER onceflow:onceflow
+
+# The settings default `http_addr` to 127.0.0.1:9464, which nothing outside
+# the container could reach: listen on every interface of the container.
+ENV ONCEFLOW_HTTP_ADDR=0.0.0.0:9464
+# /metrics, /healthz and /readyz.
+EXPOSE 9464
+
+# /healthz answers 200 while no supervisor has given up. The port follows
+# ONCEFLOW_HTTP_ADDR, so overriding the address keeps the check right.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD curl -fsS -o /dev/null "http://127.0.0.1:${ONCEFLOW_HTTP_ADDR##*:}/healthz" || exit 1
+
+ENTRYPOINT ["onceflow"]
+CMD ["run"]

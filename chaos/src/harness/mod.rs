@@ -1,0 +1,39 @@
+//! The verification toolkit, independent of the code under test: a broker
+//! per run, a database per run, a `read_committed` topic reader, the
+//! contract's validity rule written anew, and the exactly-once verdict.
+//! The integration tests use it too (`tests/common`).
+
+mod broker;
+mod database;
+mod ground_truth;
+mod instance;
+mod mock_verdict;
+mod polling;
+mod topic_reader;
+mod verdict;
+
+pub use broker::*;
+pub use database::*;
+pub use ground_truth::*;
+pub use instance::*;
+pub use mock_verdict::*;
+pub use polling::*;
+pub use topic_reader::*;
+pub use verdict::*;
+
+pub use crate::error::ChaosError;
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// How long [`Broker::start`] waits for the broker to answer.
+const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`read_committed`] may take for one topic.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A unique name for a topic, group or transactional id: `prefix-<uuid>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
