@@ -11,3 +11,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 cargo nextest run --workspace --features failpoints --no-fail-fast "$@"
+# The chaos suite, small: every scenario once (kill points, database and
+# broker faults), judged from the outside. `chaos all` without --quick is
+# the longer run.
+cargo run --quiet --features failpoints -- chaos all --quick --report target/chaos-report.json

@@ -6,9 +6,10 @@
 //! non-zero exit; SIGTERM/SIGINT shut down gracefully with exit 0 (a second
 //! signal, or 10 s, forces the exit); an escalated failure exits non-zero.
 
+mod chaos_command;
 mod http_server;
-mod logging;
 mod produce;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,10 @@ enum Command {
     },
     /// Write ad events (with invalid records and repeats) to the input topic.
     Produce(produce::ProduceArgs),
+    /// Chaos scenarios: kill actors and processes mid-commit, inject faults,
+    /// and check exactly-once from the outside.
+    #[command(subcommand)]
+    Chaos(chaos_command::ChaosCommand),
 }
 
 /// Longest graceful shutdown before the process exits anyway.
@@ -44,7 +49,6 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(9);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,12 +59,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = telemetry::init(&runtime, config_file(&cli));
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::Produce(args) => produce::run_produce(&args).await.map(|_| ()),
+            Command::Chaos(command) => chaos_command::run_chaos(command).await,
         }
     });
+    // Flush traces while the runtime (the gRPC channel's home) still runs.
+    telemetry.shutdown();
     // Do not wait for blocking Kafka calls still running at exit.
     runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
@@ -69,6 +77,15 @@ fn main() -> ExitCode {
             eprintln!("onceflow: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The `run` command's configuration file (it names the instance that
+/// traces are exported for).
+fn config_file(cli: &Cli) -> Option<&std::path::Path> {
+    match &cli.command {
+        Command::Run { config } => config.as_deref(),
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ use chrono::{TimeZone, Utc};
 use onceflow_actors::ad_event::{AdEvent, AdEventKind, DeadLetterKind};
 use onceflow_actors::partition_batch::PartitionBatch;
 use onceflow_actors::processed_record::{ProcessedRecord, RecordEffect, output_value};
+use onceflow_actors::spans::RecordSpan;
 use onceflow_actors::store::Store;
 use onceflow_actors::store_error::StoreError;
 use onceflow_actors::trace_context::TraceContext;
@@ -43,6 +44,7 @@ fn event_record(
         key: Some(campaign.as_bytes().to_vec()),
         payload: None,
         trace: TraceContext::new_root(),
+        span: RecordSpan::none(),
         effect: RecordEffect::Event {
             output_value: output_value(&event),
             event,
@@ -57,6 +59,7 @@ fn dead_letter_record(partition: i32, offset: i64) -> ProcessedRecord {
         key: None,
         payload: Some(b"{".to_vec()),
         trace: TraceContext::new_root(),
+        span: RecordSpan::none(),
         effect: RecordEffect::DeadLetter {
             kind: DeadLetterKind::InvalidJson,
             reason: "value is not json".to_owned(),

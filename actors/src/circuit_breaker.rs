@@ -9,11 +9,14 @@
 //! Guarantees: while the breaker is open the coordinator starts no cycle, so
 //! partitions stop at their buffer limit and are paused (not revoked); the
 //! pipeline resumes by itself once a probe succeeds. Its state is published
-//! through [`PipelineStatus`] (`/readyz`, metrics).
+//! through [`PipelineStatus`] (`/readyz`, metrics). Every transition is a
+//! span (`circuit_breaker.open`, `circuit_breaker.probe`) whose log lines
+//! are its events, so traces show when and why writes stopped.
 
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
 
 use crate::actor_names::ActorNames;
 use crate::metrics::{BreakerState, PipelineStatus};
@@ -23,10 +26,10 @@ use crate::transaction_coordinator::CoordinatorMsg;
 /// Messages of the circuit breaker.
 #[derive(Debug)]
 pub enum CircuitBreakerMsg {
-    /// a database write committed
-    WriteSucceeded,
-    /// a database write failed (after its retries)
-    WriteFailed,
+    /// a database operation (a batch write, a recovery read) succeeded
+    DatabaseSucceeded,
+    /// a database operation failed with a transient error
+    DatabaseFailed,
     /// the cool-down ended: probe the database
     Probe,
 }
@@ -94,47 +97,59 @@ impl Actor for CircuitBreaker {
     ) -> Result<(), ActorProcessingErr> {
         let status = state.args.status.clone();
         match (message, status.breaker_state()) {
-            (CircuitBreakerMsg::WriteSucceeded, BreakerState::Closed | BreakerState::HalfOpen) => {
+            (CircuitBreakerMsg::DatabaseSucceeded, BreakerState::Closed | BreakerState::HalfOpen) => {
                 state.consecutive_failures = 0;
             }
-            (CircuitBreakerMsg::WriteFailed, BreakerState::Closed) => {
+            (CircuitBreakerMsg::DatabaseFailed, BreakerState::Closed) => {
                 state.consecutive_failures += 1;
                 if state.consecutive_failures >= state.args.failure_threshold {
                     open(&myself, state);
                 }
             }
             (CircuitBreakerMsg::Probe, BreakerState::Open) => {
-                status.set_breaker_state(BreakerState::HalfOpen);
-                tracing::info!("circuit breaker half-open: probing the database");
-                let probe = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    sqlx::query("SELECT 1").execute(state.args.store.pool()),
-                )
-                .await;
-                match probe {
-                    Ok(Ok(_)) => {
-                        state.consecutive_failures = 0;
-                        state.cooldown = state.args.cooldown;
-                        status.set_breaker_state(BreakerState::Closed);
-                        tracing::info!("circuit breaker closed: the database answers again");
-                        tell_coordinator(state, CoordinatorMsg::BreakerClosed);
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, "database probe failed");
-                        state.cooldown = (state.cooldown * 2).min(state.args.max_cooldown);
-                        open(&myself, state);
-                    }
-                    Err(_) => {
-                        tracing::warn!("database probe timed out");
-                        state.cooldown = (state.cooldown * 2).min(state.args.max_cooldown);
-                        open(&myself, state);
-                    }
-                }
+                let span = tracing::info_span!(
+                    "circuit_breaker.probe",
+                    db.system.name = "postgresql",
+                    onceflow.breaker.to = tracing::field::Empty,
+                );
+                probe(&myself, state).instrument(span).await;
             }
             // Outcomes while open are stale: the breaker decides by probing.
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Half-open: probes the database, then closes or reopens the breaker.
+async fn probe(myself: &ActorRef<CircuitBreakerMsg>, state: &mut CircuitBreakerState) {
+    let status = state.args.status.clone();
+    status.set_breaker_state(BreakerState::HalfOpen);
+    tracing::info!("circuit breaker half-open: probing the database");
+    let probe = tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::query("SELECT 1").execute(state.args.store.pool()),
+    )
+    .await;
+    match probe {
+        Ok(Ok(_)) => {
+            state.consecutive_failures = 0;
+            state.cooldown = state.args.cooldown;
+            status.set_breaker_state(BreakerState::Closed);
+            tracing::Span::current().record("onceflow.breaker.to", "closed");
+            tracing::info!("circuit breaker closed: the database answers again");
+            tell_coordinator(state, CoordinatorMsg::BreakerClosed);
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "database probe failed");
+            state.cooldown = (state.cooldown * 2).min(state.args.max_cooldown);
+            open(myself, state);
+        }
+        Err(_) => {
+            tracing::warn!("database probe timed out");
+            state.cooldown = (state.cooldown * 2).min(state.args.max_cooldown);
+            open(myself, state);
+        }
     }
 }
 
@@ -146,6 +161,15 @@ fn tell_coordinator(state: &CircuitBreakerState, message: CoordinatorMsg) {
 }
 
 fn open(myself: &ActorRef<CircuitBreakerMsg>, state: &mut CircuitBreakerState) {
+    // Inside a probe this records the probe's result; otherwise it is the
+    // transition's own span (the warning below becomes its event).
+    tracing::Span::current().record("onceflow.breaker.to", "open");
+    let span = tracing::info_span!(
+        "circuit_breaker.open",
+        db.system.name = "postgresql",
+        consecutive_failures = state.consecutive_failures,
+    );
+    let _entered = span.enter();
     let was_open_or_probing = state.args.status.breaker_state() != BreakerState::Closed;
     state.args.status.set_breaker_state(BreakerState::Open);
     if !was_open_or_probing {

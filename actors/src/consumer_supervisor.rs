@@ -25,6 +25,7 @@ use crate::partition_consumer::{PartitionConsumer, PartitionConsumerArgs, Partit
 use crate::record_fetcher::{FetcherCommand, FetcherHandle, StartPosition, spawn_fetcher};
 use crate::restart_policy::{RestartDecision, RestartLimits, RestartPolicy};
 use crate::settings::Settings;
+use crate::spans::RecordSource;
 use crate::transaction_coordinator::CoordinatorMsg;
 
 /// Messages of the consumer supervisor.
@@ -288,6 +289,10 @@ async fn start_partitions(
             max_batch_records: state.args.settings.max_batch_records,
             max_buffered_records: state.args.settings.max_buffered_records,
             status: state.args.status.clone(),
+            source: RecordSource {
+                topic: state.args.settings.input_topic.clone(),
+                group_id: state.args.settings.group_id.clone(),
+            },
         };
         let cell: ActorCell = myself.get_cell();
         let (consumer, _) = Actor::spawn_linked(None, PartitionConsumer, args, cell).await?;

@@ -5,14 +5,15 @@
 //! Guarantees: a write either commits whole or not at all (see
 //! [`crate::store`]); retries are bounded by `db_retry_attempts`; a fenced
 //! write is never retried. The actor holds no state across messages, so a
-//! restart loses nothing.
+//! restart loses nothing. Each write runs in one `db.commit_batch` span, a
+//! child of the commit cycle's span, with every retry as an event and a
+//! failure as its status.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::Rng;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::actor_names::ActorNames;
@@ -20,6 +21,7 @@ use crate::ad_event::DeadLetterKind;
 use crate::circuit_breaker::CircuitBreakerMsg;
 use crate::partition_batch::PartitionBatch;
 use crate::processed_record::RecordEffect;
+use crate::spans::in_span;
 use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, Store};
 use crate::store_error::StoreError;
 
@@ -36,6 +38,8 @@ pub struct WriteRequest {
     pub txn_id: Uuid,
     /// the batch
     pub batch: Arc<PartitionBatch>,
+    /// the commit cycle's span, parent of the write's span
+    pub parent: tracing::Span,
 }
 
 /// Messages of a database writer.
@@ -99,7 +103,26 @@ impl Actor for DbWriter {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DbWriterMsg::Write(request, reply) => {
-                let outcome = write_isolating_poison(state, request).await;
+                let span = tracing::info_span!(
+                    parent: &request.parent,
+                    "db.commit_batch",
+                    otel.kind = "client",
+                    db.system.name = "postgresql",
+                    db.operation.name = "BATCH",
+                    db.collection.name = "ad_events",
+                    messaging.destination.partition.id = request.batch.partition,
+                    onceflow.batch.start_offset = request.batch.start_offset,
+                    onceflow.batch.end_offset = request.batch.end_offset,
+                    onceflow.batch.records = request.batch.records.len(),
+                    onceflow.new_events = tracing::field::Empty,
+                    onceflow.duplicates = tracing::field::Empty,
+                    txn_id = %request.txn_id,
+                );
+                let outcome = in_span(span.clone(), write_isolating_poison(state, request)).await;
+                if let Ok(written) = &outcome {
+                    span.record("onceflow.new_events", written.outcome.new_events);
+                    span.record("onceflow.duplicates", written.outcome.duplicates);
+                }
                 // The coordinator may have given up waiting; the write is
                 // idempotent, so a reply nobody reads is harmless.
                 let _ = reply.send(outcome);
@@ -180,15 +203,6 @@ async fn write_with_retries(
 ) -> Result<BatchWriteOutcome, StoreError> {
     let mut attempt = 1;
     loop {
-        let span = tracing::info_span!(
-            "db.write_batch",
-            db.system.name = "postgresql",
-            db.operation.name = "commit_batch",
-            db.collection.name = "ad_events",
-            messaging.destination.partition.id = request.batch.partition,
-            txn_id = %request.txn_id,
-            attempt
-        );
         let result = state
             .store
             .write_batch(
@@ -198,7 +212,6 @@ async fn write_with_retries(
                 request.txn_id,
                 &request.batch,
             )
-            .instrument(span)
             .await;
         report_to_breaker(state, &result);
         match result {
@@ -224,10 +237,10 @@ async fn write_with_retries(
 
 fn report_to_breaker(state: &DbWriterArgs, result: &Result<BatchWriteOutcome, StoreError>) {
     let message = match result {
-        Ok(_) => CircuitBreakerMsg::WriteSucceeded,
+        Ok(_) => CircuitBreakerMsg::DatabaseSucceeded,
         // A fence says nothing about the database's health.
         Err(StoreError::Fenced { .. }) => return,
-        Err(_) => CircuitBreakerMsg::WriteFailed,
+        Err(_) => CircuitBreakerMsg::DatabaseFailed,
     };
     if let Some(breaker) = ActorNames::lookup::<CircuitBreakerMsg>(&state.names.circuit_breaker()) {
         let _ = breaker.cast(message);

@@ -5,7 +5,8 @@
 //! Guarantees: it produces through the producer it is handed, so its
 //! records commit or abort with the cycle's transaction and its offsets;
 //! it replies only after every record was acknowledged, or with the first
-//! failure (the coordinator then aborts the cycle).
+//! failure (the coordinator then aborts the cycle). Its `dlq.forward` span
+//! is a child of the cycle's span, marked failed on a failure.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use crate::ad_event::DeadLetterKind;
 use crate::kafka_error::KafkaTxnError;
+use crate::spans::in_span;
 use crate::trace_context::{TRACEPARENT_HEADER, TraceContext};
 use crate::transactional_send::{TXN_ID_HEADER, send_all};
 
@@ -40,6 +42,8 @@ pub struct DeadLetter {
 pub struct ForwardRequest {
     /// the coordinator's producer, inside its open transaction
     pub producer: FutureProducer,
+    /// the commit cycle's span, parent of the `dlq.forward` span
+    pub parent: tracing::Span,
     /// the cycle
     pub txn_id: Uuid,
     /// the input topic (header `onceflow-source-topic`)
@@ -84,13 +88,15 @@ impl Actor for DlqForwarder {
             return Ok(());
         }
         let span = tracing::info_span!(
+            parent: &request.parent,
             "dlq.forward",
+            otel.kind = "producer",
             messaging.system = "kafka",
+            messaging.operation.name = "send",
             messaging.destination.name = %dlq_topic,
             messaging.batch.message_count = request.dead_letters.len(),
             txn_id = %request.txn_id
         );
-        let _entered = span.enter();
         let txn_id = request.txn_id.to_string();
         let records = request.dead_letters.iter().map(|dead_letter| {
             let partition = dead_letter.partition.to_string();
@@ -135,8 +141,7 @@ impl Actor for DlqForwarder {
             }
             record
         });
-        drop(_entered);
-        let result = send_all(&request.producer, dlq_topic, records).await;
+        let result = in_span(span, send_all(&request.producer, dlq_topic, records)).await;
         let _ = reply.send(result);
         Ok(())
     }

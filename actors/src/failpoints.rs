@@ -19,6 +19,9 @@ impl InjectedFault {
     }
 }
 
+/// Whether the kill points are compiled into this build.
+pub const ENABLED: bool = cfg!(feature = "failpoints");
+
 /// Every kill point, for `chaos` and documentation.
 pub const ALL_POINTS: &[&str] = &[
     COORDINATOR_BEFORE_DB_COMMIT,

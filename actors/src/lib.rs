@@ -24,6 +24,7 @@ pub mod recovery;
 pub mod restart_policy;
 pub mod root_supervisor;
 pub mod settings;
+pub mod spans;
 pub mod store;
 pub mod store_error;
 pub mod trace_context;

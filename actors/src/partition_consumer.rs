@@ -10,14 +10,17 @@
 //! - at most one batch is in flight, and at most `max_buffered_records`
 //!   records are held: past that the partition is paused (not revoked);
 //! - it keeps nothing that recovery needs: a restarted partition consumer is
-//!   repositioned from the stored offsets by the coordinator.
+//!   repositioned from the stored offsets by the coordinator;
+//! - a record with an upstream `traceparent` is processed inside its own
+//!   `process` span when spans are exported (see [`crate::spans`]).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::metrics::PipelineStatus;
 use crate::partition_batch::PartitionBatch;
-use crate::processed_record::{ConsumedRecord, ProcessedRecord, process_record};
+use crate::processed_record::{ConsumedRecord, ProcessedRecord};
 use crate::record_fetcher::{FetcherCommand, FetcherHandle};
+use crate::spans::{RecordSource, process_traced};
 
 /// Messages of a partition consumer.
 #[derive(Debug)]
@@ -63,6 +66,8 @@ pub struct PartitionConsumerArgs {
     pub max_buffered_records: usize,
     /// shared metrics
     pub status: PipelineStatus,
+    /// input topic and group, for the records' spans
+    pub source: RecordSource,
 }
 
 /// Where the partition stands.
@@ -160,7 +165,9 @@ impl Actor for PartitionConsumer {
                 }
                 state.args.status.metrics().records_consumed.inc();
                 crate::failpoints::partition_consumer_mid_batch();
-                state.buffered.push(process_record(record));
+                state
+                    .buffered
+                    .push(process_traced(record, &state.args.source));
                 state.apply_backpressure();
             }
             PartitionConsumerMsg::Positioned {

@@ -77,6 +77,7 @@ pub async fn run_pipeline(
         settings.db_max_connections,
         Duration::from_millis(settings.db_statement_timeout_ms),
         Duration::from_millis(settings.db_idle_in_transaction_timeout_ms),
+        Duration::from_millis(settings.db_acquire_timeout_ms),
     )?;
     migrate_with_retries(&store, &shutdown).await?;
 

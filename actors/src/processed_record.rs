@@ -8,6 +8,7 @@
 use chrono::SecondsFormat;
 
 use crate::ad_event::{AdEvent, DeadLetterKind, parse_ad_event};
+use crate::spans::RecordSpan;
 use crate::trace_context::TraceContext;
 
 /// A record as read from the input topic.
@@ -58,6 +59,9 @@ pub struct ProcessedRecord {
     pub payload: Option<Vec<u8>>,
     /// trace context for whatever this record produces
     pub trace: TraceContext,
+    /// the record's `process` span, when it has one (see
+    /// [`crate::spans`]); it ends when the record is dropped
+    pub span: RecordSpan,
     /// what it asks for
     pub effect: RecordEffect,
 }
@@ -76,7 +80,8 @@ pub fn output_value(event: &AdEvent) -> Vec<u8> {
     value.to_string().into_bytes()
 }
 
-/// Processes one consumed record.
+/// Processes one consumed record (without a span of its own; see
+/// [`crate::spans::process_traced`]).
 pub fn process_record(record: ConsumedRecord) -> ProcessedRecord {
     let trace = TraceContext::continue_from(record.traceparent.as_deref());
     let effect = match parse_ad_event(record.payload.as_deref()) {
@@ -98,6 +103,7 @@ pub fn process_record(record: ConsumedRecord) -> ProcessedRecord {
         key: record.key,
         payload: record.payload,
         trace,
+        span: RecordSpan::none(),
         effect,
     }
 }

@@ -80,6 +80,10 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// `statement_timeout` of every database session, in milliseconds.
     pub db_statement_timeout_ms: u64,
+    /// Longest wait for a database connection; while the database refuses
+    /// connections, each operation fails after this long (and counts against
+    /// the circuit breaker).
+    pub db_acquire_timeout_ms: u64,
     /// `idle_in_transaction_session_timeout` of every database session: a
     /// frozen process (a zombie) cannot hold a partition's row lock longer.
     pub db_idle_in_transaction_timeout_ms: u64,
@@ -128,6 +132,7 @@ impl Default for Settings {
             db_max_connections: 8,
             db_statement_timeout_ms: 30_000,
             db_idle_in_transaction_timeout_ms: 10_000,
+            db_acquire_timeout_ms: 2_000,
             restart_budget: 10,
             restart_window_ms: 60_000,
             restart_backoff_initial_ms: 100,
@@ -137,7 +142,7 @@ impl Default for Settings {
             db_retry_backoff_ms: 50,
             breaker_failure_threshold: 3,
             breaker_cooldown_ms: 1_000,
-            breaker_max_cooldown_ms: 10_000,
+            breaker_max_cooldown_ms: 5_000,
             kafka: BTreeMap::new(),
         }
     }
@@ -286,6 +291,9 @@ impl Settings {
                 "db_statement_timeout_ms",
                 "must be at least 1".to_owned(),
             ));
+        }
+        if self.db_acquire_timeout_ms == 0 {
+            return Err(invalid("db_acquire_timeout_ms", "must be at least 1".to_owned()));
         }
         if self.db_idle_in_transaction_timeout_ms == 0 {
             return Err(invalid(

@@ -92,6 +92,7 @@ impl Store {
         max_connections: u32,
         statement_timeout: Duration,
         idle_in_transaction_timeout: Duration,
+        acquire_timeout: Duration,
     ) -> Result<Store, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(StoreError::Permanent)?
@@ -108,7 +109,7 @@ impl Store {
             ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
         Ok(Store { pool })
     }

@@ -54,6 +54,7 @@ fn is_transient_sqlstate(code: &str) -> bool {
         || code == "40001" // serialization failure
         || code == "40P01" // deadlock detected
         || code == "55P03" // lock not available
+        || code == "55000" // object not in prerequisite state: "database is not currently accepting connections"
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -84,7 +85,7 @@ mod tests {
 
     #[test]
     fn classifies_retriable_sqlstates() {
-        for code in ["40001", "40P01", "57014", "57P01", "08006", "53300"] {
+        for code in ["40001", "40P01", "57014", "57P01", "08006", "53300", "55000"] {
             assert!(is_transient_sqlstate(code), "{code}");
         }
         for code in ["23505", "42P01", "22003"] {

@@ -3,8 +3,11 @@
 //! Guarantees: a valid upstream `traceparent` keeps its trace id on every
 //! record onceflow derives from it (output or dead letter), so one trace
 //! runs from the upstream producer to the downstream consumer; a missing or
-//! malformed one starts a new trace instead of failing the record.
+//! malformed one starts a new trace instead of failing the record. With span
+//! export on, the record's context is its `process` span's own (see
+//! [`crate::spans`]), converted with [`TraceContext::from_span_context`].
 
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use rand::RngCore;
 
 /// Header name of the W3C trace context.
@@ -93,6 +96,31 @@ impl TraceContext {
     pub fn trace_id_hex(&self) -> String {
         encode_hex(&self.trace_id)
     }
+
+    /// The same context as an OpenTelemetry span context received from
+    /// another process (remote), for use as a parent or a link.
+    pub fn to_span_context(&self) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_bytes(self.trace_id),
+            SpanId::from_bytes(self.span_id),
+            TraceFlags::new(self.flags),
+            true,
+            TraceState::NONE,
+        )
+    }
+
+    /// The context of an OpenTelemetry span; `None` if it is not valid (no
+    /// OpenTelemetry layer installed, or the span is disabled).
+    pub fn from_span_context(context: &SpanContext) -> Option<TraceContext> {
+        if !context.is_valid() {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id: context.trace_id().to_bytes(),
+            span_id: context.span_id().to_bytes(),
+            flags: context.trace_flags().to_u8(),
+        })
+    }
 }
 
 fn new_span_id() -> [u8; 8] {
@@ -141,6 +169,20 @@ mod tests {
     }
 
     #[test]
+    fn converts_to_and_from_opentelemetry() {
+        let header = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = TraceContext::parse(header).expect("valid");
+        let otel = context.to_span_context();
+        assert!(otel.is_remote() && otel.is_sampled());
+        assert_eq!(
+            otel.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(otel.span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(TraceContext::from_span_context(&otel), Some(context));
+    }
+
+    #[test]
     fn malformed_headers_start_a_new_trace() {
         for bad in [
             &b"garbage"[..],
@@ -158,6 +200,10 @@ mod tests {
             );
         }
         let a = TraceContext::continue_from(Some(b"garbage"));
+        assert_eq!(
+            TraceContext::from_span_context(&SpanContext::empty_context()),
+            None
+        );
         let b = TraceContext::continue_from(None);
         assert_ne!(a.trace_id, b.trace_id);
     }

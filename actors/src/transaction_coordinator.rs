@@ -35,6 +35,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::actor_names::ActorNames;
+use crate::circuit_breaker::CircuitBreakerMsg;
 use crate::consumer_supervisor::ConsumerSupervisorMsg;
 use crate::db_writer::{DbWriterMsg, WriteRequest};
 use crate::dlq_forwarder::{DeadLetter, DlqForwarderMsg, ForwardRequest};
@@ -47,6 +48,7 @@ use crate::partition_consumer::PartitionConsumerMsg;
 use crate::processed_record::RecordEffect;
 use crate::recovery::recovery_position;
 use crate::settings::Settings;
+use crate::spans::{self, in_span, mark_failed};
 use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, Store, StoredPartition};
 use crate::store_error::StoreError;
 use crate::trace_context::TRACEPARENT_HEADER;
@@ -280,7 +282,17 @@ async fn position_partitions(myself: &ActorRef<CoordinatorMsg>, state: &mut Coor
         // breaker's close message positions the partitions.
         return;
     }
-    match read_recovery_inputs(state).await {
+    let inputs = read_recovery_inputs(state).await;
+    // The breaker sees every database outcome, recovery reads included: while
+    // the database is down no batch is written, so without these it would
+    // never learn of the outage.
+    match &inputs {
+        Ok(_) => tell_breaker(state, CircuitBreakerMsg::DatabaseSucceeded),
+        Err(RecoveryReadError::Store(StoreError::Fenced { .. })) => {}
+        Err(RecoveryReadError::Store(_)) => tell_breaker(state, CircuitBreakerMsg::DatabaseFailed),
+        Err(_) => {}
+    }
+    match inputs {
         Ok(inputs) => {
             for (partition, stored, kafka_committed) in inputs {
                 let position = recovery_position(Some(stored), kafka_committed);
@@ -315,6 +327,12 @@ async fn position_partitions(myself: &ActorRef<CoordinatorMsg>, state: &mut Coor
                 myself.send_after(Duration::from_millis(500), || CoordinatorMsg::RetryRecovery);
             }
         }
+    }
+}
+
+fn tell_breaker(state: &CoordinatorState, message: CircuitBreakerMsg) {
+    if let Some(breaker) = ActorNames::lookup::<CircuitBreakerMsg>(&state.args.names.circuit_breaker()) {
+        let _ = breaker.cast(message);
     }
 }
 
@@ -413,11 +431,44 @@ async fn run_cycle(
         "commit_cycle",
         %txn_id,
         partitions = batches.len(),
-        messaging.batch.message_count = record_count
+        messaging.system = "kafka",
+        messaging.operation.name = "commit",
+        messaging.batch.message_count = record_count,
+        messaging.consumer.group.name = %state.args.settings.group_id,
+        onceflow.outcome = tracing::field::Empty,
+    );
+    // Parent: the first traced record's `process` span; links to the others.
+    spans::tie_cycle_to_records(
+        &span,
+        txn_id,
+        batches.iter().flat_map(|batch| batch.records.iter()),
     );
     commit_cycle(myself, state, txn_id, batches)
         .instrument(span)
         .await
+}
+
+/// Records how the cycle ended on its span (the current one) and on the
+/// `process` spans of the records of `batches`.
+fn end_cycle_span<'a>(
+    batches: impl Iterator<Item = &'a Arc<PartitionBatch>>,
+    outcome: &'static str,
+    error: Option<&dyn std::fmt::Display>,
+) {
+    let span = tracing::Span::current();
+    span.record("onceflow.outcome", outcome);
+    if let Some(error) = error {
+        mark_failed(&span, error);
+    }
+    let record_outcome = if outcome == "committed" {
+        "committed"
+    } else {
+        "rewound"
+    };
+    spans::record_outcome(
+        batches.flat_map(|batch| batch.records.iter()),
+        record_outcome,
+    );
 }
 
 async fn take_batches(state: &mut CoordinatorState) -> Vec<Arc<PartitionBatch>> {
@@ -454,6 +505,7 @@ async fn commit_cycle(
     let partitions: Vec<i32> = batches.iter().map(|batch| batch.partition).collect();
     if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_BEFORE_DB_COMMIT) {
         tracing::warn!(%fault, "cycle aborted before the database commit");
+        end_cycle_span(batches.iter(), "aborted", Some(&fault));
         state.args.status.count_abort("injected");
         rewind(myself, state, &partitions).await;
         return Ok(());
@@ -463,11 +515,25 @@ async fn commit_cycle(
     let (committed, failed) = write_batches(state, txn_id, &batches).await;
     if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_AFTER_DB_COMMIT) {
         tracing::warn!(%fault, "cycle aborted after the database commit");
+        end_cycle_span(batches.iter(), "aborted", Some(&fault));
         state.args.status.count_abort("injected");
         rewind(myself, state, &partitions).await;
         return Ok(());
     }
     if !failed.is_empty() {
+        let failed_batches = batches
+            .iter()
+            .filter(|batch| failed.contains(&batch.partition));
+        let reason = format!("database write failed for partitions {failed:?}");
+        end_cycle_span(
+            failed_batches,
+            if committed.is_empty() {
+                "aborted"
+            } else {
+                "partly_committed"
+            },
+            Some(&reason),
+        );
         state.args.status.count_abort("database");
         rewind(myself, state, &failed).await;
     }
@@ -479,8 +545,21 @@ async fn commit_cycle(
     let committed_partitions: Vec<i32> = committed.iter().map(|c| c.batch.partition).collect();
     let kafka_result = commit_to_kafka(state, txn_id, &committed).await;
     state.args.status.txn_closed();
+    let committed_batches = || {
+        committed
+            .iter()
+            .map(|committed_batch| &committed_batch.batch)
+    };
     match kafka_result {
         Ok(()) => {
+            if failed.is_empty() {
+                end_cycle_span(committed_batches(), "committed", None);
+            } else {
+                spans::record_outcome(
+                    committed_batches().flat_map(|batch| batch.records.iter()),
+                    "committed",
+                );
+            }
             if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_AFTER_KAFKA_COMMIT) {
                 // Both sides committed; the partitions replay [a, b) and find
                 // nothing owed. Exercises the "both landed" recovery case.
@@ -521,12 +600,13 @@ async fn commit_cycle(
         }
         Err(error) => {
             tracing::warn!(%txn_id, %error, class = ?error.class(), "kafka transaction failed");
+            end_cycle_span(committed_batches(), "aborted", Some(&error));
             state.args.status.count_abort(match error.class() {
                 KafkaFailureClass::RecreateProducer => "fenced_or_fatal",
                 KafkaFailureClass::AbortTransaction => "abortable",
                 KafkaFailureClass::RetryCall => "retries_exhausted",
             });
-            recover_producer(state, error.class()).await?;
+            recover_producer(state, txn_id, error.class()).await?;
             rewind(myself, state, &committed_partitions).await;
         }
     }
@@ -586,6 +666,7 @@ async fn write_batches(
             owner_epoch,
             txn_id,
             batch: Arc::clone(batch),
+            parent: tracing::Span::current(),
         };
         Some(async move {
             let result = match writer {
@@ -699,14 +780,14 @@ async fn commit_to_kafka(
     });
     let produce_span = tracing::info_span!(
         "kafka.produce",
+        otel.kind = "producer",
         messaging.system = "kafka",
+        messaging.operation.name = "send",
         messaging.destination.name = output_topic,
         messaging.batch.message_count = outputs.len(),
         %txn_id
     );
-    send_all(&producer, output_topic, records)
-        .instrument(produce_span)
-        .await?;
+    in_span(produce_span, send_all(&producer, output_topic, records)).await?;
     if !dead_letters.is_empty() {
         forward_dead_letters(state, &producer, txn_id, dead_letters).await?;
     }
@@ -735,15 +816,33 @@ async fn commit_to_kafka(
                 reason: "consumer has no group metadata".to_owned(),
             })?;
     let timeout = settings.kafka_call_timeout();
-    retry_blocking("send_offsets_to_transaction", &producer, move |producer| {
-        producer.send_offsets_to_transaction(&offsets, &group_metadata, timeout)
-    })
+    let offsets_span = tracing::info_span!(
+        "kafka.send_offsets",
+        messaging.system = "kafka",
+        messaging.destination.name = %settings.input_topic,
+        messaging.consumer.group.name = %settings.group_id,
+        partitions = committed.len(),
+        %txn_id
+    );
+    in_span(
+        offsets_span,
+        retry_blocking("send_offsets_to_transaction", &producer, move |producer| {
+            producer.send_offsets_to_transaction(&offsets, &group_metadata, timeout)
+        }),
+    )
     .await?;
     failpoints::hit(failpoints::COORDINATOR_DURING_KAFKA_COMMIT)?;
-    retry_blocking("commit_transaction", &producer, move |producer| {
-        producer.commit_transaction(timeout)
-    })
-    .instrument(tracing::info_span!("kafka.commit_transaction", %txn_id))
+    let commit_span = tracing::info_span!(
+        "kafka.commit_transaction",
+        messaging.system = "kafka",
+        %txn_id
+    );
+    in_span(
+        commit_span,
+        retry_blocking("commit_transaction", &producer, move |producer| {
+            producer.commit_transaction(timeout)
+        }),
+    )
     .await?;
     let open_for = opened.elapsed();
     if open_for > Duration::from_millis(settings.open_txn_warn_ms) {
@@ -765,6 +864,7 @@ async fn forward_dead_letters(
         })?;
     let request = ForwardRequest {
         producer: producer.clone(),
+        parent: tracing::Span::current(),
         txn_id,
         source_topic: state.args.settings.input_topic.clone(),
         dead_letters,
@@ -853,15 +953,24 @@ async fn partition_claimed_by_a_newer_owner(state: &CoordinatorState) -> Option<
 /// new producer cannot be made.
 async fn recover_producer(
     state: &mut CoordinatorState,
+    txn_id: Uuid,
     class: KafkaFailureClass,
 ) -> Result<(), ActorProcessingErr> {
     if class != KafkaFailureClass::RecreateProducer
         && let Some(producer) = state.producer.clone()
     {
         let timeout = state.args.settings.kafka_call_timeout();
-        match retry_blocking("abort_transaction", &producer, move |producer| {
-            producer.abort_transaction(timeout)
-        })
+        let abort_span = tracing::info_span!(
+            "kafka.abort_transaction",
+            messaging.system = "kafka",
+            %txn_id
+        );
+        match in_span(
+            abort_span,
+            retry_blocking("abort_transaction", &producer, move |producer| {
+                producer.abort_transaction(timeout)
+            }),
+        )
         .await
         {
             Ok(()) => return Ok(()),
@@ -882,7 +991,12 @@ async fn recover_producer(
         state.args.status.fail_fatally(reason.clone());
         return Err(reason.into());
     }
-    let producer = new_producer(&state.args.settings).await?;
+    let init_span = tracing::info_span!(
+        "kafka.init_transactions",
+        messaging.system = "kafka",
+        %txn_id
+    );
+    let producer = in_span(init_span, new_producer(&state.args.settings)).await?;
     state.producer = Some(producer);
     state.args.status.set_coordinator_ready(true);
     tracing::info!("transactional producer recreated");

@@ -159,9 +159,15 @@ fn noida_db_program() -> Result<PathBuf> {
             }
         }
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/noida-db");
-    if venv.is_file() {
-        return Ok(venv);
+    // The repository's `.venv` (scripts/dev-env.sh installs it there), seen
+    // from the current directory or from the source tree this was built in.
+    for venv in [
+        Path::new(".venv/bin/noida-db").to_path_buf(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/noida-db"),
+    ] {
+        if venv.is_file() {
+            return Ok(venv);
+        }
     }
     bail!(
         "noida-db not found: set NOIDA_DB, put it on PATH, or install it with \

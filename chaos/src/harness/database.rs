@@ -8,10 +8,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// A new empty database `onceflow_t_<uuid>` on the test server
-/// (`$ONCEFLOW_TEST_ADMIN_URL`, default `postgres://postgres@127.0.0.1:5432/test`):
+/// (`$CHAOS_ADMIN_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`):
 /// its URL and a pool on it. The database is left behind for inspection.
 pub async fn fresh_database() -> Result<(String, PgPool)> {
-    let admin_url = std::env::var("ONCEFLOW_TEST_ADMIN_URL")
+    let admin_url = std::env::var("CHAOS_ADMIN_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let admin = PgPoolOptions::new()
         .max_connections(1)

@@ -376,7 +376,7 @@ impl DatabaseOutage {
             .next()
             .context("database url has no name")?
             .to_owned();
-        let admin_url = std::env::var("ONCEFLOW_TEST_ADMIN_URL")
+        let admin_url = std::env::var("CHAOS_ADMIN_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
         let admin = PgPool::connect(&admin_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(

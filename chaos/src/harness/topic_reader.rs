@@ -67,7 +67,7 @@ fn read_committed_blocking(
     topic: &str,
     partitions: usize,
 ) -> Result<Vec<TopicRecord>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<EndOfPartitionIsNoError> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("onceflow-harness-reader"))
         .set("enable.auto.commit", "false")
@@ -77,7 +77,7 @@ fn read_committed_blocking(
         .set("enable.partition.eof", "true")
         // An empty fetch (the end of a partition) answers after at most this.
         .set("fetch.wait.max.ms", "100")
-        .create()
+        .create_with_context(EndOfPartitionIsNoError)
         .context("cannot create the topic reader")?;
     let mut assignment = TopicPartitionList::new();
     let partition_ids: Vec<i32> = (0..partitions)
@@ -142,3 +142,18 @@ fn read_committed_blocking(
     records.sort_by_key(|r| (r.partition, r.offset));
     Ok(records)
 }
+
+/// The reader asks for end-of-partition events; librdkafka also reports
+/// them as "global errors", which are not errors here.
+#[derive(Debug, Clone, Copy)]
+pub struct EndOfPartitionIsNoError;
+
+impl rdkafka::ClientContext for EndOfPartitionIsNoError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndOfPartitionIsNoError {}
