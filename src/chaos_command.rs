@@ -57,7 +57,11 @@ pub struct ChaosOptions {
 
 impl ChaosOptions {
     fn context(&self) -> anyhow::Result<ScenarioContext> {
-        let mut size = if self.quick { RunSize::quick() } else { RunSize::full() };
+        let mut size = if self.quick {
+            RunSize::quick()
+        } else {
+            RunSize::full()
+        };
         if let Some(events) = self.events {
             if events == 0 {
                 bail!("--events must be at least 1");
@@ -83,18 +87,25 @@ pub async fn run_chaos(command: ChaosCommand) -> anyhow::Result<()> {
         }
         ChaosCommand::Run { names, options } => {
             let specs = select(&names)?;
-            (run_scenarios(&specs, &options.context()?, options.quick).await?, options)
+            (
+                run_scenarios(&specs, &options.context()?, options.quick).await?,
+                options,
+            )
         }
-        ChaosCommand::All { options } => {
-            (run_scenarios(&catalog(), &options.context()?, options.quick).await?, options)
-        }
+        ChaosCommand::All { options } => (
+            run_scenarios(&catalog(), &options.context()?, options.quick).await?,
+            options,
+        ),
         ChaosCommand::Random { duration, options } => {
             let mut context = options.context()?;
             if options.events.is_none() {
                 // Enough load to keep arriving through the whole schedule.
                 context.size.events = (duration.as_secs() * 150).max(1_500);
             }
-            (run_random_mode(&context, duration, options.quick).await?, options)
+            (
+                run_random_mode(&context, duration, options.quick).await?,
+                options,
+            )
         }
     };
     finish(&report, &options)
@@ -104,7 +115,11 @@ fn finish(report: &ChaosReport, options: &ChaosOptions) -> anyhow::Result<()> {
     println!("{}", report.table());
     report.write_json(&options.report)?;
     println!("report: {}", options.report.display());
-    let passed = report.outcomes.iter().filter(|outcome| outcome.passed()).count();
+    let passed = report
+        .outcomes
+        .iter()
+        .filter(|outcome| outcome.passed())
+        .count();
     let failed = report.outcomes.len() - passed;
     if !report.passed() {
         eprint!("{}", report.failures());
@@ -113,6 +128,9 @@ fn finish(report: &ChaosReport, options: &ChaosOptions) -> anyhow::Result<()> {
     if report.passed() {
         Ok(())
     } else {
-        bail!("exactly-once violated or a scenario could not run (seed {})", report.seed)
+        bail!(
+            "exactly-once violated or a scenario could not run (seed {})",
+            report.seed
+        )
     }
 }

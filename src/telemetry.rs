@@ -298,7 +298,7 @@ fn build_provider(
             .with_tonic()
             .build(),
     }
-    .map_err(|error| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {error}"))?;
+    .map_err(|error| error.to_string())?;
     let endpoint = env_value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .or_else(|| env_value("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .unwrap_or_default();

@@ -9,8 +9,9 @@
 //! commit cycles that took those records, with their database and Kafka
 //! commit spans (same `txn_id`), are in the same trace; output and DLQ
 //! records carry the trace id and the `process` span as parent; records
-//! without a `traceparent` get no span of their own. Also: an unreachable
-//! collector costs one warning and neither start-up nor shutdown time. The
+//! without a `traceparent` get no span of their own. Also: the same trace
+//! over OTLP/HTTP (protobuf) to an HTTP receiver; an unreachable collector
+//! costs one warning and neither start-up nor shutdown time. The
 //! no-endpoint path is what every other integration test runs.
 //!
 //! `throughput_with_and_without_export` (ignored) is the benchmark: run it
@@ -33,6 +34,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -99,23 +101,65 @@ impl Collector {
 
     /// Every span received so far, with its resource's attributes.
     fn spans(&self) -> Vec<(Vec<KeyValue>, Span)> {
-        let requests = self.requests.lock().map(|r| r.clone()).unwrap_or_default();
-        let mut spans = Vec::new();
-        for request in requests {
-            for resource_spans in request.resource_spans {
-                let resource = resource_spans
-                    .resource
-                    .map(|resource| resource.attributes)
-                    .unwrap_or_default();
-                for scope_spans in resource_spans.scope_spans {
-                    for span in scope_spans.spans {
-                        spans.push((resource.clone(), span));
-                    }
+        flatten(self.requests.lock().map(|r| r.clone()).unwrap_or_default())
+    }
+}
+
+/// The spans of export requests, each with its resource's attributes.
+fn flatten(requests: Vec<ExportTraceServiceRequest>) -> Vec<(Vec<KeyValue>, Span)> {
+    let mut spans = Vec::new();
+    for request in requests {
+        for resource_spans in request.resource_spans {
+            let resource = resource_spans
+                .resource
+                .map(|resource| resource.attributes)
+                .unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    spans.push((resource.clone(), span));
                 }
             }
         }
-        spans
     }
+    spans
+}
+
+/// What an OTLP/HTTP receiver saw: (path, content type, request).
+type HttpExports = Arc<Mutex<Vec<(String, String, ExportTraceServiceRequest)>>>;
+
+/// An OTLP/HTTP (protobuf) trace receiver on 127.0.0.1; returns its base
+/// URL (the exporter appends `/v1/traces`).
+async fn start_http_collector() -> anyhow::Result<(String, HttpExports)> {
+    let received: HttpExports = Arc::new(Mutex::new(Vec::new()));
+    let state = Arc::clone(&received);
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let state = Arc::clone(&state);
+            async move {
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                    return (axum::http::StatusCode::BAD_REQUEST, Vec::new());
+                };
+                if let Ok(mut received) = state.lock() {
+                    received.push((uri.path().to_owned(), content_type, request));
+                }
+                let response = ExportTraceServiceResponse {
+                    partial_success: None,
+                };
+                (axum::http::StatusCode::OK, response.encode_to_vec())
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("http://127.0.0.1:{port}"), received))
 }
 
 impl Drop for Collector {
@@ -477,6 +521,54 @@ async fn upstream_trace_runs_through_onceflow_to_the_output_records() -> anyhow:
             "the dead letter's parent is its record's process span"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_delivers_the_same_trace() -> anyhow::Result<()> {
+    let (endpoint, received) = start_http_collector().await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    let upstream = format!("00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01");
+    let inputs: Vec<Input> = (0..3)
+        .map(|partition| Input {
+            partition,
+            value: event_json(Uuid::new_v4(), "c-http"),
+            traceparent: Some(upstream.clone()),
+        })
+        .collect();
+    write_inputs(&scenario, &inputs).await?;
+
+    let service = scenario.start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ])?;
+    scenario.wait_caught_up(3, 0, CATCH_UP).await?;
+    let (exit, took) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+
+    let received = received.lock().map(|r| r.clone()).unwrap_or_default();
+    assert!(!received.is_empty(), "nothing was exported over HTTP");
+    for (path, content_type, _) in &received {
+        assert_eq!(path, "/v1/traces");
+        assert_eq!(content_type, "application/x-protobuf");
+    }
+    let spans = flatten(
+        received
+            .into_iter()
+            .map(|(_, _, request)| request)
+            .collect(),
+    );
+    let in_trace = |name: &str| {
+        spans
+            .iter()
+            .filter(|(_, span)| span.name == name && hex(&span.trace_id) == UPSTREAM_TRACE)
+            .count()
+    };
+    assert_eq!(in_trace("process"), 3);
+    assert!(in_trace("commit_cycle") >= 1);
+    assert!(in_trace("db.commit_batch") >= 1);
+    assert!(in_trace("kafka.commit_transaction") >= 1);
     Ok(())
 }
 

@@ -97,7 +97,10 @@ impl Actor for CircuitBreaker {
     ) -> Result<(), ActorProcessingErr> {
         let status = state.args.status.clone();
         match (message, status.breaker_state()) {
-            (CircuitBreakerMsg::DatabaseSucceeded, BreakerState::Closed | BreakerState::HalfOpen) => {
+            (
+                CircuitBreakerMsg::DatabaseSucceeded,
+                BreakerState::Closed | BreakerState::HalfOpen,
+            ) => {
                 state.consecutive_failures = 0;
             }
             (CircuitBreakerMsg::DatabaseFailed, BreakerState::Closed) => {

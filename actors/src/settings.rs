@@ -293,7 +293,10 @@ impl Settings {
             ));
         }
         if self.db_acquire_timeout_ms == 0 {
-            return Err(invalid("db_acquire_timeout_ms", "must be at least 1".to_owned()));
+            return Err(invalid(
+                "db_acquire_timeout_ms",
+                "must be at least 1".to_owned(),
+            ));
         }
         if self.db_idle_in_transaction_timeout_ms == 0 {
             return Err(invalid(

@@ -85,7 +85,9 @@ mod tests {
 
     #[test]
     fn classifies_retriable_sqlstates() {
-        for code in ["40001", "40P01", "57014", "57P01", "08006", "53300", "55000"] {
+        for code in [
+            "40001", "40P01", "57014", "57P01", "08006", "53300", "55000",
+        ] {
             assert!(is_transient_sqlstate(code), "{code}");
         }
         for code in ["23505", "42P01", "22003"] {

@@ -331,7 +331,9 @@ async fn position_partitions(myself: &ActorRef<CoordinatorMsg>, state: &mut Coor
 }
 
 fn tell_breaker(state: &CoordinatorState, message: CircuitBreakerMsg) {
-    if let Some(breaker) = ActorNames::lookup::<CircuitBreakerMsg>(&state.args.names.circuit_breaker()) {
+    if let Some(breaker) =
+        ActorNames::lookup::<CircuitBreakerMsg>(&state.args.names.circuit_breaker())
+    {
         let _ = breaker.cast(message);
     }
 }

@@ -60,14 +60,17 @@ pub fn numbers_of(verdict: &Verdict) -> (u64, u64, bool) {
     let lost = truth
         .distinct_events
         .saturating_sub(verdict.output_distinct_events.min(verdict.ad_events_rows));
-    let duplicated = verdict.output_records.saturating_sub(verdict.output_distinct_events)
+    let duplicated = verdict
+        .output_records
+        .saturating_sub(verdict.output_distinct_events)
         + verdict.ad_events_rows.saturating_sub(truth.distinct_events)
-        + verdict.output_distinct_events.saturating_sub(truth.distinct_events);
+        + verdict
+            .output_distinct_events
+            .saturating_sub(truth.distinct_events);
     let dlq_exact = verdict.dlq_records == truth.invalid
         && verdict.dead_letter_rows == truth.invalid
-        && !verdict
-            .violations
-            .iter()
-            .any(|violation| violation.to_lowercase().contains("dlq") || violation.contains("dead_letters"));
+        && !verdict.violations.iter().any(|violation| {
+            violation.to_lowercase().contains("dlq") || violation.contains("dead_letters")
+        });
     (lost, duplicated, dlq_exact)
 }

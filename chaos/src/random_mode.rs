@@ -77,9 +77,18 @@ pub async fn run_random(
         .unwrap_or_else(|error| ScenarioOutcome::failed_to_run(&name, error.to_string()))
 }
 
-async fn run(context: &ScenarioContext, duration: Duration, progress: &ProgressBar, name: &str) -> Result<ScenarioOutcome> {
+async fn run(
+    context: &ScenarioContext,
+    duration: Duration,
+    progress: &ProgressBar,
+    name: &str,
+) -> Result<ScenarioOutcome> {
     let plan = schedule(context.seed, duration, onceflow_actors::failpoints::ENABLED);
-    progress.println(format!("schedule of seed {}: {}", context.seed, serde_json::to_string(&plan)?));
+    progress.println(format!(
+        "schedule of seed {}: {}",
+        context.seed,
+        serde_json::to_string(&plan)?
+    ));
     let scenario = Scenario::new(&context.binary, 3).await?;
     let rate = (context.size.events * 1_000 / duration.as_millis().max(1) as u64).max(50);
     let mut load = scenario.produce_in_background(context.size.events, rate, context.seed)?;
@@ -142,19 +151,27 @@ async fn run(context: &ScenarioContext, duration: Duration, progress: &ProgressB
     load.wait().await?;
     let truth = crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
     scenario
-        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, context.size.catch_up)
+        .wait_caught_up(
+            truth.distinct_events as i64,
+            truth.invalid as i64,
+            context.size.catch_up,
+        )
         .await?;
     let recover_seconds = faults_ended.elapsed().as_secs_f64();
     let mut violations = Vec::new();
     if let Some((_, _, service)) = second {
         let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
         if !exit.success() {
-            violations.push(format!("the second instance did not exit 0 on SIGTERM: {exit:?}"));
+            violations.push(format!(
+                "the second instance did not exit 0 on SIGTERM: {exit:?}"
+            ));
         }
     }
     let (exit, _) = main.terminate(Duration::from_secs(15)).await?;
     if !exit.success() {
-        violations.push(format!("the main instance did not exit 0 on SIGTERM: {exit:?}"));
+        violations.push(format!(
+            "the main instance did not exit 0 on SIGTERM: {exit:?}"
+        ));
     }
     let verdict = scenario.verdict().await?;
     let (lost, duplicated, dlq_exact) = numbers_of(&verdict);
@@ -182,8 +199,14 @@ mod tests {
         let a = schedule(7, Duration::from_secs(60), true);
         let b = schedule(7, Duration::from_secs(60), true);
         let c = schedule(8, Duration::from_secs(60), true);
-        assert_eq!(serde_json::to_string(&a).ok(), serde_json::to_string(&b).ok());
-        assert_ne!(serde_json::to_string(&a).ok(), serde_json::to_string(&c).ok());
+        assert_eq!(
+            serde_json::to_string(&a).ok(),
+            serde_json::to_string(&b).ok()
+        );
+        assert_ne!(
+            serde_json::to_string(&a).ok(),
+            serde_json::to_string(&c).ok()
+        );
         assert!(a.iter().all(|event| event.at_ms < 60_000));
         assert!(a.len() >= 8, "a minute holds many faults: {}", a.len());
     }
@@ -191,6 +214,9 @@ mod tests {
     #[test]
     fn without_kill_points_no_panic_is_scheduled() {
         let plan = schedule(3, Duration::from_secs(120), false);
-        assert!(plan.iter().all(|event| !matches!(event.fault, ScheduledFault::PanicAt(_))));
+        assert!(
+            plan.iter()
+                .all(|event| !matches!(event.fault, ScheduledFault::PanicAt(_)))
+        );
     }
 }

@@ -49,7 +49,15 @@ impl ChaosReport {
     pub fn table(&self) -> String {
         let mut lines = vec![format!(
             "{:<44} {:>6} {:>8} {:>9} {:>5} {:>5} {:>9} {:>9}  {}",
-            "scenario", "faults", "restarts", "events in", "lost", "dup", "DLQ exact", "recover s", "verdict"
+            "scenario",
+            "faults",
+            "restarts",
+            "events in",
+            "lost",
+            "dup",
+            "DLQ exact",
+            "recover s",
+            "verdict"
         )];
         for outcome in &self.outcomes {
             let verdict = match (&outcome.error, outcome.violations.len()) {
@@ -109,7 +117,9 @@ pub fn select(names: &[String]) -> Result<Vec<ScenarioSpec>> {
     for name in names {
         let matching: Vec<&ScenarioSpec> = all
             .iter()
-            .filter(|spec| spec.name == *name || (name.ends_with('/') && spec.name.starts_with(name.as_str())))
+            .filter(|spec| {
+                spec.name == *name || (name.ends_with('/') && spec.name.starts_with(name.as_str()))
+            })
             .collect();
         if matching.is_empty() {
             bail!("no chaos scenario named {name}; `onceflow chaos list` shows them");
@@ -120,7 +130,11 @@ pub fn select(names: &[String]) -> Result<Vec<ScenarioSpec>> {
 }
 
 /// Runs `specs` one after another.
-pub async fn run_scenarios(specs: &[ScenarioSpec], context: &ScenarioContext, quick: bool) -> Result<ChaosReport> {
+pub async fn run_scenarios(
+    specs: &[ScenarioSpec],
+    context: &ScenarioContext,
+    quick: bool,
+) -> Result<ChaosReport> {
     if !onceflow_actors::failpoints::ENABLED
         && let Some(spec) = specs.iter().find(|spec| spec.needs_failpoints())
     {
@@ -137,7 +151,11 @@ pub async fn run_scenarios(specs: &[ScenarioSpec], context: &ScenarioContext, qu
         let outcome = run_scenario(spec, context, &bar).await;
         bar.println(format!(
             "{} {}",
-            if outcome.passed() { "ok      " } else { "FAILED  " },
+            if outcome.passed() {
+                "ok      "
+            } else {
+                "FAILED  "
+            },
             spec.name
         ));
         if !outcome.passed() {
@@ -161,7 +179,11 @@ pub async fn run_scenarios(specs: &[ScenarioSpec], context: &ScenarioContext, qu
 }
 
 /// Runs the seeded random mode for `duration`.
-pub async fn run_random_mode(context: &ScenarioContext, duration: Duration, quick: bool) -> Result<ChaosReport> {
+pub async fn run_random_mode(
+    context: &ScenarioContext,
+    duration: Duration,
+    quick: bool,
+) -> Result<ChaosReport> {
     let bar = progress_bar(1);
     let outcome = run_random(context, duration, &bar).await;
     bar.finish_and_clear();

@@ -94,14 +94,54 @@ pub fn catalog() -> Vec<ScenarioSpec> {
         });
     }
     let others = [
-        ("database-outage", "the database refuses connections and its sessions are terminated, twice", Backend::Noida, Fault::DatabaseOutage),
-        ("database-slow", "statements are blocked past their timeout, twice", Backend::Noida, Fault::DatabaseSlow),
-        ("poison-storm", "half of the input is malformed records", Backend::Noida, Fault::PoisonStorm),
-        ("instance-join", "a second instance joins, is SIGKILLed and rejoins", Backend::Noida, Fault::InstanceJoin),
-        ("fenced-producer", "a frozen incarnation is replaced and woken: it must be fenced", Backend::Noida, Fault::FencedProducer),
-        ("mock/leader-change", "partition leaders move every 400 ms mid-transaction", Backend::Mock, Fault::LeaderChange),
-        ("mock/broker-down", "a broker goes down for 3 s and comes back", Backend::Mock, Fault::BrokerDownUp),
-        ("mock/kafka-errors", "errors on EndTxn, Produce, AddPartitionsToTxn and TxnOffsetCommit", Backend::Mock, Fault::KafkaErrors),
+        (
+            "database-outage",
+            "the database refuses connections and its sessions are terminated, twice",
+            Backend::Noida,
+            Fault::DatabaseOutage,
+        ),
+        (
+            "database-slow",
+            "statements are blocked past their timeout, twice",
+            Backend::Noida,
+            Fault::DatabaseSlow,
+        ),
+        (
+            "poison-storm",
+            "half of the input is malformed records",
+            Backend::Noida,
+            Fault::PoisonStorm,
+        ),
+        (
+            "instance-join",
+            "a second instance joins, is SIGKILLed and rejoins",
+            Backend::Noida,
+            Fault::InstanceJoin,
+        ),
+        (
+            "fenced-producer",
+            "a frozen incarnation is replaced and woken: it must be fenced",
+            Backend::Noida,
+            Fault::FencedProducer,
+        ),
+        (
+            "mock/leader-change",
+            "partition leaders move every 400 ms mid-transaction",
+            Backend::Mock,
+            Fault::LeaderChange,
+        ),
+        (
+            "mock/broker-down",
+            "a broker goes down for 3 s and comes back",
+            Backend::Mock,
+            Fault::BrokerDownUp,
+        ),
+        (
+            "mock/kafka-errors",
+            "errors on EndTxn, Produce, AddPartitionsToTxn and TxnOffsetCommit",
+            Backend::Mock,
+            Fault::KafkaErrors,
+        ),
     ];
     for (name, description, backend, fault) in others {
         specs.push(ScenarioSpec {
@@ -180,7 +220,11 @@ struct FaultPhase {
 }
 
 /// Runs one scenario and judges it.
-pub async fn run_scenario(spec: &ScenarioSpec, context: &ScenarioContext, progress: &ProgressBar) -> ScenarioOutcome {
+pub async fn run_scenario(
+    spec: &ScenarioSpec,
+    context: &ScenarioContext,
+    progress: &ProgressBar,
+) -> ScenarioOutcome {
     let result = match spec.backend {
         Backend::Noida => run_on_noida(spec, context, progress).await,
         Backend::Mock => run_on_mock(spec, context, progress).await,
@@ -188,11 +232,22 @@ pub async fn run_scenario(spec: &ScenarioSpec, context: &ScenarioContext, progre
     result.unwrap_or_else(|error| ScenarioOutcome::failed_to_run(&spec.name, error.to_string()))
 }
 
-async fn run_on_noida(spec: &ScenarioSpec, context: &ScenarioContext, progress: &ProgressBar) -> Result<ScenarioOutcome> {
+async fn run_on_noida(
+    spec: &ScenarioSpec,
+    context: &ScenarioContext,
+    progress: &ProgressBar,
+) -> Result<ScenarioOutcome> {
     progress.set_message(format!("{}: starting a broker and a database", spec.name));
     let scenario = Scenario::new(&context.binary, 3).await?;
-    let invalid_share = if spec.fault == Fault::PoisonStorm { 0.5 } else { 0.03 };
-    progress.set_message(format!("{}: writing {} events", spec.name, context.size.events));
+    let invalid_share = if spec.fault == Fault::PoisonStorm {
+        0.5
+    } else {
+        0.03
+    };
+    progress.set_message(format!(
+        "{}: writing {} events",
+        spec.name, context.size.events
+    ));
     produce(&scenario, context.size.events, context.seed, invalid_share).await?;
 
     progress.set_message(format!("{}: injecting {:?}", spec.name, spec.fault));
@@ -201,13 +256,20 @@ async fn run_on_noida(spec: &ScenarioSpec, context: &ScenarioContext, progress: 
     progress.set_message(format!("{}: catching up", spec.name));
     let truth = crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
     scenario
-        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, context.size.catch_up)
+        .wait_caught_up(
+            truth.distinct_events as i64,
+            truth.invalid as i64,
+            context.size.catch_up,
+        )
         .await?;
     let recover_seconds = phase.faults_ended.elapsed().as_secs_f64();
     let actor_restarts = actor_restarts(&scenario).await;
     let mut service = phase.service;
     if !service.is_running() {
-        bail!("the instance exited before the end; log: {}", service.log_path.display());
+        bail!(
+            "the instance exited before the end; log: {}",
+            service.log_path.display()
+        );
     }
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     progress.set_message(format!("{}: judging", spec.name));
@@ -234,14 +296,27 @@ async fn run_on_noida(spec: &ScenarioSpec, context: &ScenarioContext, progress: 
 async fn produce(scenario: &Scenario, events: u64, seed: u64, invalid_share: f64) -> Result<()> {
     let output = tokio::process::Command::new(&scenario.binary)
         .args(["produce", "--quiet", "--count", &events.to_string()])
-        .args(["--partitions", &scenario.partitions.to_string(), "--seed", &seed.to_string()])
-        .args(["--invalid-share", &invalid_share.to_string(), "--repeat-share", "0.05"])
+        .args([
+            "--partitions",
+            &scenario.partitions.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .args([
+            "--invalid-share",
+            &invalid_share.to_string(),
+            "--repeat-share",
+            "0.05",
+        ])
         .envs(scenario.env())
         .stdin(std::process::Stdio::null())
         .output()
         .await?;
     if !output.status.success() {
-        bail!("onceflow produce failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "onceflow produce failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -257,28 +332,54 @@ async fn actor_restarts(scenario: &Scenario) -> u64 {
         .sum::<f64>() as u64
 }
 
-async fn inject_on_noida(spec: &ScenarioSpec, context: &ScenarioContext, scenario: &Scenario) -> Result<FaultPhase> {
+async fn inject_on_noida(
+    spec: &ScenarioSpec,
+    context: &ScenarioContext,
+    scenario: &Scenario,
+) -> Result<FaultPhase> {
     let size = &context.size;
     match &spec.fault {
         Fault::ActorPanic(point) => {
             let failpoints = format!("{point}=1*off->1*panic->off");
-            let service = scenario.start(&with_instance_env(&[("FAILPOINTS", failpoints.as_str())]))?;
+            let service =
+                scenario.start(&with_instance_env(&[("FAILPOINTS", failpoints.as_str())]))?;
             scenario
-                .wait_for("the actor restart", Duration::from_secs(60), async |s| actor_restarts(s).await >= 1)
+                .wait_for("the actor restart", Duration::from_secs(60), async |s| {
+                    actor_restarts(s).await >= 1
+                })
                 .await
-                .with_context(|| format!("the panic at {point} was not seen; log: {}", service.log_path.display()))?;
-            Ok(FaultPhase { service, faults: 1, process_restarts: 0, faults_ended: Instant::now() })
+                .with_context(|| {
+                    format!(
+                        "the panic at {point} was not seen; log: {}",
+                        service.log_path.display()
+                    )
+                })?;
+            Ok(FaultPhase {
+                service,
+                faults: 1,
+                process_restarts: 0,
+                faults_ended: Instant::now(),
+            })
         }
         Fault::ProcessKill(point) => {
             let failpoints = format!("{point}=1*off->return(sigkill)");
-            let doomed = scenario.start(&with_instance_env(&[("FAILPOINTS", failpoints.as_str())]))?;
+            let doomed =
+                scenario.start(&with_instance_env(&[("FAILPOINTS", failpoints.as_str())]))?;
             let log = doomed.log_path.clone();
             let exit = doomed.wait_exit(Duration::from_secs(60)).await?;
             if exit.success() {
-                bail!("the process was not killed at {point}; log: {}", log.display());
+                bail!(
+                    "the process was not killed at {point}; log: {}",
+                    log.display()
+                );
             }
             let service = scenario.start(&with_instance_env(&[]))?;
-            Ok(FaultPhase { service, faults: 1, process_restarts: 1, faults_ended: Instant::now() })
+            Ok(FaultPhase {
+                service,
+                faults: 1,
+                process_restarts: 1,
+                faults_ended: Instant::now(),
+            })
         }
         Fault::DatabaseOutage => {
             let service = scenario.start(&with_instance_env(&[]))?;
@@ -289,67 +390,115 @@ async fn inject_on_noida(spec: &ScenarioSpec, context: &ScenarioContext, scenari
                 outage.end().await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Ok(FaultPhase { service, faults: 2, process_restarts: 0, faults_ended: Instant::now() })
+            Ok(FaultPhase {
+                service,
+                faults: 2,
+                process_restarts: 0,
+                faults_ended: Instant::now(),
+            })
         }
         Fault::DatabaseSlow => {
-            let service = scenario.start(&with_instance_env(&[("ONCEFLOW_DB_STATEMENT_TIMEOUT_MS", "500")]))?;
+            let service = scenario.start(&with_instance_env(&[(
+                "ONCEFLOW_DB_STATEMENT_TIMEOUT_MS",
+                "500",
+            )]))?;
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
             for _ in 0..2 {
                 block_table(&scenario.pool, "campaign_spend", size.outage).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Ok(FaultPhase { service, faults: 2, process_restarts: 0, faults_ended: Instant::now() })
+            Ok(FaultPhase {
+                service,
+                faults: 2,
+                process_restarts: 0,
+                faults_ended: Instant::now(),
+            })
         }
         Fault::PoisonStorm => {
             let service = scenario.start(&with_instance_env(&[]))?;
-            Ok(FaultPhase { service, faults: 1, process_restarts: 0, faults_ended: Instant::now() })
+            Ok(FaultPhase {
+                service,
+                faults: 1,
+                process_restarts: 0,
+                faults_ended: Instant::now(),
+            })
         }
         Fault::InstanceJoin => {
             let service = scenario.start(&with_instance_env(&[]))?;
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
             let second_id = unique("second");
             let second_port = free_port()?;
-            let second = scenario.start_instance(&second_id, second_port, &with_instance_env(&[]))?;
+            let second =
+                scenario.start_instance(&second_id, second_port, &with_instance_env(&[]))?;
             tokio::time::sleep(Duration::from_secs(3)).await;
             second.sigkill().await?;
-            let mut second = scenario.start_instance(&second_id, second_port, &with_instance_env(&[]))?;
+            let mut second =
+                scenario.start_instance(&second_id, second_port, &with_instance_env(&[]))?;
             tokio::time::sleep(Duration::from_secs(2)).await;
             if !second.is_running() {
-                bail!("the second instance stopped; log: {}", second.log_path.display());
+                bail!(
+                    "the second instance stopped; log: {}",
+                    second.log_path.display()
+                );
             }
             // A static member that leaves keeps its partitions on noida-db
             // (members are never evicted), so the second instance stays
             // until everything is caught up, and only then stops.
             let faults_ended = Instant::now();
-            let truth = crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
+            let truth =
+                crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
             scenario
-                .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, size.catch_up)
+                .wait_caught_up(
+                    truth.distinct_events as i64,
+                    truth.invalid as i64,
+                    size.catch_up,
+                )
                 .await?;
             let (exit, _) = second.terminate(Duration::from_secs(15)).await?;
             if !exit.success() {
                 bail!("the second instance did not exit 0 on SIGTERM: {exit:?}");
             }
-            Ok(FaultPhase { service, faults: 2, process_restarts: 1, faults_ended })
+            Ok(FaultPhase {
+                service,
+                faults: 2,
+                process_restarts: 1,
+                faults_ended,
+            })
         }
         Fault::FencedProducer => {
             let zombie = scenario.start(&with_instance_env(&[]))?;
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
             zombie.signal("STOP").await?;
-            let successor = scenario.start_instance(&scenario.instance_id, free_port()?, &with_instance_env(&[]))?;
+            let successor = scenario.start_instance(
+                &scenario.instance_id,
+                free_port()?,
+                &with_instance_env(&[]),
+            )?;
             scenario
-                .wait_for("the successor's claim", Duration::from_secs(60), async |s| {
-                    sqlx::query_scalar::<_, i64>("SELECT min(owner_epoch) FROM consumer_offsets")
+                .wait_for(
+                    "the successor's claim",
+                    Duration::from_secs(60),
+                    async |s| {
+                        sqlx::query_scalar::<_, i64>(
+                            "SELECT min(owner_epoch) FROM consumer_offsets",
+                        )
                         .fetch_one(&s.pool)
                         .await
                         .is_ok_and(|epoch| epoch >= 2)
-                })
+                    },
+                )
                 .await?;
             zombie.signal("CONT").await?;
             let exit = zombie.wait_exit(Duration::from_secs(30)).await?;
             if exit.success() {
                 bail!("the fenced incarnation exited 0: it should have stopped as fenced");
             }
-            Ok(FaultPhase { service: successor, faults: 1, process_restarts: 1, faults_ended: Instant::now() })
+            Ok(FaultPhase {
+                service: successor,
+                faults: 1,
+                process_restarts: 1,
+                faults_ended: Instant::now(),
+            })
         }
         other => bail!("{other:?} does not run on noida-db"),
     }
@@ -359,22 +508,38 @@ async fn inject_on_noida(spec: &ScenarioSpec, context: &ScenarioContext, scenari
 /// need it wait past their timeout.
 async fn block_table(pool: &PgPool, table: &str, duration: Duration) -> Result<()> {
     let mut transaction = pool.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")))
-        .execute(&mut *transaction)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+    )))
+    .execute(&mut *transaction)
+    .await?;
     tokio::time::sleep(duration).await;
     transaction.rollback().await?;
     Ok(())
 }
 
-async fn run_on_mock(spec: &ScenarioSpec, context: &ScenarioContext, progress: &ProgressBar) -> Result<ScenarioOutcome> {
-    progress.set_message(format!("{}: starting a mock cluster and a database", spec.name));
+async fn run_on_mock(
+    spec: &ScenarioSpec,
+    context: &ScenarioContext,
+    progress: &ProgressBar,
+) -> Result<ScenarioOutcome> {
+    progress.set_message(format!(
+        "{}: starting a mock cluster and a database",
+        spec.name
+    ));
     let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(3)?;
     let topics = Scenario::unique_topics();
     cluster.create_topic(&topics.input, 3, 3)?;
     cluster.create_topic(&topics.output, 3, 3)?;
     cluster.create_topic(&topics.dlq, 1, 3)?;
-    let scenario = Scenario::with_broker(&context.binary, cluster.bootstrap_servers(), None, topics, 3).await?;
+    let scenario = Scenario::with_broker(
+        &context.binary,
+        cluster.bootstrap_servers(),
+        None,
+        topics,
+        3,
+    )
+    .await?;
     // Coordinators on broker 1: a group coordinator going down makes
     // send_offsets_to_transaction hang (librdkafka #5511).
     cluster.coordinator(MockCoordinator::Group(scenario.group_id.clone()), 1)?;
@@ -386,9 +551,15 @@ async fn run_on_mock(spec: &ScenarioSpec, context: &ScenarioContext, progress: &
         // Leader changes crash the mock above Produce v9.
         cluster.apiversion(RDKafkaApiKey::Produce, None, Some(9))?;
     }
-    progress.set_message(format!("{}: writing {} events", spec.name, context.size.events));
+    progress.set_message(format!(
+        "{}: writing {} events",
+        spec.name, context.size.events
+    ));
     produce(&scenario, context.size.events, context.seed, 0.03).await?;
-    let mut service = scenario.start(&with_instance_env(&[("ONCEFLOW_KAFKA_CALL_TIMEOUT_MS", "5000")]))?;
+    let mut service = scenario.start(&with_instance_env(&[(
+        "ONCEFLOW_KAFKA_CALL_TIMEOUT_MS",
+        "5000",
+    )]))?;
     wait_for_progress(&scenario, Duration::from_secs(60)).await?;
 
     progress.set_message(format!("{}: injecting {:?}", spec.name, spec.fault));
@@ -408,19 +579,27 @@ async fn run_on_mock(spec: &ScenarioSpec, context: &ScenarioContext, progress: &
     let restarts = actor_restarts(&scenario).await;
     let truth = crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
     if !service.is_running() {
-        bail!("the instance exited before the end; log: {}", service.log_path.display());
+        bail!(
+            "the instance exited before the end; log: {}",
+            service.log_path.display()
+        );
     }
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     let mut violations = violations;
     if !exit.success() {
         violations.push(format!("SIGTERM did not end in exit 0 but {exit:?}"));
     }
-    let lost = violations.iter().filter(|v| v.contains(": 0 committed outputs")).count() as u64;
+    let lost = violations
+        .iter()
+        .filter(|v| v.contains(": 0 committed outputs"))
+        .count() as u64;
     let duplicated = violations
         .iter()
         .filter(|v| v.contains("committed outputs") && !v.contains(": 0 committed outputs"))
         .count() as u64;
-    let dlq_exact = !violations.iter().any(|v| v.contains("dead-letter") || v.contains("dead_letters"));
+    let dlq_exact = !violations
+        .iter()
+        .any(|v| v.contains("dead-letter") || v.contains("dead_letters"));
     drop(cluster);
     Ok(ScenarioOutcome {
         scenario: spec.name.clone(),
@@ -464,10 +643,28 @@ async fn inject_on_mock(
         }
         Fault::KafkaErrors => {
             let injections: [(RDKafkaApiKey, &[RDKafkaRespErr]); 4] = [
-                (RDKafkaApiKey::EndTxn, &[RD_KAFKA_RESP_ERR_NOT_COORDINATOR, RD_KAFKA_RESP_ERR_PRODUCER_FENCED]),
-                (RDKafkaApiKey::Produce, &[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RD_KAFKA_RESP_ERR_INVALID_RECORD]),
-                (RDKafkaApiKey::AddPartitionsToTxn, &[RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED]),
-                (RDKafkaApiKey::TxnOffsetCommit, &[RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID]),
+                (
+                    RDKafkaApiKey::EndTxn,
+                    &[
+                        RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+                        RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+                    ],
+                ),
+                (
+                    RDKafkaApiKey::Produce,
+                    &[
+                        RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+                        RD_KAFKA_RESP_ERR_INVALID_RECORD,
+                    ],
+                ),
+                (
+                    RDKafkaApiKey::AddPartitionsToTxn,
+                    &[RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+                ),
+                (
+                    RDKafkaApiKey::TxnOffsetCommit,
+                    &[RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+                ),
             ];
             let mut injected = 0;
             for (api, errors) in injections {
