@@ -59,7 +59,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let telemetry = telemetry::init(&runtime, config_file(&cli));
+    // The chaos suite prints a table; its own logs only matter when something is wrong.
+    let default_log_filter = if matches!(cli.command, Command::Chaos(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    let telemetry = telemetry::init(&runtime, config_file(&cli), default_log_filter);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => run(config).await,

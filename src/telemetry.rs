@@ -68,12 +68,17 @@ struct Export {
 /// endpoint is configured, the OpenTelemetry layer. Must run inside
 /// `runtime` context (the gRPC channel lives on it). `config_file` is the
 /// `run` command's configuration file, read for `instance_id`
-/// (`service.instance.id`).
-pub fn init(runtime: &tokio::runtime::Runtime, config_file: Option<&Path>) -> Telemetry {
+/// (`service.instance.id`). `default_filter` applies when `RUST_LOG` is unset
+/// or invalid.
+pub fn init(
+    runtime: &tokio::runtime::Runtime,
+    config_file: Option<&Path>,
+    default_filter: &str,
+) -> Telemetry {
     let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, None),
         Err(error) => (
-            EnvFilter::new("info"),
+            EnvFilter::new(default_filter),
             std::env::var("RUST_LOG").ok().map(|value| (value, error)),
         ),
     };
