@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::harness::{DatabaseOutage, Scenario, Service, free_port, unique};
 use crate::outcome::{ScenarioOutcome, numbers_of};
-use crate::scenarios::{INSTANCE_ENV, ScenarioContext};
+use crate::scenarios::{INSTANCE_ENV, ScenarioContext, block_table};
 
 /// One fault of the schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,12 +123,7 @@ async fn run(
                 outage.end().await?;
             }
             ScheduledFault::DatabaseSlow(ms) => {
-                let mut transaction = scenario.pool.begin().await?;
-                sqlx::query("LOCK TABLE campaign_spend IN ACCESS EXCLUSIVE MODE")
-                    .execute(&mut *transaction)
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(*ms)).await;
-                transaction.rollback().await?;
+                block_table(&scenario.pool, "campaign_spend", Duration::from_millis(*ms)).await?;
             }
             ScheduledFault::SecondInstance => match second.take() {
                 None => {

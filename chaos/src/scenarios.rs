@@ -248,7 +248,9 @@ async fn run_on_noida(
         "{}: writing {} events",
         spec.name, context.size.events
     ));
-    produce(&scenario, context.size.events, context.seed, invalid_share).await?;
+    scenario
+        .produce_with_invalid_share(context.size.events, context.seed, invalid_share)
+        .await?;
 
     progress.set_message(format!("{}: injecting {:?}", spec.name, spec.fault));
     let phase = inject_on_noida(spec, context, &scenario).await?;
@@ -291,34 +293,6 @@ async fn run_on_noida(
         violations,
         error: None,
     })
-}
-
-async fn produce(scenario: &Scenario, events: u64, seed: u64, invalid_share: f64) -> Result<()> {
-    let output = tokio::process::Command::new(&scenario.binary)
-        .args(["produce", "--quiet", "--count", &events.to_string()])
-        .args([
-            "--partitions",
-            &scenario.partitions.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .args([
-            "--invalid-share",
-            &invalid_share.to_string(),
-            "--repeat-share",
-            "0.05",
-        ])
-        .envs(scenario.env())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
-    if !output.status.success() {
-        bail!(
-            "onceflow produce failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Sum of `onceflow_actor_restarts_total` of the running instance.
@@ -506,7 +480,7 @@ async fn inject_on_noida(
 
 /// Holds an exclusive lock on `table` for `duration`, so statements that
 /// need it wait past their timeout.
-async fn block_table(pool: &PgPool, table: &str, duration: Duration) -> Result<()> {
+pub(crate) async fn block_table(pool: &PgPool, table: &str, duration: Duration) -> Result<()> {
     let mut transaction = pool.begin().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
@@ -555,7 +529,7 @@ async fn run_on_mock(
         "{}: writing {} events",
         spec.name, context.size.events
     ));
-    produce(&scenario, context.size.events, context.seed, 0.03).await?;
+    scenario.produce(context.size.events, context.seed).await?;
     let mut service = scenario.start(&with_instance_env(&[(
         "ONCEFLOW_KAFKA_CALL_TIMEOUT_MS",
         "5000",

@@ -116,19 +116,41 @@ impl Scenario {
         ]
     }
 
+    /// The `onceflow produce` command of this scenario: `count` records
+    /// with `seed`, `invalid_share` malformed, 5 % repeats, at `rate` per
+    /// second (0: as fast as possible).
+    pub fn produce_command(&self, count: u64, seed: u64, invalid_share: f64, rate: u64) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["produce", "--quiet", "--count", &count.to_string()])
+            .args(["--rate", &rate.to_string()])
+            .args(["--partitions", &self.partitions.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .args([
+                "--invalid-share",
+                &invalid_share.to_string(),
+                "--repeat-share",
+                "0.05",
+            ])
+            .envs(self.env())
+            .stdin(Stdio::null());
+        command
+    }
+
     /// Writes `count` records (3 % invalid, 5 % repeats) with `seed`.
     pub async fn produce(&self, count: u64, seed: u64) -> Result<()> {
-        let output = Command::new(&self.binary)
-            .args(["produce", "--quiet", "--count", &count.to_string()])
-            .args([
-                "--partitions",
-                &self.partitions.to_string(),
-                "--seed",
-                &seed.to_string(),
-            ])
-            .args(["--invalid-share", "0.03", "--repeat-share", "0.05"])
-            .envs(self.env())
-            .stdin(Stdio::null())
+        self.produce_with_invalid_share(count, seed, 0.03).await
+    }
+
+    /// Writes `count` records with `seed` and a share of malformed ones.
+    pub async fn produce_with_invalid_share(
+        &self,
+        count: u64,
+        seed: u64,
+        invalid_share: f64,
+    ) -> Result<()> {
+        let output = self
+            .produce_command(count, seed, invalid_share, 0)
             .output()
             .await?;
         if !output.status.success() {
@@ -405,24 +427,8 @@ impl DatabaseOutage {
 impl Scenario {
     /// Writes `count` records at `rate` per second in the background.
     pub fn produce_in_background(&self, count: u64, rate: u64, seed: u64) -> Result<Child> {
-        Ok(Command::new(&self.binary)
-            .args([
-                "produce",
-                "--quiet",
-                "--count",
-                &count.to_string(),
-                "--rate",
-                &rate.to_string(),
-            ])
-            .args([
-                "--partitions",
-                &self.partitions.to_string(),
-                "--seed",
-                &seed.to_string(),
-            ])
-            .args(["--invalid-share", "0.03", "--repeat-share", "0.05"])
-            .envs(self.env())
-            .stdin(Stdio::null())
+        Ok(self
+            .produce_command(count, seed, 0.03, rate)
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()?)
