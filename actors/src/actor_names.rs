@@ -61,7 +61,9 @@ impl ActorNames {
                     tracing::warn!(%error, "consumer supervisor did not take a message");
                 }
             }
-            None => tracing::warn!("consumer supervisor is not running; it reconciles on start"),
+            // Restarting (it reconciles with the assignment on start) or
+            // already stopped at shutdown: nothing to do either way.
+            None => tracing::debug!("consumer supervisor is not running; message dropped"),
         }
     }
 }
