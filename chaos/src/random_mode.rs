@@ -144,13 +144,8 @@ async fn run(
     let faults_ended = Instant::now();
     progress.set_message(format!("{name}: load finishing, catching up"));
     load.wait().await?;
-    let truth = crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    scenario
-        .wait_caught_up(
-            truth.distinct_events as i64,
-            truth.invalid as i64,
-            context.size.catch_up,
-        )
+    let truth = scenario
+        .wait_caught_up_with_input(context.size.catch_up)
         .await?;
     let recover_seconds = faults_ended.elapsed().as_secs_f64();
     let mut violations = Vec::new();

@@ -256,13 +256,8 @@ async fn run_on_noida(
     let phase = inject_on_noida(spec, context, &scenario).await?;
 
     progress.set_message(format!("{}: catching up", spec.name));
-    let truth = crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    scenario
-        .wait_caught_up(
-            truth.distinct_events as i64,
-            truth.invalid as i64,
-            context.size.catch_up,
-        )
+    let truth = scenario
+        .wait_caught_up_with_input(context.size.catch_up)
         .await?;
     let recover_seconds = phase.faults_ended.elapsed().as_secs_f64();
     let actor_restarts = actor_restarts(&scenario).await;
@@ -419,15 +414,7 @@ async fn inject_on_noida(
             // (members are never evicted), so the second instance stays
             // until everything is caught up, and only then stops.
             let faults_ended = Instant::now();
-            let truth =
-                crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-            scenario
-                .wait_caught_up(
-                    truth.distinct_events as i64,
-                    truth.invalid as i64,
-                    size.catch_up,
-                )
-                .await?;
+            scenario.wait_caught_up_with_input(size.catch_up).await?;
             let (exit, _) = second.terminate(Duration::from_secs(15)).await?;
             if !exit.success() {
                 bail!("the second instance did not exit 0 on SIGTERM: {exit:?}");

@@ -265,6 +265,15 @@ impl Scenario {
         }
     }
 
+    /// Recomputes the ground truth from the input topic and waits until the
+    /// pipeline has caught up with it; returns the truth.
+    pub async fn wait_caught_up_with_input(&self, timeout: Duration) -> Result<super::InputTruth> {
+        let truth = super::input_truth(&self.bootstrap, &self.topics.input).await?;
+        self.wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, timeout)
+            .await?;
+        Ok(truth)
+    }
+
     /// GET a path of the service's HTTP endpoint: (status code, body).
     pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
