@@ -57,10 +57,7 @@ async fn database_outages_open_the_breaker_pause_and_recover_by_themselves() -> 
     }
     assert!(producer.wait().await?.success());
 
-    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    scenario
-        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
-        .await?;
+    scenario.wait_caught_up_with_input(CATCH_UP).await?;
     assert!(
         scenario
             .metric(r#"onceflow_circuit_breaker_transitions_total{to="open"}"#)
@@ -113,10 +110,7 @@ async fn a_second_instance_joins_and_is_repeatedly_sigkilled() -> anyhow::Result
         second = scenario.start_instance(&second_id, second_port, &[])?;
     }
     assert!(producer.wait().await?.success());
-    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    scenario
-        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
-        .await?;
+    scenario.wait_caught_up_with_input(CATCH_UP).await?;
     assert!(second.is_running(), "log: {}", second.log());
     let (exit, _) = second.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success());
@@ -164,10 +158,7 @@ async fn a_zombie_incarnation_can_move_neither_offsets_nor_output() -> anyhow::R
     );
 
     assert!(producer.wait().await?.success());
-    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    scenario
-        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
-        .await?;
+    scenario.wait_caught_up_with_input(CATCH_UP).await?;
     assert!(
         !successor.log().contains("transactional producer recreated"),
         "the zombie must not fence its successor back; log: {}",

@@ -358,12 +358,4 @@ impl PipelineStatus {
             .get_or_create(&label("partition", partition.to_string()))
             .set(lag);
     }
-
-    /// Total restarts counted for `actor`.
-    pub fn restarts_of(&self, actor: &str) -> u64 {
-        self.metrics()
-            .actor_restarts
-            .get_or_create(&label("actor", actor))
-            .get()
-    }
 }
