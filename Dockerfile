@@ -2,7 +2,7 @@
 # (`docker run IMAGE produce …` runs the load generator instead).
 #
 # Stages: the workspace manifests (for a cached dependency fetch), a Rust
-# build stage with the C toolchain librdkafka's cmake build needs, and a small
+# build stage with the C toolchain librdkafka's build needs, and a small
 # Debian runtime stage that holds the binary and only the shared libraries it
 # links. Needs BuildKit (the default builder of Docker and of
 # `docker compose build`) for the cache mount of the build stage.
@@ -23,15 +23,16 @@ RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock -delete \
 
 # ---------------------------------------------------------------------------
 FROM rust:1-bookworm AS build
-# cmake: rdkafka is built with its `cmake-build` feature (librdkafka compiled
-# from source and linked statically). libcurl4-openssl-dev and build-essential:
-# the same build prerequisites the project's scripts install (scripts/dev-env.sh).
+# librdkafka is compiled from source by rdkafka-sys (its configure script and
+# make, linked statically) and links the system zlib: build-essential and
+# zlib1g-dev (the rust image has both; listed so the build does not depend
+# on that).
 # Package versions are not pinned: Debian stable only ships security fixes,
 # and a pinned version vanishes from its mirrors when the next fix lands.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      cmake libcurl4-openssl-dev build-essential \
+      build-essential zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 
 # Dependency fetch in a directory of its own: the stubs never mix with the

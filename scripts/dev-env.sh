@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared by run-local.sh and test.sh: makes sure what onceflow's runs and
 # tests need is here. Idempotent; safe to source more than once.
-#  - the C toolchain bits rdkafka's cmake build needs (cmake, libcurl headers)
+#  - psql (the PostgreSQL client) for the tests' database set-up
 #  - noida-db (a Kafka-compatible broker) in ./.venv
 #  - a running PostgreSQL on 127.0.0.1:5432
 set -euo pipefail
@@ -9,8 +9,6 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export NOIDA_DB="${NOIDA_DB:-$repo_root/.venv/bin/noida-db}"
 
 need_apt=()
-command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
-dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need_apt+=(libcurl4-openssl-dev)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]}" >&2

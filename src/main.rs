@@ -7,6 +7,7 @@
 //! signal, or 10 s, forces the exit); an escalated failure exits non-zero.
 
 mod chaos_command;
+mod demo;
 mod http_server;
 mod produce;
 mod telemetry;
@@ -38,6 +39,11 @@ enum Command {
     },
     /// Write ad events (with invalid records and repeats) to the input topic.
     Produce(produce::ProduceArgs),
+    /// The whole pipeline in one process on embedded defaults (a mock Kafka
+    /// cluster, a SQLite store), with faults injected, ending in a verdict.
+    /// Set ONCEFLOW_DATABASE_URL to use PostgreSQL instead of SQLite;
+    /// RUST_LOG (default: off) shows the pipeline's logs.
+    Demo(demo::DemoArgs),
     /// Chaos scenarios: kill actors and processes mid-commit, inject faults,
     /// and check exactly-once from the outside.
     #[command(subcommand)]
@@ -60,17 +66,22 @@ fn main() -> ExitCode {
         }
     };
     // The chaos suite prints a table; its own logs only matter when something is wrong.
-    let default_log_filter = if matches!(cli.command, Command::Chaos(_)) {
-        "warn"
-    } else {
-        "info"
+    // The demo draws progress bars; its logs are there for RUST_LOG to show.
+    let default_log_filter = match cli.command {
+        Command::Chaos(_) => "warn",
+        Command::Demo(_) => "off",
+        _ => "info",
     };
-    let telemetry = telemetry::init(&runtime, config_file(&cli), default_log_filter);
+    let committed_transactions = demo::CommittedTransactions::default();
+    let extra_layer =
+        matches!(cli.command, Command::Demo(_)).then(|| committed_transactions.layer());
+    let telemetry = telemetry::init(&runtime, config_file(&cli), default_log_filter, extra_layer);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::Produce(args) => produce::run_produce(&args).await.map(|_| ()),
             Command::Chaos(command) => chaos_command::run_chaos(command).await,
+            Command::Demo(args) => demo::run_demo(args, committed_transactions).await,
         }
     });
     // Flush traces while the runtime (the gRPC channel's home) still runs.

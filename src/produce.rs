@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use futures::FutureExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -672,7 +673,13 @@ async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Re
 
 /// Awaits one delivery; an error names the broker's reason.
 async fn await_delivery(delivery: DeliveryFuture) -> anyhow::Result<()> {
-    match delivery.await {
+    delivery_result(delivery.await)
+}
+
+fn delivery_result(
+    delivery: <DeliveryFuture as std::future::Future>::Output,
+) -> anyhow::Result<()> {
+    match delivery {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((error, _))) => bail!("a record was not delivered: {error}"),
         Err(_) => bail!("the producer dropped a record before its delivery was confirmed"),
@@ -693,6 +700,22 @@ fn progress_bar(count: u64, quiet: bool) -> ProgressBar {
 /// Runs `onceflow produce`: writes the records and returns the manifest, after
 /// printing it as one JSON line on stdout (and to `--manifest` if given).
 pub async fn run_produce(args: &ProduceArgs) -> anyhow::Result<Manifest> {
+    let manifest = produce_records(args, &progress_bar(args.count, args.quiet)).await?;
+    let line = manifest.to_json().to_string();
+    println!("{line}");
+    if let Some(path) = &args.manifest {
+        std::fs::write(path, format!("{line}\n"))
+            .with_context(|| format!("cannot write the manifest to {}", path.display()))?;
+    }
+    Ok(manifest)
+}
+
+/// Writes the records of `args`, counting each acknowledged record on
+/// `progress`, and returns the manifest once every record is acknowledged.
+pub async fn produce_records(
+    args: &ProduceArgs,
+    progress: &ProgressBar,
+) -> anyhow::Result<Manifest> {
     validate(args)?;
     ensure_topic(&args.brokers, &args.topic, args.partitions).await?;
 
@@ -705,7 +728,6 @@ pub async fn run_produce(args: &ProduceArgs) -> anyhow::Result<Manifest> {
         .create()
         .context("cannot create the kafka producer")?;
 
-    let progress = progress_bar(args.count, args.quiet);
     let started = tokio::time::Instant::now();
     let mut generator = Generator::new(args);
     let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::with_capacity(MAX_IN_FLIGHT);
@@ -765,6 +787,13 @@ pub async fn run_produce(args: &ProduceArgs) -> anyhow::Result<Manifest> {
                 progress.inc(1);
             }
         }
+        // Count what is already acknowledged, so progress shows deliveries
+        // as they happen rather than when the in-flight window fills.
+        while let Some(acknowledged) = in_flight.front_mut().and_then(FutureExt::now_or_never) {
+            in_flight.pop_front();
+            delivery_result(acknowledged)?;
+            progress.inc(1);
+        }
         if index.is_multiple_of(1_000) {
             progress.set_message(format!("{invalid} invalid, {repeats} repeats"));
         }
@@ -775,15 +804,7 @@ pub async fn run_produce(args: &ProduceArgs) -> anyhow::Result<Manifest> {
     }
     progress.set_message(format!("{invalid} invalid, {repeats} repeats"));
     progress.finish();
-
-    let manifest = generator.manifest().clone();
-    let line = manifest.to_json().to_string();
-    println!("{line}");
-    if let Some(path) = &args.manifest {
-        std::fs::write(path, format!("{line}\n"))
-            .with_context(|| format!("cannot write the manifest to {}", path.display()))?;
-    }
-    Ok(manifest)
+    Ok(generator.manifest().clone())
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise.
 const DEFAULT_SERVICE_NAME: &str = "onceflow";
@@ -51,6 +51,10 @@ const FLUSH_DEADLINE_AFTER_SIGNAL: Duration = Duration::from_millis(9_500);
 
 /// Longest flush when the process ends without a signal.
 const MAX_FLUSH: Duration = Duration::from_secs(3);
+
+/// A further layer a command installs beside the log and export layers
+/// (the demo's record of committed transactions).
+pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// The installed telemetry; call [`Telemetry::shutdown`] before exiting.
 #[derive(Debug)]
@@ -69,11 +73,13 @@ struct Export {
 /// `runtime` context (the gRPC channel lives on it). `config_file` is the
 /// `run` command's configuration file, read for `instance_id`
 /// (`service.instance.id`). `default_filter` applies when `RUST_LOG` is unset
-/// or invalid.
+/// or invalid. `extra` is installed with its own filter, so it sees what it
+/// asks for whatever `RUST_LOG` says.
 pub fn init(
     runtime: &tokio::runtime::Runtime,
     config_file: Option<&Path>,
     default_filter: &str,
+    extra: Option<ExtraLayer>,
 ) -> Telemetry {
     let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, None),
@@ -101,6 +107,7 @@ pub fn init(
                 metadata.target() != onceflow_actors::spans::RECORD_SPAN_TARGET
             }));
             tracing_subscriber::registry()
+                .with(extra)
                 .with(log_layer().with_filter(log_filter))
                 .with(otel_layer(provider.tracer("onceflow")))
                 .init();
@@ -113,10 +120,17 @@ pub fn init(
             })
         }
         None => {
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(log_layer())
-                .init();
+            match extra {
+                // Per-layer filters, so that `extra` sees what `RUST_LOG` hides.
+                Some(extra) => tracing_subscriber::registry()
+                    .with(extra)
+                    .with(log_layer().with_filter(filter))
+                    .init(),
+                None => tracing_subscriber::registry()
+                    .with(filter)
+                    .with(log_layer())
+                    .init(),
+            }
             None
         }
     };

@@ -1,19 +1,26 @@
-//! The PostgreSQL store against a real database: own replay versus upstream
-//! repeat, spend counted once, dead letters once, offsets never backwards,
-//! owner-epoch fencing, and parallel writers that do not deadlock.
+//! The store test suite against real databases: every case runs on
+//! PostgreSQL (a fresh database on the test server) and on SQLite (a file
+//! in a temporary directory), as `postgres::<case>` and `sqlite::<case>`.
+//! Own replay versus upstream repeat, spend counted once (one row per
+//! campaign minute), dead letters once, offsets never backwards, owner-epoch
+//! fencing, confirmed Kafka offsets, refused rows isolated, and parallel
+//! writers that do not deadlock. SQLite only: a write that waits longer than
+//! `busy_timeout` for a locked file fails transiently and writes nothing.
 
 mod common;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use onceflow_actors::ad_event::{AdEvent, AdEventKind, DeadLetterKind};
 use onceflow_actors::partition_batch::PartitionBatch;
 use onceflow_actors::processed_record::{ProcessedRecord, RecordEffect, output_value};
 use onceflow_actors::spans::RecordSpan;
-use onceflow_actors::store::Store;
+use onceflow_actors::store::{KafkaCommitConfirmation, PostgresStore, Store};
 use onceflow_actors::store_error::StoreError;
 use onceflow_actors::trace_context::TraceContext;
+use sqlx::Connection;
 use uuid::Uuid;
 
 const GROUP: &str = "g";
@@ -83,26 +90,122 @@ fn batch(
     }
 }
 
-async fn store() -> anyhow::Result<Store> {
+/// Generates, for each case, `postgres::<case>` and `sqlite::<case>`.
+macro_rules! store_suite {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() -> anyhow::Result<()> {
+                    super::$case(super::postgres_store().await?).await
+                }
+            )*
+        }
+
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() -> anyhow::Result<()> {
+                    let directory = tempfile::tempdir()?;
+                    let store = super::sqlite_store(&super::sqlite_url(&directory), super::Duration::from_secs(30))
+                        .await?;
+                    super::$case(store).await
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    own_replay_owes_its_output_and_upstream_repeat_does_not,
+    offsets_never_move_backwards_and_remember_the_group_start,
+    a_stale_owner_epoch_is_fenced_and_writes_nothing,
+    parallel_writers_with_overlapping_events_do_not_deadlock,
+    rows_the_database_refuses_are_found_without_writing_anything,
+    kafka_commit_confirmations_never_move_backwards_and_need_the_current_epoch,
+    one_spend_row_per_campaign_minute_across_batches,
+);
+
+/// A migrated store on a fresh PostgreSQL database.
+async fn postgres_store() -> anyhow::Result<Store> {
     let (_, pool) = common::fresh_database().await?;
-    let store = Store::from_pool(pool);
+    let store = Store::from(PostgresStore::from_pool(pool));
     store.migrate().await?;
     Ok(store)
 }
 
-async fn spend(store: &Store, campaign: &str) -> anyhow::Result<(i64, i64, i64)> {
-    Ok(sqlx::query_as(
-        "SELECT coalesce(sum(impressions), 0)::bigint, coalesce(sum(clicks), 0)::bigint, coalesce(sum(spend_micros), 0)::bigint
-           FROM campaign_spend WHERE campaign_id = $1",
+/// The URL of a database file in `directory`.
+fn sqlite_url(directory: &tempfile::TempDir) -> String {
+    format!(
+        "sqlite://{}",
+        directory.path().join("onceflow.db").display()
     )
-    .bind(campaign)
-    .fetch_one(store.pool())
-    .await?)
 }
 
-#[tokio::test]
-async fn own_replay_owes_its_output_and_upstream_repeat_does_not() -> anyhow::Result<()> {
-    let store = store().await?;
+/// A migrated SQLite store, built the way `onceflow run` builds it.
+async fn sqlite_store(url: &str, busy_timeout: Duration) -> anyhow::Result<Store> {
+    let store = Store::connect_lazy(
+        url,
+        8,
+        busy_timeout,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    )?;
+    assert!(matches!(store, Store::Sqlite(_)), "{url} must be sqlite");
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// One integer from `sql` (valid on both backends), on whichever pool the
+/// store has.
+async fn count(store: &Store, sql: &'static str) -> anyhow::Result<i64> {
+    scalar(store, sql, None).await
+}
+
+async fn scalar(store: &Store, sql: &'static str, bind: Option<&str>) -> anyhow::Result<i64> {
+    Ok(match store {
+        Store::Postgres(store) => {
+            sqlx::query_scalar(sql)
+                .bind(bind)
+                .fetch_one(store.pool())
+                .await?
+        }
+        Store::Sqlite(store) => {
+            sqlx::query_scalar(sql)
+                .bind(bind)
+                .fetch_one(store.pool())
+                .await?
+        }
+    })
+}
+
+/// Impressions, clicks and spend of a campaign, over all its minutes.
+async fn spend(store: &Store, campaign: &str) -> anyhow::Result<(i64, i64, i64)> {
+    Ok((
+        scalar(
+            store,
+            "SELECT CAST(coalesce(sum(impressions), 0) AS bigint) FROM campaign_spend WHERE campaign_id = $1",
+            Some(campaign),
+        )
+        .await?,
+        scalar(
+            store,
+            "SELECT CAST(coalesce(sum(clicks), 0) AS bigint) FROM campaign_spend WHERE campaign_id = $1",
+            Some(campaign),
+        )
+        .await?,
+        scalar(
+            store,
+            "SELECT CAST(coalesce(sum(spend_micros), 0) AS bigint) FROM campaign_spend WHERE campaign_id = $1",
+            Some(campaign),
+        )
+        .await?,
+    ))
+}
+
+async fn own_replay_owes_its_output_and_upstream_repeat_does_not(
+    store: Store,
+) -> anyhow::Result<()> {
     let epoch = store
         .claim_partition(GROUP, TOPIC, 0, "i")
         .await?
@@ -181,19 +284,15 @@ async fn own_replay_owes_its_output_and_upstream_repeat_does_not() -> anyhow::Re
     );
     assert!(repeat.owed_records.is_empty());
 
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ad_events")
-        .fetch_one(store.pool())
-        .await?;
-    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-        .fetch_one(store.pool())
-        .await?;
+    let rows = count(&store, "SELECT count(*) FROM ad_events").await?;
+    let dead = count(&store, "SELECT count(*) FROM dead_letters").await?;
     assert_eq!((rows, dead), (2, 1));
     Ok(())
 }
 
-#[tokio::test]
-async fn offsets_never_move_backwards_and_remember_the_group_start() -> anyhow::Result<()> {
-    let store = store().await?;
+async fn offsets_never_move_backwards_and_remember_the_group_start(
+    store: Store,
+) -> anyhow::Result<()> {
     let epoch = store
         .claim_partition(GROUP, TOPIC, 0, "i")
         .await?
@@ -242,9 +341,7 @@ async fn offsets_never_move_backwards_and_remember_the_group_start() -> anyhow::
     Ok(())
 }
 
-#[tokio::test]
-async fn a_stale_owner_epoch_is_fenced_and_writes_nothing() -> anyhow::Result<()> {
-    let store = store().await?;
+async fn a_stale_owner_epoch_is_fenced_and_writes_nothing(store: Store) -> anyhow::Result<()> {
     let old_epoch = store
         .claim_partition(GROUP, TOPIC, 0, "zombie")
         .await?
@@ -273,12 +370,8 @@ async fn a_stale_owner_epoch_is_fenced_and_writes_nothing() -> anyhow::Result<()
         "{error}"
     );
     assert!(!error.is_retriable());
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ad_events")
-        .fetch_one(store.pool())
-        .await?;
-    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-        .fetch_one(store.pool())
-        .await?;
+    let rows = count(&store, "SELECT count(*) FROM ad_events").await?;
+    let dead = count(&store, "SELECT count(*) FROM dead_letters").await?;
     assert_eq!((rows, dead), (0, 0));
     assert_eq!(spend(&store, "z").await?, (0, 0, 0));
     assert_eq!(
@@ -292,9 +385,9 @@ async fn a_stale_owner_epoch_is_fenced_and_writes_nothing() -> anyhow::Result<()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parallel_writers_with_overlapping_events_do_not_deadlock() -> anyhow::Result<()> {
-    let store = store().await?;
+async fn parallel_writers_with_overlapping_events_do_not_deadlock(
+    store: Store,
+) -> anyhow::Result<()> {
     let epoch_0 = store
         .claim_partition(GROUP, TOPIC, 0, "i")
         .await?
@@ -358,42 +451,259 @@ async fn parallel_writers_with_overlapping_events_do_not_deadlock() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test]
-async fn rows_the_database_refuses_are_found_without_writing_anything() -> anyhow::Result<()> {
-    let store = store().await?;
+async fn rows_the_database_refuses_are_found_without_writing_anything(
+    store: Store,
+) -> anyhow::Result<()> {
     let epoch = store
         .claim_partition(GROUP, TOPIC, 0, "i")
         .await?
         .owner_epoch;
+    let mut negative = event_record(0, 2, Uuid::new_v4(), "c", AdEventKind::Impression, 1);
+    if let RecordEffect::Event { event, .. } = &mut negative.effect {
+        event.cost_micros = -1; // refused by the CHECK of both schemas
+    }
     let poison = batch(
         0,
         0,
-        3,
+        4,
         i64::MIN,
         vec![
             event_record(0, 0, Uuid::new_v4(), "c", AdEventKind::Click, 1),
             event_record(0, 1, Uuid::new_v4(), "c-\u{0}", AdEventKind::Click, 1),
-            event_record(0, 2, Uuid::new_v4(), "c", AdEventKind::Impression, 1),
+            negative,
+            event_record(0, 3, Uuid::new_v4(), "c", AdEventKind::Impression, 1),
         ],
     );
     let error = store
         .write_batch(GROUP, TOPIC, epoch, Uuid::now_v7(), &poison)
         .await
-        .expect_err("PostgreSQL text cannot hold NUL");
+        .expect_err("a negative cost violates the schema's CHECK");
     assert!(error.is_data_error(), "{error}");
+    assert!(!error.is_retriable(), "{error}");
     let unstorable = store
         .find_unstorable_events(TOPIC, Uuid::now_v7(), &poison)
         .await?;
-    assert_eq!(
-        unstorable
-            .iter()
-            .map(|(index, _)| *index)
-            .collect::<Vec<_>>(),
-        vec![1]
+    let refused: Vec<usize> = unstorable.iter().map(|(index, _)| *index).collect();
+    match store {
+        // PostgreSQL text cannot hold NUL; SQLite text can.
+        Store::Postgres(_) => assert_eq!(refused, vec![1, 2]),
+        Store::Sqlite(_) => assert_eq!(refused, vec![2]),
+    }
+    assert!(
+        unstorable.iter().all(|(_, reason)| !reason.contains('\n')),
+        "{unstorable:?}"
     );
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ad_events")
-        .fetch_one(store.pool())
-        .await?;
+    let rows = count(&store, "SELECT count(*) FROM ad_events").await?;
     assert_eq!(rows, 0, "probing writes nothing");
+    assert_eq!(
+        store
+            .read_partition(GROUP, TOPIC, 0)
+            .await?
+            .expect("claimed")
+            .next_offset,
+        None,
+        "the refused batch moved no offset"
+    );
+    Ok(())
+}
+
+async fn kafka_commit_confirmations_never_move_backwards_and_need_the_current_epoch(
+    store: Store,
+) -> anyhow::Result<()> {
+    let old_epoch = store
+        .claim_partition(GROUP, TOPIC, 0, "i")
+        .await?
+        .owner_epoch;
+    let epoch_1 = store
+        .claim_partition(GROUP, TOPIC, 1, "i")
+        .await?
+        .owner_epoch;
+    let epoch_0 = store
+        .claim_partition(GROUP, TOPIC, 0, "i")
+        .await?
+        .owner_epoch;
+    let confirm = |partition: i32, end_offset: i64, owner_epoch: i64| KafkaCommitConfirmation {
+        partition,
+        end_offset,
+        owner_epoch,
+    };
+    store
+        .confirm_kafka_commit(
+            GROUP,
+            TOPIC,
+            &[confirm(1, 10, epoch_1), confirm(0, 7, epoch_0)],
+        )
+        .await?;
+    store
+        .confirm_kafka_commit(
+            GROUP,
+            TOPIC,
+            &[confirm(0, 3, epoch_0), confirm(1, 12, epoch_1)],
+        )
+        .await?;
+    // A zombie holding the old epoch of partition 0 changes nothing.
+    store
+        .confirm_kafka_commit(GROUP, TOPIC, &[confirm(0, 100, old_epoch)])
+        .await?;
+    store.confirm_kafka_commit(GROUP, TOPIC, &[]).await?;
+    let committed = |partition: i32| {
+        let store = store.clone();
+        async move {
+            anyhow::Ok(
+                store
+                    .read_partition(GROUP, TOPIC, partition)
+                    .await?
+                    .expect("claimed")
+                    .kafka_committed_offset,
+            )
+        }
+    };
+    assert_eq!(
+        committed(0).await?,
+        Some(7),
+        "never backwards, never a zombie's"
+    );
+    assert_eq!(committed(1).await?, Some(12));
+    Ok(())
+}
+
+async fn one_spend_row_per_campaign_minute_across_batches(store: Store) -> anyhow::Result<()> {
+    let epoch = store
+        .claim_partition(GROUP, TOPIC, 0, "i")
+        .await?
+        .owner_epoch;
+    let minute = Utc
+        .with_ymd_and_hms(2026, 11, 26, 10, 15, 0)
+        .single()
+        .expect("valid time");
+    let at = |seconds: i64, micros: i64| {
+        minute + chrono::Duration::seconds(seconds) + chrono::Duration::microseconds(micros)
+    };
+    for (offset, occurred_at, kind) in [
+        (0, at(0, 0), AdEventKind::Impression),
+        (1, at(30, 123_456), AdEventKind::Click),
+        (2, at(59, 999_999), AdEventKind::Impression),
+        (3, at(60, 0), AdEventKind::Click), // the next minute
+    ] {
+        let mut record = event_record(0, offset, Uuid::new_v4(), "c", kind, 5);
+        if let RecordEffect::Event { event, .. } = &mut record.effect {
+            event.occurred_at = occurred_at;
+        }
+        let one = batch(0, offset, offset + 1, i64::MIN, vec![record]);
+        store
+            .write_batch(GROUP, TOPIC, epoch, Uuid::now_v7(), &one)
+            .await?;
+    }
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM campaign_spend").await?,
+        2
+    );
+    assert_eq!(spend(&store, "c").await?, (2, 2, 20));
+    assert_eq!(
+        count(
+            &store,
+            "SELECT CAST(impressions * 1000 + clicks AS bigint) FROM campaign_spend \
+             WHERE minute = (SELECT min(minute) FROM campaign_spend)"
+        )
+        .await?,
+        2_001,
+        "the first minute holds two impressions and one click"
+    );
+    Ok(())
+}
+
+/// SQLite only: another connection holds the file's write lock longer than
+/// `busy_timeout`. The batch write fails transiently having written nothing;
+/// a write that starts while the lock is held but within `busy_timeout`
+/// waits for it; once the lock is gone the batch commits in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_locked_file_fails_writes_transiently_and_half_writes_nothing()
+-> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let url = sqlite_url(&directory);
+    let busy_timeout = Duration::from_millis(300);
+    let store = sqlite_store(&url, busy_timeout).await?;
+    let epoch = store
+        .claim_partition(GROUP, TOPIC, 0, "i")
+        .await?
+        .owner_epoch;
+    let records = vec![
+        event_record(0, 0, Uuid::new_v4(), "c", AdEventKind::Impression, 10),
+        event_record(0, 1, Uuid::new_v4(), "c", AdEventKind::Click, 20),
+        dead_letter_record(0, 2),
+    ];
+    let first = batch(0, 0, 3, i64::MIN, records);
+
+    let mut locker = sqlx::sqlite::SqliteConnection::connect(&url).await?;
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await?;
+    sqlx::raw_sql("UPDATE consumer_offsets SET owner_instance = 'locker' WHERE partition = 0")
+        .execute(&mut locker)
+        .await?;
+
+    let started = Instant::now();
+    let error = store
+        .write_batch(GROUP, TOPIC, epoch, Uuid::now_v7(), &first)
+        .await
+        .expect_err("the write lock is held elsewhere");
+    assert!(error.is_retriable(), "{error}");
+    assert!(matches!(error, StoreError::Transient(_)), "{error}");
+    assert!(
+        started.elapsed() >= busy_timeout,
+        "gave up after {:?}, before busy_timeout",
+        started.elapsed()
+    );
+    // Readers are not blocked in WAL mode: nothing was half-written.
+    assert_eq!(count(&store, "SELECT count(*) FROM ad_events").await?, 0);
+    assert_eq!(count(&store, "SELECT count(*) FROM dead_letters").await?, 0);
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM campaign_spend").await?,
+        0
+    );
+    assert_eq!(
+        store
+            .read_partition(GROUP, TOPIC, 0)
+            .await?
+            .expect("claimed")
+            .next_offset,
+        None
+    );
+
+    // A writer with a longer busy_timeout waits for the lock to go.
+    let patient = sqlite_store(&url, Duration::from_secs(20)).await?;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sqlx::raw_sql("COMMIT").execute(&mut locker).await?;
+        anyhow::Ok(locker)
+    });
+    let started = Instant::now();
+    let outcome = patient
+        .write_batch(GROUP, TOPIC, epoch, Uuid::now_v7(), &first)
+        .await?;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "must have waited for the lock, took {:?}",
+        started.elapsed()
+    );
+    release.await??.close().await?;
+    assert_eq!(
+        (
+            outcome.new_events,
+            outcome.dead_letters,
+            outcome.owed_records.len()
+        ),
+        (2, 1, 3)
+    );
+
+    // And the first store, the lock gone, replays the same batch as its own.
+    let replay = store
+        .write_batch(GROUP, TOPIC, epoch, Uuid::now_v7(), &first)
+        .await?;
+    assert_eq!((replay.new_events, replay.replayed_events), (0, 2));
+    assert_eq!(spend(&store, "c").await?, (1, 1, 30));
+    assert_eq!(count(&store, "SELECT count(*) FROM dead_letters").await?, 1);
+    let stored = store.read_partition(GROUP, TOPIC, 0).await?.expect("row");
+    assert_eq!(stored.next_offset, Some(3));
     Ok(())
 }

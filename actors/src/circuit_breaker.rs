@@ -112,7 +112,7 @@ impl Actor for CircuitBreaker {
             (CircuitBreakerMsg::Probe, BreakerState::Open) => {
                 let span = tracing::info_span!(
                     "circuit_breaker.probe",
-                    db.system.name = "postgresql",
+                    db.system.name = state.args.store.system_name(),
                     onceflow.breaker.to = tracing::field::Empty,
                 );
                 probe(&myself, state).instrument(span).await;
@@ -129,11 +129,7 @@ async fn probe(myself: &ActorRef<CircuitBreakerMsg>, state: &mut CircuitBreakerS
     let status = state.args.status.clone();
     status.set_breaker_state(BreakerState::HalfOpen);
     tracing::info!("circuit breaker half-open: probing the database");
-    let probe = tokio::time::timeout(
-        Duration::from_secs(5),
-        sqlx::query("SELECT 1").execute(state.args.store.pool()),
-    )
-    .await;
+    let probe = tokio::time::timeout(Duration::from_secs(5), state.args.store.ping()).await;
     match probe {
         Ok(Ok(_)) => {
             state.consecutive_failures = 0;
@@ -169,7 +165,7 @@ fn open(myself: &ActorRef<CircuitBreakerMsg>, state: &mut CircuitBreakerState) {
     tracing::Span::current().record("onceflow.breaker.to", "open");
     let span = tracing::info_span!(
         "circuit_breaker.open",
-        db.system.name = "postgresql",
+        db.system.name = state.args.store.system_name(),
         consecutive_failures = state.consecutive_failures,
     );
     let _entered = span.enter();

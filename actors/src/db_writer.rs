@@ -107,7 +107,7 @@ impl Actor for DbWriter {
                     parent: &request.parent,
                     "db.commit_batch",
                     otel.kind = "client",
-                    db.system.name = "postgresql",
+                    db.system.name = state.store.system_name(),
                     db.operation.name = "BATCH",
                     db.collection.name = "ad_events",
                     messaging.destination.partition.id = request.batch.partition,

@@ -1,11 +1,13 @@
 //! onceflow's actors crate: the supervised actor pipeline that moves ad
-//! events from Kafka into PostgreSQL and back into Kafka exactly once.
+//! events from Kafka into PostgreSQL (or an embedded SQLite file) and back
+//! into Kafka exactly once.
 //!
 //! Start with [`pipeline::run_pipeline`]; the commit protocol and its
 //! guarantees are written in `docs/guarantees.md` at the repository root.
 
 pub mod actor_names;
 pub mod ad_event;
+mod batch_classification;
 pub mod circuit_breaker;
 pub mod consumer_supervisor;
 pub mod db_writer;
@@ -18,6 +20,7 @@ pub mod partition_batch;
 pub mod partition_consumer;
 pub mod pipeline;
 pub mod pipeline_monitor;
+pub mod postgres_store;
 pub mod processed_record;
 pub mod record_fetcher;
 pub mod recovery;
@@ -25,6 +28,7 @@ pub mod restart_policy;
 pub mod root_supervisor;
 pub mod settings;
 pub mod spans;
+pub mod sqlite_store;
 pub mod store;
 pub mod store_error;
 pub mod trace_context;

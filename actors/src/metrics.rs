@@ -198,6 +198,7 @@ struct StatusInner {
     coordinator_ready: AtomicBool,
     escalated: AtomicBool,
     committed_cycles: AtomicI64,
+    actor_restarts: AtomicU64,
     /// unix milliseconds at which the open transaction began; 0 if none
     txn_opened_at_ms: AtomicU64,
     fatal: CancellationToken,
@@ -213,6 +214,7 @@ impl Default for PipelineStatus {
                 coordinator_ready: AtomicBool::new(false),
                 escalated: AtomicBool::new(false),
                 committed_cycles: AtomicI64::new(0),
+                actor_restarts: AtomicU64::new(0),
                 txn_opened_at_ms: AtomicU64::new(0),
                 fatal: CancellationToken::new(),
                 fatal_reason: Mutex::new(None),
@@ -345,10 +347,16 @@ impl PipelineStatus {
 
     /// Counts an actor restart.
     pub fn count_restart(&self, actor: &str) {
+        self.inner.actor_restarts.fetch_add(1, Ordering::AcqRel);
         self.metrics()
             .actor_restarts
             .get_or_create(&label("actor", actor))
             .inc();
+    }
+
+    /// Actor restarts so far, all actors together.
+    pub fn actor_restarts(&self) -> u64 {
+        self.inner.actor_restarts.load(Ordering::Acquire)
     }
 
     /// Sets the lag of a partition.

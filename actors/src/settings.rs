@@ -15,6 +15,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::store::StoreBackend;
+
 /// The broker's default `transaction.max.timeout.ms` (15 minutes): a
 /// transactional producer asking for more is refused by the broker.
 pub const BROKER_MAX_TRANSACTION_TIMEOUT_MS: u64 = 900_000;
@@ -49,7 +51,9 @@ impl SettingsError {
 pub struct Settings {
     /// Bootstrap servers of the Kafka cluster.
     pub kafka_brokers: String,
-    /// PostgreSQL URL; required by `run`.
+    /// Database URL; required by `run`: PostgreSQL (`postgres://…`,
+    /// `postgresql://…`) or an embedded SQLite file (`sqlite:///abs/path.db`,
+    /// `sqlite:relative.db`).
     pub database_url: Option<String>,
     /// Consumer group shared by all instances.
     pub group_id: String,
@@ -171,7 +175,13 @@ impl Settings {
     /// Loads defaults, then `file` (if any), then the environment, and
     /// validates the result.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        Settings::load_over(Settings::default(), file)
+    }
+
+    /// As [`Settings::load`], with `defaults` in place of the built-in
+    /// defaults (a command with tuning of its own, such as the demo).
+    pub fn load_over(defaults: Settings, file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(defaults));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(SettingsError::Load(format!(
@@ -226,12 +236,9 @@ impl Settings {
             ));
         }
         if let Some(url) = &self.database_url
-            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && let Err(error) = StoreBackend::of_url(url)
         {
-            return Err(invalid(
-                "database_url",
-                "must be a postgres:// or postgresql:// URL".to_owned(),
-            ));
+            return Err(invalid("database_url", error.to_string()));
         }
         if self.commit_interval_ms == 0 {
             return Err(invalid(
@@ -458,6 +465,45 @@ mod tests {
             assert!(!error.contains('\n'));
             Ok(())
         });
+    }
+
+    #[test]
+    fn database_url_accepts_postgres_and_sqlite_files_only() {
+        for url in [
+            "postgres://onceflow@db/onceflow",
+            "postgresql://onceflow@db/onceflow",
+            "sqlite:///var/lib/onceflow/onceflow.db",
+            "sqlite:onceflow.db",
+        ] {
+            let settings = Settings {
+                database_url: Some(url.to_owned()),
+                ..Settings::default()
+            };
+            assert!(settings.validate().is_ok(), "{url}");
+        }
+        for url in ["mysql://db/onceflow", "onceflow.db", "sqlite::memory:"] {
+            let settings = Settings {
+                database_url: Some(url.to_owned()),
+                ..Settings::default()
+            };
+            let error = settings
+                .validate()
+                .expect_err("must be refused")
+                .to_string();
+            assert!(error.starts_with("setting `database_url`"), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+        let error = Settings {
+            database_url: Some("mysql://db/onceflow".to_owned()),
+            ..Settings::default()
+        }
+        .validate()
+        .expect_err("must be refused")
+        .to_string();
+        assert!(
+            error.contains("postgres://") && error.contains("sqlite:"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,31 +1,28 @@
-//! The PostgreSQL store: migrations, partition claims, and the idempotent
-//! batch write of the commit cycle.
+//! The store interface: one [`Store`] for the commit cycle, backed by
+//! PostgreSQL ([`PostgresStore`]) or by an embedded SQLite file
+//! ([`SqliteStore`]), chosen by the database URL's scheme.
 //!
-//! Guarantees:
+//! Guarantees, the same on both backends (the store test suite runs every
+//! case against each):
 //! - one partition batch is one database transaction: its events, spend,
 //!   dead letters and stored offset commit together or not at all;
-//! - an event id is stored once (`ON CONFLICT (event_id) DO NOTHING`) and
-//!   counted in `campaign_spend` only by the transaction that stored it;
+//! - an event id is stored once and counted in `campaign_spend` only by the
+//!   transaction that stored it;
 //! - a conflict at the same source position is our own replay (its output is
 //!   still owed if Kafka did not commit it); at another position it is an
 //!   upstream repeat (no output, counted as a duplicate);
 //! - the stored offset never moves backwards, and only a writer holding the
 //!   partition's current owner epoch can move it ([`StoreError::Fenced`]);
-//! - keys are touched in one fixed order (events by id, spend by campaign
-//!   and minute), so parallel writers do not deadlock each other.
+//! - parallel writers do not deadlock each other (PostgreSQL: keys touched
+//!   in one fixed order; SQLite: the write lock taken up front).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::ad_event::AdEventKind;
 use crate::partition_batch::PartitionBatch;
-use crate::processed_record::RecordEffect;
+pub use crate::postgres_store::PostgresStore;
+pub use crate::sqlite_store::SqliteStore;
 use crate::store_error::StoreError;
 
 /// What the store holds for one partition of the group.
@@ -68,25 +65,88 @@ pub struct BatchWriteOutcome {
     pub dead_letters: u64,
 }
 
-/// The PostgreSQL store.
-#[derive(Debug, Clone)]
-pub struct Store {
-    pool: PgPool,
+/// The database behind a URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// `postgres://` or `postgresql://`
+    Postgres,
+    /// `sqlite:` naming a file
+    Sqlite,
 }
 
-/// Per-event classification against what is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EventFate {
-    New,
-    OwnReplay,
-    Duplicate,
+/// Why a database URL cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedDatabaseUrl {
+    /// neither PostgreSQL nor SQLite
+    #[error(
+        "must be a postgres://, postgresql:// or sqlite: URL (e.g. sqlite:///var/lib/onceflow/onceflow.db)"
+    )]
+    Scheme,
+    /// a SQLite database that lives only in memory
+    #[error(
+        "must name a SQLite file: an in-memory database loses every stored event and offset on exit"
+    )]
+    InMemory,
+}
+
+impl StoreBackend {
+    /// The backend `url` names, by its scheme.
+    pub fn of_url(url: &str) -> Result<StoreBackend, UnsupportedDatabaseUrl> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreBackend::Postgres)
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            let in_memory = rest.trim_start_matches('/').starts_with(":memory:")
+                || rest
+                    .split_once('?')
+                    .is_some_and(|(_, query)| query.split('&').any(|pair| pair == "mode=memory"));
+            if in_memory {
+                Err(UnsupportedDatabaseUrl::InMemory)
+            } else {
+                Ok(StoreBackend::Sqlite)
+            }
+        } else {
+            Err(UnsupportedDatabaseUrl::Scheme)
+        }
+    }
+
+    /// The OpenTelemetry `db.system.name` of the backend.
+    pub fn system_name(self) -> &'static str {
+        match self {
+            StoreBackend::Postgres => "postgresql",
+            StoreBackend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// The store of the commit cycle.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// PostgreSQL
+    Postgres(PostgresStore),
+    /// an embedded SQLite file
+    Sqlite(SqliteStore),
+}
+
+impl From<PostgresStore> for Store {
+    fn from(store: PostgresStore) -> Self {
+        Store::Postgres(store)
+    }
+}
+
+impl From<SqliteStore> for Store {
+    fn from(store: SqliteStore) -> Self {
+        Store::Sqlite(store)
+    }
 }
 
 impl Store {
-    /// Builds a pool for `url`. Connections are opened lazily, so a
-    /// database that is down does not stop an actor from starting. A session
-    /// idle inside a transaction for `idle_in_transaction_timeout` is ended
-    /// by the server, so a frozen process cannot hold a row lock for ever.
+    /// Builds a store for `url`, the backend chosen by its scheme.
+    /// Connections are opened lazily, so a database that is down does not
+    /// stop an actor from starting. PostgreSQL ends a statement after
+    /// `statement_timeout` and a session idle inside a transaction after
+    /// `idle_in_transaction_timeout`; SQLite waits at most
+    /// `statement_timeout` for its write lock (its `busy_timeout`) and has no
+    /// server-side sessions to end.
     pub fn connect_lazy(
         url: &str,
         max_connections: u32,
@@ -94,42 +154,53 @@ impl Store {
         idle_in_transaction_timeout: Duration,
         acquire_timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(StoreError::Permanent)?
-            .application_name("onceflow")
-            .options([
-                (
-                    "statement_timeout",
-                    format!("{}ms", statement_timeout.as_millis()),
-                ),
-                (
-                    "idle_in_transaction_session_timeout",
-                    format!("{}ms", idle_in_transaction_timeout.as_millis()),
-                ),
-            ]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout)
-            .connect_lazy_with(options);
-        Ok(Store { pool })
+        let backend = StoreBackend::of_url(url)
+            .map_err(|error| StoreError::Permanent(sqlx::Error::Configuration(Box::new(error))))?;
+        Ok(match backend {
+            StoreBackend::Postgres => Store::Postgres(PostgresStore::connect_lazy(
+                url,
+                max_connections,
+                statement_timeout,
+                idle_in_transaction_timeout,
+                acquire_timeout,
+            )?),
+            StoreBackend::Sqlite => Store::Sqlite(SqliteStore::connect_lazy(
+                url,
+                max_connections,
+                statement_timeout,
+                acquire_timeout,
+            )?),
+        })
     }
 
-    /// Wraps an existing pool (tests).
-    pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+    /// The backend of this store.
+    pub fn backend(&self) -> StoreBackend {
+        match self {
+            Store::Postgres(_) => StoreBackend::Postgres,
+            Store::Sqlite(_) => StoreBackend::Sqlite,
+        }
     }
 
-    /// The underlying pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The OpenTelemetry `db.system.name` of the backend (`postgresql`,
+    /// `sqlite`).
+    pub fn system_name(&self) -> &'static str {
+        self.backend().system_name()
     }
 
-    /// Applies the migrations embedded in the binary.
+    /// Whether the database answers (the circuit breaker's probe).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(store) => store.ping().await,
+            Store::Sqlite(store) => store.ping().await,
+        }
+    }
+
+    /// Applies the backend's migrations embedded in the binary.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations")
-            .run(&self.pool)
-            .await
-            .map_err(|error| StoreError::from(sqlx::Error::from(error)))
+        match self {
+            Store::Postgres(store) => store.migrate().await,
+            Store::Sqlite(store) => store.migrate().await,
+        }
     }
 
     /// Claims a partition for `owner`: bumps the owner epoch so that any
@@ -141,27 +212,18 @@ impl Store {
         partition: i32,
         owner: &str,
     ) -> Result<StoredPartition, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO consumer_offsets (group_id, topic, partition, owner_epoch, owner_instance)
-             VALUES ($1, $2, $3, 1, $4)
-             ON CONFLICT (group_id, topic, partition) DO UPDATE
-               SET owner_epoch = consumer_offsets.owner_epoch + 1,
-                   owner_instance = EXCLUDED.owner_instance,
-                   updated_at = now()
-             RETURNING next_offset, start_offset, kafka_committed_offset, owner_epoch",
-        )
-        .bind(group_id)
-        .bind(topic)
-        .bind(partition)
-        .bind(owner)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(StoredPartition {
-            next_offset: row.try_get("next_offset")?,
-            start_offset: row.try_get("start_offset")?,
-            kafka_committed_offset: row.try_get("kafka_committed_offset")?,
-            owner_epoch: row.try_get("owner_epoch")?,
-        })
+        match self {
+            Store::Postgres(store) => {
+                store
+                    .claim_partition(group_id, topic, partition, owner)
+                    .await
+            }
+            Store::Sqlite(store) => {
+                store
+                    .claim_partition(group_id, topic, partition, owner)
+                    .await
+            }
+        }
     }
 
     /// Reads what is stored for a partition without claiming it.
@@ -171,24 +233,10 @@ impl Store {
         topic: &str,
         partition: i32,
     ) -> Result<Option<StoredPartition>, StoreError> {
-        let row = sqlx::query(
-            "SELECT next_offset, start_offset, kafka_committed_offset, owner_epoch FROM consumer_offsets
-             WHERE group_id = $1 AND topic = $2 AND partition = $3",
-        )
-        .bind(group_id)
-        .bind(topic)
-        .bind(partition)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(StoredPartition {
-                next_offset: row.try_get("next_offset")?,
-                start_offset: row.try_get("start_offset")?,
-                kafka_committed_offset: row.try_get("kafka_committed_offset")?,
-                owner_epoch: row.try_get("owner_epoch")?,
-            })
-        })
-        .transpose()
+        match self {
+            Store::Postgres(store) => store.read_partition(group_id, topic, partition).await,
+            Store::Sqlite(store) => store.read_partition(group_id, topic, partition).await,
+        }
     }
 
     /// Records, after a confirmed Kafka commit, the end offset each
@@ -201,29 +249,18 @@ impl Store {
         topic: &str,
         partitions: &[KafkaCommitConfirmation],
     ) -> Result<(), StoreError> {
-        if partitions.is_empty() {
-            return Ok(());
+        match self {
+            Store::Postgres(store) => {
+                store
+                    .confirm_kafka_commit(group_id, topic, partitions)
+                    .await
+            }
+            Store::Sqlite(store) => {
+                store
+                    .confirm_kafka_commit(group_id, topic, partitions)
+                    .await
+            }
         }
-        let mut sorted = partitions.to_vec();
-        sorted.sort_unstable_by_key(|confirmation| confirmation.partition);
-        let ids: Vec<i32> = sorted.iter().map(|c| c.partition).collect();
-        let offsets: Vec<i64> = sorted.iter().map(|c| c.end_offset).collect();
-        let epochs: Vec<i64> = sorted.iter().map(|c| c.owner_epoch).collect();
-        sqlx::query(
-            "UPDATE consumer_offsets AS o
-                SET kafka_committed_offset = GREATEST(COALESCE(o.kafka_committed_offset, c.end_offset), c.end_offset)
-               FROM UNNEST($3::int[], $4::bigint[], $5::bigint[]) AS c(partition, end_offset, owner_epoch)
-              WHERE o.group_id = $1 AND o.topic = $2 AND o.partition = c.partition
-                AND o.owner_epoch = c.owner_epoch",
-        )
-        .bind(group_id)
-        .bind(topic)
-        .bind(&ids)
-        .bind(&offsets)
-        .bind(&epochs)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Commits one partition batch in one database transaction (see the
@@ -236,384 +273,93 @@ impl Store {
         txn_id: Uuid,
         batch: &PartitionBatch,
     ) -> Result<BatchWriteOutcome, StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        advance_offset(
-            &mut transaction,
-            group_id,
-            topic,
-            owner_epoch,
-            txn_id,
-            batch,
-        )
-        .await?;
-
-        // First occurrence (lowest offset) of each event id in the batch.
-        let mut first_index_of: HashMap<Uuid, usize> = HashMap::new();
-        let mut in_batch_repeats: Vec<usize> = Vec::new();
-        for (index, record) in batch.records.iter().enumerate() {
-            if let RecordEffect::Event { event, .. } = &record.effect {
-                match first_index_of.entry(event.event_id) {
-                    std::collections::hash_map::Entry::Occupied(_) => in_batch_repeats.push(index),
-                    std::collections::hash_map::Entry::Vacant(slot) => {
-                        slot.insert(index);
-                    }
-                }
+        match self {
+            Store::Postgres(store) => {
+                store
+                    .write_batch(group_id, topic, owner_epoch, txn_id, batch)
+                    .await
+            }
+            Store::Sqlite(store) => {
+                store
+                    .write_batch(group_id, topic, owner_epoch, txn_id, batch)
+                    .await
             }
         }
-        let mut firsts: Vec<(Uuid, usize)> = first_index_of.into_iter().collect();
-        firsts.sort_unstable_by_key(|(event_id, _)| *event_id);
-
-        let inserted = insert_events(&mut transaction, topic, txn_id, batch, &firsts).await?;
-        crate::failpoints::hit(crate::failpoints::DB_WRITER_MID_STATEMENT)?;
-        let conflicting: Vec<Uuid> = firsts
-            .iter()
-            .map(|(event_id, _)| *event_id)
-            .filter(|event_id| !inserted.contains(event_id))
-            .collect();
-        let stored_positions = stored_positions(&mut transaction, &conflicting).await?;
-
-        let mut outcome = BatchWriteOutcome {
-            duplicates: in_batch_repeats.len() as u64,
-            ..BatchWriteOutcome::default()
-        };
-        let mut fates: Vec<(usize, EventFate)> = Vec::with_capacity(firsts.len());
-        for (event_id, index) in &firsts {
-            let record = &batch.records[*index];
-            let fate = if inserted.contains(event_id) {
-                EventFate::New
-            } else if stored_positions.get(event_id)
-                == Some(&(topic.to_owned(), record.partition, record.offset))
-            {
-                EventFate::OwnReplay
-            } else {
-                EventFate::Duplicate
-            };
-            fates.push((*index, fate));
-        }
-        fates.sort_unstable_by_key(|(index, _)| *index);
-
-        let mut spend: BTreeMap<(String, DateTime<Utc>), (i64, i64, i64)> = BTreeMap::new();
-        for (index, fate) in &fates {
-            let record = &batch.records[*index];
-            let RecordEffect::Event { event, .. } = &record.effect else {
-                continue;
-            };
-            match fate {
-                EventFate::New => {
-                    outcome.new_events += 1;
-                    let entry = spend
-                        .entry((event.campaign_id.clone(), event.billed_minute()))
-                        .or_default();
-                    match event.kind {
-                        AdEventKind::Impression => entry.0 += 1,
-                        AdEventKind::Click => entry.1 += 1,
-                    }
-                    entry.2 += event.cost_micros;
-                }
-                EventFate::OwnReplay => outcome.replayed_events += 1,
-                EventFate::Duplicate => outcome.duplicates += 1,
-            }
-            if *fate != EventFate::Duplicate && record.offset >= batch.outputs_from {
-                outcome.owed_records.push(*index);
-            }
-        }
-        add_spend(&mut transaction, &spend).await?;
-
-        let dead_letter_indexes: Vec<usize> = batch
-            .records
-            .iter()
-            .enumerate()
-            .filter(|(_, record)| matches!(record.effect, RecordEffect::DeadLetter { .. }))
-            .map(|(index, _)| index)
-            .collect();
-        insert_dead_letters(&mut transaction, topic, txn_id, batch, &dead_letter_indexes).await?;
-        outcome.dead_letters = dead_letter_indexes.len() as u64;
-        outcome.owed_records.extend(
-            dead_letter_indexes
-                .iter()
-                .copied()
-                .filter(|index| batch.records[*index].offset >= batch.outputs_from),
-        );
-        outcome.owed_records.sort_unstable();
-
-        transaction.commit().await?;
-        Ok(outcome)
     }
-}
 
-impl Store {
     /// Finds the events of `batch` that the database refuses on their own
-    /// (a data or constraint error of that row, such as a NUL character in a
-    /// text field): each first occurrence is inserted alone inside a
-    /// savepoint of a transaction that is always rolled back, so nothing is
-    /// written. Returns their indexes with the database's reason.
+    /// (a data or constraint error of that row), writing nothing. Returns
+    /// their indexes with the database's reason.
     pub async fn find_unstorable_events(
         &self,
         topic: &str,
         txn_id: Uuid,
         batch: &PartitionBatch,
     ) -> Result<Vec<(usize, String)>, StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        let mut unstorable = Vec::new();
-        let mut seen = HashSet::new();
-        for (index, record) in batch.records.iter().enumerate() {
-            let RecordEffect::Event { event, .. } = &record.effect else {
-                continue;
-            };
-            if !seen.insert(event.event_id) {
-                continue;
-            }
-            sqlx::query("SAVEPOINT probe")
-                .execute(&mut *transaction)
-                .await?;
-            let probe = sqlx::query(
-                "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
-                                        billed_minute, source_topic, source_partition, source_offset, txn_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(event.event_id)
-            .bind(&event.campaign_id)
-            .bind(&event.ad_id)
-            .bind(event.kind.as_str())
-            .bind(event.cost_micros)
-            .bind(event.occurred_at)
-            .bind(event.billed_minute())
-            .bind(topic)
-            .bind(record.partition)
-            .bind(record.offset)
-            .bind(txn_id)
-            .execute(&mut *transaction)
-            .await;
-            if let Err(error) = probe {
-                let error = StoreError::from(error);
-                if !error.is_data_error() {
-                    return Err(error);
-                }
-                let reason = error
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                unstorable.push((index, reason));
-            }
-            sqlx::query("ROLLBACK TO SAVEPOINT probe")
-                .execute(&mut *transaction)
-                .await?;
-        }
-        transaction.rollback().await?;
-        Ok(unstorable)
-    }
-}
-
-async fn advance_offset(
-    transaction: &mut Transaction<'_, Postgres>,
-    group_id: &str,
-    topic: &str,
-    owner_epoch: i64,
-    txn_id: Uuid,
-    batch: &PartitionBatch,
-) -> Result<(), StoreError> {
-    let advanced = sqlx::query(
-        "UPDATE consumer_offsets
-            SET next_offset = GREATEST(COALESCE(next_offset, $5), $6),
-                start_offset = COALESCE(start_offset, $5),
-                txn_id = $7,
-                updated_at = now()
-          WHERE group_id = $1 AND topic = $2 AND partition = $3 AND owner_epoch = $4",
-    )
-    .bind(group_id)
-    .bind(topic)
-    .bind(batch.partition)
-    .bind(owner_epoch)
-    .bind(batch.start_offset)
-    .bind(batch.end_offset)
-    .bind(txn_id)
-    .execute(&mut **transaction)
-    .await?;
-    if advanced.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced {
-            topic: topic.to_owned(),
-            partition: batch.partition,
-            epoch: owner_epoch,
-        })
-    }
-}
-
-async fn insert_events(
-    transaction: &mut Transaction<'_, Postgres>,
-    topic: &str,
-    txn_id: Uuid,
-    batch: &PartitionBatch,
-    sorted_firsts: &[(Uuid, usize)],
-) -> Result<HashSet<Uuid>, StoreError> {
-    if sorted_firsts.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let capacity = sorted_firsts.len();
-    let mut event_ids = Vec::with_capacity(capacity);
-    let mut campaign_ids = Vec::with_capacity(capacity);
-    let mut ad_ids = Vec::with_capacity(capacity);
-    let mut kinds = Vec::with_capacity(capacity);
-    let mut costs = Vec::with_capacity(capacity);
-    let mut occurred = Vec::with_capacity(capacity);
-    let mut minutes = Vec::with_capacity(capacity);
-    let mut offsets = Vec::with_capacity(capacity);
-    for (_, index) in sorted_firsts {
-        let record = &batch.records[*index];
-        if let RecordEffect::Event { event, .. } = &record.effect {
-            event_ids.push(event.event_id);
-            campaign_ids.push(event.campaign_id.clone());
-            ad_ids.push(event.ad_id.clone());
-            kinds.push(event.kind.as_str());
-            costs.push(event.cost_micros);
-            occurred.push(event.occurred_at);
-            minutes.push(event.billed_minute());
-            offsets.push(record.offset);
+        match self {
+            Store::Postgres(store) => store.find_unstorable_events(topic, txn_id, batch).await,
+            Store::Sqlite(store) => store.find_unstorable_events(topic, txn_id, batch).await,
         }
     }
-    let rows = sqlx::query(
-        "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
-                                billed_minute, source_topic, source_partition, source_offset, txn_id)
-         SELECT e.event_id, e.campaign_id, e.ad_id, e.kind, e.cost_micros, e.occurred_at,
-                e.billed_minute, $9, $10, e.source_offset, $11
-           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                       $6::timestamptz[], $7::timestamptz[], $8::bigint[])
-                AS e(event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
-                     billed_minute, source_offset)
-          ORDER BY e.event_id
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
-    )
-    .bind(&event_ids)
-    .bind(&campaign_ids)
-    .bind(&ad_ids)
-    .bind(&kinds)
-    .bind(&costs)
-    .bind(&occurred)
-    .bind(&minutes)
-    .bind(&offsets)
-    .bind(topic)
-    .bind(batch.partition)
-    .bind(txn_id)
-    .fetch_all(&mut **transaction)
-    .await?;
-    rows.iter()
-        .map(|row| row.try_get::<Uuid, _>("event_id").map_err(StoreError::from))
-        .collect()
 }
 
-async fn stored_positions(
-    transaction: &mut Transaction<'_, Postgres>,
-    event_ids: &[Uuid],
-) -> Result<HashMap<Uuid, (String, i32, i64)>, StoreError> {
-    if event_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows = sqlx::query(
-        "SELECT event_id, source_topic, source_partition, source_offset
-           FROM ad_events WHERE event_id = ANY($1)",
-    )
-    .bind(event_ids)
-    .fetch_all(&mut **transaction)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("event_id")?,
-                (
-                    row.try_get("source_topic")?,
-                    row.try_get("source_partition")?,
-                    row.try_get("source_offset")?,
-                ),
-            ))
-        })
-        .collect()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn add_spend(
-    transaction: &mut Transaction<'_, Postgres>,
-    sorted_deltas: &BTreeMap<(String, DateTime<Utc>), (i64, i64, i64)>,
-) -> Result<(), StoreError> {
-    if sorted_deltas.is_empty() {
-        return Ok(());
-    }
-    let mut campaign_ids = Vec::with_capacity(sorted_deltas.len());
-    let mut minutes = Vec::with_capacity(sorted_deltas.len());
-    let mut impressions = Vec::with_capacity(sorted_deltas.len());
-    let mut clicks = Vec::with_capacity(sorted_deltas.len());
-    let mut spend = Vec::with_capacity(sorted_deltas.len());
-    for ((campaign_id, minute), (impression_count, click_count, spend_micros)) in sorted_deltas {
-        campaign_ids.push(campaign_id.clone());
-        minutes.push(*minute);
-        impressions.push(*impression_count);
-        clicks.push(*click_count);
-        spend.push(*spend_micros);
-    }
-    sqlx::query(
-        "INSERT INTO campaign_spend (campaign_id, minute, impressions, clicks, spend_micros)
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[])
-          ORDER BY 1, 2
-         ON CONFLICT (campaign_id, minute) DO UPDATE
-           SET impressions = campaign_spend.impressions + EXCLUDED.impressions,
-               clicks = campaign_spend.clicks + EXCLUDED.clicks,
-               spend_micros = campaign_spend.spend_micros + EXCLUDED.spend_micros",
-    )
-    .bind(&campaign_ids)
-    .bind(&minutes)
-    .bind(&impressions)
-    .bind(&clicks)
-    .bind(&spend)
-    .execute(&mut **transaction)
-    .await?;
-    Ok(())
-}
-
-async fn insert_dead_letters(
-    transaction: &mut Transaction<'_, Postgres>,
-    topic: &str,
-    txn_id: Uuid,
-    batch: &PartitionBatch,
-    indexes: &[usize],
-) -> Result<(), StoreError> {
-    if indexes.is_empty() {
-        return Ok(());
-    }
-    let mut offsets = Vec::with_capacity(indexes.len());
-    let mut kinds = Vec::with_capacity(indexes.len());
-    let mut reasons = Vec::with_capacity(indexes.len());
-    let mut keys: Vec<Option<Vec<u8>>> = Vec::with_capacity(indexes.len());
-    let mut payloads: Vec<Option<Vec<u8>>> = Vec::with_capacity(indexes.len());
-    for index in indexes {
-        let record = &batch.records[*index];
-        if let RecordEffect::DeadLetter { kind, reason } = &record.effect {
-            offsets.push(record.offset);
-            kinds.push(kind.as_str());
-            reasons.push(reason.clone());
-            keys.push(record.key.clone());
-            payloads.push(record.payload.clone());
+    #[test]
+    fn the_backend_is_chosen_by_the_url_scheme() {
+        for url in [
+            "postgres://onceflow@db/onceflow",
+            "postgresql://u:p@127.0.0.1:5432/x?sslmode=disable",
+        ] {
+            assert_eq!(
+                StoreBackend::of_url(url),
+                Ok(StoreBackend::Postgres),
+                "{url}"
+            );
         }
+        for url in [
+            "sqlite:///var/lib/onceflow/onceflow.db",
+            "sqlite://onceflow.db",
+            "sqlite:onceflow.db",
+            "sqlite:onceflow.db?mode=rwc",
+        ] {
+            assert_eq!(StoreBackend::of_url(url), Ok(StoreBackend::Sqlite), "{url}");
+        }
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite:x.db?mode=memory",
+        ] {
+            assert_eq!(
+                StoreBackend::of_url(url),
+                Err(UnsupportedDatabaseUrl::InMemory),
+                "{url}"
+            );
+        }
+        for url in ["mysql://db/x", "onceflow.db", "", "file:onceflow.db"] {
+            assert_eq!(
+                StoreBackend::of_url(url),
+                Err(UnsupportedDatabaseUrl::Scheme),
+                "{url}"
+            );
+        }
+        assert_eq!(StoreBackend::Postgres.system_name(), "postgresql");
+        assert_eq!(StoreBackend::Sqlite.system_name(), "sqlite");
     }
-    sqlx::query(
-        "INSERT INTO dead_letters (source_topic, source_partition, source_offset, error_kind, error,
-                                   record_key, payload, txn_id)
-         SELECT $6, $7, d.source_offset, d.error_kind, d.error, d.record_key, d.payload, $8
-           FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[])
-                AS d(source_offset, error_kind, error, record_key, payload)
-          ORDER BY d.source_offset
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&offsets)
-    .bind(&kinds)
-    .bind(&reasons)
-    .bind(&keys)
-    .bind(&payloads)
-    .bind(topic)
-    .bind(batch.partition)
-    .bind(txn_id)
-    .execute(&mut **transaction)
-    .await?;
-    Ok(())
+
+    #[test]
+    fn connect_lazy_refuses_other_urls_permanently() {
+        let error = Store::connect_lazy(
+            "mysql://db/x",
+            2,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .expect_err("not a supported url");
+        assert!(!error.is_retriable());
+        assert!(error.to_string().contains("sqlite:"), "{error}");
+    }
 }

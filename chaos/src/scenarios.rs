@@ -16,7 +16,8 @@ use sqlx::PgPool;
 use crate::bail;
 use crate::error::{Context, Result};
 use crate::harness::{
-    DatabaseOutage, Scenario, Service, free_port, mock_violations, unique, wait_for_progress,
+    DatabaseOutage, MockJudgement, Scenario, Service, free_port, mock_judgement, unique,
+    wait_for_progress,
 };
 use crate::outcome::{ScenarioOutcome, numbers_of};
 
@@ -529,10 +530,10 @@ async fn run_on_mock(
 
     progress.set_message(format!("{}: catching up", spec.name));
     let deadline = Instant::now() + context.size.catch_up;
-    let violations = loop {
-        let violations = mock_violations(&scenario, &service.log()).await?;
-        if violations.is_empty() || Instant::now() > deadline {
-            break violations;
+    let judgement = loop {
+        let judgement = mock_judgement(&scenario, &service.log()).await?;
+        if judgement.holds() || Instant::now() > deadline {
+            break judgement;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
@@ -546,21 +547,16 @@ async fn run_on_mock(
         );
     }
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
-    let mut violations = violations;
+    let MockJudgement {
+        lost,
+        duplicated,
+        dlq_exact,
+        mut violations,
+        ..
+    } = judgement;
     if !exit.success() {
         violations.push(format!("SIGTERM did not end in exit 0 but {exit:?}"));
     }
-    let lost = violations
-        .iter()
-        .filter(|v| v.contains(": 0 committed outputs"))
-        .count() as u64;
-    let duplicated = violations
-        .iter()
-        .filter(|v| v.contains("committed outputs") && !v.contains(": 0 committed outputs"))
-        .count() as u64;
-    let dlq_exact = !violations
-        .iter()
-        .any(|v| v.contains("dead-letter") || v.contains("dead_letters"));
     drop(cluster);
     Ok(ScenarioOutcome {
         scenario: spec.name.clone(),

@@ -3,13 +3,29 @@
 //! exactly-once is judged by the database and by the transaction ids the
 //! service reported as committed. Outputs and dead letters count only inside
 //! those transactions, and each distinct event must appear in exactly one.
+//!
+//! [`judge_on_mock`] is a pure function of the ground truth, the stored
+//! ledger and the topics, so the chaos scenarios (service in another
+//! process, PostgreSQL) and `onceflow demo` (in process, SQLite or
+//! PostgreSQL) reach their verdicts the same way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use serde::Serialize;
+use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
 
-use super::Scenario;
+use super::{InputTruth, Scenario, TopicRecord};
 use crate::error::Result;
+
+/// Rows of `ad_events` (one per stored event).
+const COUNT_EVENTS: &str = "SELECT count(*) FROM ad_events";
+/// Rows of `dead_letters` (one per invalid input position).
+const COUNT_DEAD_LETTERS: &str = "SELECT count(*) FROM dead_letters";
+/// Spend per campaign; valid in both PostgreSQL and SQLite.
+const SPEND_PER_CAMPAIGN: &str = "SELECT campaign_id, CAST(sum(impressions) AS BIGINT), \
+     CAST(sum(clicks) AS BIGINT), CAST(sum(spend_micros) AS BIGINT) \
+     FROM campaign_spend GROUP BY campaign_id";
 
 /// Transaction ids the service reported as committed, from its log.
 pub fn committed_txn_ids(log: &str) -> HashSet<String> {
@@ -22,59 +38,143 @@ pub fn committed_txn_ids(log: &str) -> HashSet<String> {
         .collect()
 }
 
-/// Every violation of exactly-once, judged by the database and by the
-/// records of committed transactions only.
-pub async fn mock_violations(scenario: &Scenario, service_log: &str) -> Result<Vec<String>> {
-    let truth = super::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    let mut violations = Vec::new();
-    let (events, dead) = scenario.table_counts().await?;
-    if events != truth.distinct_events as i64 {
+/// What the store holds, as far as the verdict needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredLedger {
+    /// rows of `ad_events`
+    pub events: i64,
+    /// rows of `dead_letters`
+    pub dead_letters: i64,
+    /// impressions, clicks and spend (micros) per campaign
+    pub spend_per_campaign: BTreeMap<String, (i64, i64, i64)>,
+}
+
+impl StoredLedger {
+    /// Reads the ledger from a PostgreSQL database.
+    pub async fn read_postgres(pool: &PgPool) -> Result<StoredLedger> {
+        let events: i64 = sqlx::query_scalar(COUNT_EVENTS).fetch_one(pool).await?;
+        let dead_letters: i64 = sqlx::query_scalar(COUNT_DEAD_LETTERS)
+            .fetch_one(pool)
+            .await?;
+        let spend: Vec<(String, i64, i64, i64)> =
+            sqlx::query_as(SPEND_PER_CAMPAIGN).fetch_all(pool).await?;
+        Ok(StoredLedger::from_rows(events, dead_letters, spend))
+    }
+
+    /// Reads the ledger from a SQLite database.
+    pub async fn read_sqlite(pool: &SqlitePool) -> Result<StoredLedger> {
+        let events: i64 = sqlx::query_scalar(COUNT_EVENTS).fetch_one(pool).await?;
+        let dead_letters: i64 = sqlx::query_scalar(COUNT_DEAD_LETTERS)
+            .fetch_one(pool)
+            .await?;
+        let spend: Vec<(String, i64, i64, i64)> =
+            sqlx::query_as(SPEND_PER_CAMPAIGN).fetch_all(pool).await?;
+        Ok(StoredLedger::from_rows(events, dead_letters, spend))
+    }
+
+    fn from_rows(
+        events: i64,
+        dead_letters: i64,
+        spend: Vec<(String, i64, i64, i64)>,
+    ) -> StoredLedger {
+        StoredLedger {
+            events,
+            dead_letters,
+            spend_per_campaign: spend
+                .into_iter()
+                .map(|(campaign, impressions, clicks, micros)| {
+                    (campaign, (impressions, clicks, micros))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The judgement of one run on the mock cluster.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MockJudgement {
+    /// output records inside committed transactions
+    pub committed_outputs: u64,
+    /// distinct event ids among them
+    pub distinct_outputs: u64,
+    /// dead-letter records inside committed transactions
+    pub committed_dead_letters: u64,
+    /// distinct valid input events with no committed output
+    pub lost: u64,
+    /// distinct valid input events with more than one committed output
+    pub duplicated: u64,
+    /// every invalid input position has exactly one committed dead letter
+    /// and one `dead_letters` row
+    pub dlq_exact: bool,
+    /// campaigns whose stored spend was compared with the truth
+    pub campaigns_checked: u64,
+    /// every violation, in words
+    pub violations: Vec<String>,
+}
+
+impl MockJudgement {
+    /// Whether every guarantee holds.
+    pub fn holds(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Judges exactly-once from the truth of the input, the stored ledger, the
+/// output and DLQ topics as read (aborted records included, since the mock
+/// keeps them) and the transaction ids reported as committed.
+pub fn judge_on_mock(
+    truth: &InputTruth,
+    ledger: &StoredLedger,
+    outputs: &[TopicRecord],
+    dead_letter_records: &[TopicRecord],
+    committed: &HashSet<String>,
+) -> MockJudgement {
+    let mut judgement = MockJudgement {
+        dlq_exact: true,
+        ..MockJudgement::default()
+    };
+    let violations = &mut judgement.violations;
+    if ledger.events != truth.distinct_events as i64 {
         violations.push(format!(
-            "ad_events has {events} rows, truth {}",
-            truth.distinct_events
+            "ad_events has {} rows, truth {}",
+            ledger.events, truth.distinct_events
         ));
     }
-    if dead != truth.invalid as i64 {
+    if ledger.dead_letters != truth.invalid as i64 {
+        judgement.dlq_exact = false;
         violations.push(format!(
-            "dead_letters has {dead} rows, truth {}",
-            truth.invalid
+            "dead_letters has {} rows, truth {}",
+            ledger.dead_letters, truth.invalid
         ));
     }
-    let spend: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT campaign_id, sum(impressions)::bigint, sum(clicks)::bigint, sum(spend_micros)::bigint
-           FROM campaign_spend GROUP BY campaign_id",
-    )
-    .fetch_all(&scenario.pool)
-    .await?;
-    let stored: HashMap<String, (i64, i64, i64)> = spend
-        .into_iter()
-        .map(|(campaign, i, c, s)| (campaign, (i, c, s)))
-        .collect();
     for (campaign, totals) in &truth.per_campaign {
         let expected = (
             totals.impressions as i64,
             totals.clicks as i64,
             totals.spend_micros,
         );
-        if stored.get(campaign) != Some(&expected) {
+        let stored = ledger.spend_per_campaign.get(campaign);
+        if stored != Some(&expected) {
             violations.push(format!(
-                "campaign_spend {campaign}: {:?}, truth {expected:?}",
-                stored.get(campaign)
+                "campaign_spend {campaign}: {stored:?}, truth {expected:?}"
             ));
+        }
+        judgement.campaigns_checked += 1;
+    }
+    for campaign in ledger.spend_per_campaign.keys() {
+        if !truth.per_campaign.contains_key(campaign) {
+            violations.push(format!("campaign_spend has {campaign}, not in the input"));
         }
     }
 
-    let committed = committed_txn_ids(service_log);
-    let in_committed = |record: &super::TopicRecord| {
+    let in_committed = |record: &TopicRecord| {
         record
             .header_str("onceflow-txn-id")
             .is_some_and(|txn| committed.contains(txn))
     };
-    let mut outputs: HashMap<Uuid, u32> = HashMap::new();
-    for record in super::read_committed(&scenario.bootstrap, &scenario.topics.output).await? {
-        if !in_committed(&record) {
-            continue;
-        }
+    let mut outputs_per_event: HashMap<Uuid, u32> = HashMap::new();
+    for record in outputs.iter().filter(|record| in_committed(record)) {
+        judgement.committed_outputs += 1;
         let event_id = record
             .value
             .as_deref()
@@ -85,41 +185,58 @@ pub async fn mock_violations(scenario: &Scenario, service_log: &str) -> Result<V
                     .and_then(|id| Uuid::parse_str(id).ok())
             });
         match event_id {
-            Some(event_id) => *outputs.entry(event_id).or_default() += 1,
-            None => violations.push("an output record without an event id".to_owned()),
+            Some(event_id) => *outputs_per_event.entry(event_id).or_default() += 1,
+            None => violations.push(format!(
+                "output record {}:{} has no event id",
+                record.partition, record.offset
+            )),
         }
     }
+    judgement.distinct_outputs = outputs_per_event.len() as u64;
     for event_id in truth.events.keys() {
-        match outputs.get(event_id).copied().unwrap_or(0) {
+        match outputs_per_event.get(event_id).copied().unwrap_or(0) {
             1 => {}
-            count => violations.push(format!("event {event_id}: {count} committed outputs")),
+            0 => {
+                judgement.lost += 1;
+                violations.push(format!("event {event_id}: 0 committed outputs"));
+            }
+            count => {
+                judgement.duplicated += 1;
+                violations.push(format!("event {event_id}: {count} committed outputs"));
+            }
         }
     }
-    if outputs.len() != truth.events.len() {
+    let unknown = outputs_per_event
+        .keys()
+        .filter(|event_id| !truth.events.contains_key(event_id))
+        .count();
+    if unknown > 0 {
         violations.push(format!(
-            "{} distinct events output, truth {}",
-            outputs.len(),
-            truth.events.len()
+            "{unknown} output events are not valid input events"
         ));
     }
+
     let mut dead_letters: HashMap<(String, String), u32> = HashMap::new();
-    for record in super::read_committed(&scenario.bootstrap, &scenario.topics.dlq).await? {
-        if in_committed(&record) {
-            let position = (
-                record
-                    .header_str("onceflow-source-partition")
-                    .unwrap_or_default()
-                    .to_owned(),
-                record
-                    .header_str("onceflow-source-offset")
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
-            *dead_letters.entry(position).or_default() += 1;
-        }
+    for record in dead_letter_records
+        .iter()
+        .filter(|record| in_committed(record))
+    {
+        judgement.committed_dead_letters += 1;
+        let position = (
+            record
+                .header_str("onceflow-source-partition")
+                .unwrap_or_default()
+                .to_owned(),
+            record
+                .header_str("onceflow-source-offset")
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        *dead_letters.entry(position).or_default() += 1;
     }
     if dead_letters.len() as u64 != truth.invalid || dead_letters.values().any(|count| *count != 1)
     {
+        judgement.dlq_exact = false;
         violations.push(format!(
             "{} dead-letter positions in committed transactions (truth {}), {} of them more than once",
             dead_letters.len(),
@@ -127,5 +244,26 @@ pub async fn mock_violations(scenario: &Scenario, service_log: &str) -> Result<V
             dead_letters.values().filter(|count| **count != 1).count()
         ));
     }
-    Ok(violations)
+    judgement
+}
+
+/// Judges a chaos scenario on the mock: its PostgreSQL database, its topics
+/// and the transaction ids in the service's log.
+pub async fn mock_judgement(scenario: &Scenario, service_log: &str) -> Result<MockJudgement> {
+    let truth = super::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
+    let ledger = StoredLedger::read_postgres(&scenario.pool).await?;
+    let outputs = super::read_committed(&scenario.bootstrap, &scenario.topics.output).await?;
+    let dead_letters = super::read_committed(&scenario.bootstrap, &scenario.topics.dlq).await?;
+    Ok(judge_on_mock(
+        &truth,
+        &ledger,
+        &outputs,
+        &dead_letters,
+        &committed_txn_ids(service_log),
+    ))
+}
+
+/// Every violation of exactly-once in a chaos scenario on the mock.
+pub async fn mock_violations(scenario: &Scenario, service_log: &str) -> Result<Vec<String>> {
+    Ok(mock_judgement(scenario, service_log).await?.violations)
 }
