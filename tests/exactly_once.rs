@@ -1,7 +1,8 @@
 //! End-to-end exactly-once tests of the real `onceflow` binary against the
 //! real PostgreSQL and a noida-db broker: the happy path, a Kafka abort after
 //! the database commit, SIGKILLs mid-run, a coordinator killed mid-cycle, and
-//! SIGTERM. Each verdict is computed from the input topic, the output and DLQ
+//! SIGTERM; and once on the embedded SQLite store, through a SIGKILL between
+//! the database and the Kafka commit. Each verdict is computed from the input topic, the output and DLQ
 //! topics (`read_committed`) and the tables, independently of onceflow.
 //! Kill points need the `failpoints` feature (scripts/test.sh enables it).
 
@@ -183,5 +184,52 @@ async fn sigterm_mid_run_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
     assert!(stored_after_stop > 0);
 
     scenario.verdict().await?.assert_holds();
+    Ok(())
+}
+
+/// The embedded SQLite store end to end: the service is killed (SIGKILL)
+/// between a database commit and its Kafka transaction (at the kill point
+/// in a `failpoints` build, after the first committed batches otherwise),
+/// restarted, catches up, and the file holds every event and dead letter
+/// once, as the topics do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_is_exactly_once_through_a_sigkill() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let database = directory.path().join("onceflow.db");
+    let scenario = Scenario::new(service::bin(), 3)
+        .await?
+        .with_sqlite(&database);
+    scenario.produce(2_000, 61).await?;
+    let (events, invalid, truth) = expected_counts(&scenario).await?;
+
+    if onceflow_actors::failpoints::ENABLED {
+        let service = scenario.start(&[(
+            "FAILPOINTS",
+            "coordinator-after-db-commit=2*off->return(sigkill)",
+        )])?;
+        let exit = service.wait_exit(Duration::from_secs(60)).await?;
+        assert!(!exit.success(), "the kill point must kill the process");
+    } else {
+        let service = scenario.start(&[])?;
+        service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+        service.sigkill().await?;
+    }
+    let (after_kill, _) = scenario.table_counts().await?;
+    assert!(
+        after_kill > 0,
+        "the database commit before the kill must have landed"
+    );
+    assert!(database.exists());
+
+    let service = scenario.start(&[])?;
+    scenario.wait_caught_up(events, invalid, CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit status {exit:?}");
+
+    let verdict = scenario.verdict().await?;
+    verdict.assert_holds();
+    assert_eq!(verdict.output_records, truth.distinct_events);
+    assert_eq!(verdict.ad_events_rows, truth.distinct_events);
+    assert_eq!(verdict.dead_letter_rows, truth.invalid);
     Ok(())
 }

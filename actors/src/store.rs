@@ -82,11 +82,11 @@ pub enum UnsupportedDatabaseUrl {
         "must be a postgres://, postgresql:// or sqlite: URL (e.g. sqlite:///var/lib/onceflow/onceflow.db)"
     )]
     Scheme,
-    /// a SQLite database that lives only in memory
+    /// a SQLite database that lives only in memory or in a temporary file
     #[error(
-        "must name a SQLite file: an in-memory database loses every stored event and offset on exit"
+        "must name a SQLite file: an in-memory or temporary database loses every stored event and offset on exit"
     )]
-    InMemory,
+    NotAFile,
 }
 
 impl StoreBackend {
@@ -95,12 +95,13 @@ impl StoreBackend {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(StoreBackend::Postgres)
         } else if let Some(rest) = url.strip_prefix("sqlite:") {
-            let in_memory = rest.trim_start_matches('/').starts_with(":memory:")
-                || rest
-                    .split_once('?')
-                    .is_some_and(|(_, query)| query.split('&').any(|pair| pair == "mode=memory"));
-            if in_memory {
-                Err(UnsupportedDatabaseUrl::InMemory)
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let path = path.trim_start_matches('/');
+            let not_a_file = path.is_empty()
+                || path.starts_with(":memory:")
+                || query.split('&').any(|pair| pair == "mode=memory");
+            if not_a_file {
+                Err(UnsupportedDatabaseUrl::NotAFile)
             } else {
                 Ok(StoreBackend::Sqlite)
             }
@@ -331,10 +332,13 @@ mod tests {
             "sqlite::memory:",
             "sqlite://:memory:",
             "sqlite:x.db?mode=memory",
+            "sqlite:",
+            "sqlite://",
+            "sqlite://?mode=rwc",
         ] {
             assert_eq!(
                 StoreBackend::of_url(url),
-                Err(UnsupportedDatabaseUrl::InMemory),
+                Err(UnsupportedDatabaseUrl::NotAFile),
                 "{url}"
             );
         }

@@ -16,6 +16,20 @@ use super::demo_verdict::digits;
 /// How often a plain progress line is printed when there is no terminal.
 const PLAIN_LINE_EVERY: Duration = Duration::from_secs(3);
 
+/// Whether every record written is committed, as the display last saw it.
+#[derive(Debug, Clone)]
+pub struct Backlog {
+    committed: ProgressBar,
+    events: u64,
+}
+
+impl Backlog {
+    /// Every record of the run is committed.
+    pub fn is_drained(&self) -> bool {
+        self.committed.position() >= self.events
+    }
+}
+
 /// The demo's progress display.
 #[derive(Debug)]
 pub struct DemoProgress {
@@ -50,6 +64,14 @@ impl DemoProgress {
     /// The bar the load generator advances.
     pub fn written_bar(&self) -> ProgressBar {
         self.written.clone()
+    }
+
+    /// What the faults look at to know whether work is left.
+    pub fn backlog(&self) -> Backlog {
+        Backlog {
+            committed: self.committed.clone(),
+            events: self.events,
+        }
     }
 
     /// Records committed so far.

@@ -71,6 +71,8 @@ pub struct DemoVerdict {
     pub judged_by: &'static str,
     /// the faults, in order
     pub faults: Vec<FaultReport>,
+    /// planned faults that could not be injected, and why
+    pub faults_not_injected: Vec<FaultReport>,
     /// the first violations, in words
     pub violations: Vec<String>,
     /// how many violations there were in all
@@ -86,6 +88,8 @@ pub struct RunFacts {
     pub store: &'static str,
     /// faults and outcomes
     pub faults: Vec<FaultReport>,
+    /// planned faults that could not be injected
+    pub not_injected: Vec<FaultReport>,
     /// actor restarts
     pub restarts: u64,
     /// committed Kafka transactions reported
@@ -125,6 +129,7 @@ impl DemoVerdict {
             elapsed_seconds: facts.elapsed_seconds,
             judged_by: JUDGED_BY,
             faults: facts.faults,
+            faults_not_injected: facts.not_injected,
             violations,
             violation_count,
         }
@@ -206,6 +211,12 @@ impl DemoVerdict {
                 table.push_str(&format!("  - {}: {}\n", fault.fault, fault.detail));
             }
         }
+        if !self.faults_not_injected.is_empty() {
+            table.push_str("\n  planned but not injected:\n");
+            for fault in &self.faults_not_injected {
+                table.push_str(&format!("  - {}: {}\n", fault.fault, fault.detail));
+            }
+        }
         if !self.violations.is_empty() {
             table.push_str(&format!(
                 "\n  violations ({} in all, first {} shown):\n",
@@ -267,6 +278,7 @@ mod tests {
             seed: 1,
             store: "sqlite",
             faults: Vec::new(),
+            not_injected: Vec::new(),
             restarts: 0,
             committed_transactions: 3,
             elapsed_seconds: 1.0,

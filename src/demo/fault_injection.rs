@@ -15,6 +15,7 @@ use anyhow::bail;
 use onceflow_actors::PipelineStatus;
 use onceflow_actors::metrics::BreakerState;
 
+use super::demo_progress::Backlog;
 use super::demo_store::DemoStore;
 use super::demo_verdict::FaultReport;
 use super::mock_brokers::MockBrokers;
@@ -38,6 +39,7 @@ pub const STORE_OUTAGE: Duration = Duration::from_secs(5);
 pub async fn kill_coordinator_mid_commit(
     status: &PipelineStatus,
     coordinator_name: &str,
+    backlog: &Backlog,
 ) -> anyhow::Result<FaultReport> {
     let restarts_before = status.actor_restarts();
     let deadline = Instant::now() + FAULT_WAIT;
@@ -63,7 +65,7 @@ pub async fn kill_coordinator_mid_commit(
             commits_at_restart = status.committed_cycles();
         }
         if let Some(restarted) = restarted_at
-            && status.committed_cycles() > commits_at_restart
+            && (status.committed_cycles() > commits_at_restart || backlog.is_drained())
         {
             let in_flight = if commits_at_restart == commits_at_kill {
                 "the cycle in flight never reported its commit and was replayed"
@@ -99,6 +101,7 @@ pub async fn kill_coordinator_mid_commit(
 pub async fn change_leaders(
     brokers: &mut MockBrokers,
     status: &PipelineStatus,
+    backlog: &Backlog,
 ) -> anyhow::Result<FaultReport> {
     let started = Instant::now();
     let mut moves = 0;
@@ -107,7 +110,7 @@ pub async fn change_leaders(
         tokio::time::sleep(LEADER_PAUSE).await;
     }
     let commits = status.committed_cycles();
-    wait_for_commit(status, commits).await?;
+    wait_for_commit(status, commits, backlog).await?;
     Ok(FaultReport {
         fault: "broker leader change",
         detail: format!(
@@ -123,6 +126,7 @@ pub async fn change_leaders(
 pub async fn refuse_store_writes(
     store: &DemoStore,
     status: &PipelineStatus,
+    backlog: &Backlog,
 ) -> anyhow::Result<FaultReport> {
     let transitions_before = breaker_opened_count(status);
     let outage = store.refuse_writes_for(STORE_OUTAGE);
@@ -148,7 +152,7 @@ pub async fn refuse_store_writes(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let commits = status.committed_cycles();
-    wait_for_commit(status, commits).await?;
+    wait_for_commit(status, commits, backlog).await?;
     let opened = breaker_opened_count(status) > transitions_before || opened_seen;
     let breaker = if opened {
         "retries failed, the circuit breaker opened and paused the partitions, probed, then closed"
@@ -175,9 +179,15 @@ fn breaker_opened_count(status: &PipelineStatus) -> u64 {
         .get()
 }
 
-async fn wait_for_commit(status: &PipelineStatus, after: i64) -> anyhow::Result<()> {
+/// Waits until a transaction commits after `after` commits, or nothing is
+/// left to commit.
+async fn wait_for_commit(
+    status: &PipelineStatus,
+    after: i64,
+    backlog: &Backlog,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + FAULT_WAIT;
-    while status.committed_cycles() <= after {
+    while status.committed_cycles() <= after && !backlog.is_drained() {
         if Instant::now() > deadline {
             bail!("no transaction committed within {FAULT_WAIT:?}");
         }

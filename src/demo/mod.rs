@@ -111,7 +111,13 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
         dlq: "ad-events-dlq".to_owned(),
     };
     let store = match std::env::var("ONCEFLOW_DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => DemoStore::postgres(&url, &run_id).await?,
+        Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            DemoStore::postgres(&url, &run_id).await?
+        }
+        Ok(url) if !url.trim().is_empty() => bail!(
+            "ONCEFLOW_DATABASE_URL: the demo uses it only for PostgreSQL (a postgres:// URL); \
+             unset it for the embedded SQLite store (--dir chooses where)"
+        ),
         _ => DemoStore::sqlite(args.dir.as_deref(), &run_id).await?,
     };
     let settings = demo_settings(&store, &topics, &group_id)?;
@@ -208,6 +214,7 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
     }
     let Driven {
         faults,
+        not_injected,
         mut extra_violations,
         manifest,
     } = driven?;
@@ -241,6 +248,7 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
             seed: args.seed,
             store: store.kind(),
             faults,
+            not_injected,
             restarts: status.actor_restarts(),
             committed_transactions: committed_txn_ids.len() as u64,
             elapsed_seconds: started.elapsed().as_secs_f64(),
@@ -322,6 +330,7 @@ struct DriveContext<'a> {
 /// What the drive loop found.
 struct Driven {
     faults: Vec<FaultReport>,
+    not_injected: Vec<FaultReport>,
     extra_violations: Vec<String>,
     manifest: Option<crate::produce::Manifest>,
 }
@@ -342,6 +351,7 @@ async fn drive(
     };
     plan.reverse();
     let mut faults = Vec::new();
+    let mut not_injected = Vec::new();
     let mut extra_violations = Vec::new();
     let mut producer = Some(producer);
     let mut manifest = None;
@@ -370,14 +380,22 @@ async fn drive(
                 fault_name(fault),
                 digits(committed)
             ));
-            let report = while_refreshing(inject(fault, context, brokers), context, progress).await;
+            let backlog = progress.backlog();
+            let report =
+                while_refreshing(inject(fault, context, brokers, &backlog), context, progress)
+                    .await;
             match report {
                 Ok(report) => {
                     progress.say(&format!("    -> {}", report.detail));
                     faults.push(report);
                 }
                 Err(error) => {
-                    progress.say(&format!("    -> not injected: {error:#}"));
+                    let detail = format!("{error:#}");
+                    progress.say(&format!("    -> not injected: {detail}"));
+                    not_injected.push(FaultReport {
+                        fault: fault_label(fault),
+                        detail,
+                    });
                 }
             }
             continue;
@@ -398,6 +416,7 @@ async fn drive(
     }
     Ok(Driven {
         faults,
+        not_injected,
         extra_violations,
         manifest,
     })
@@ -411,23 +430,38 @@ fn fault_name(fault: PlannedFault) -> &'static str {
     }
 }
 
+fn fault_label(fault: PlannedFault) -> &'static str {
+    match fault {
+        PlannedFault::KillCoordinator => "coordinator killed mid-commit",
+        PlannedFault::LeaderChange => "broker leader change",
+        PlannedFault::StoreUnavailable => "store unavailable",
+    }
+}
+
 async fn inject(
     fault: PlannedFault,
     context: &DriveContext<'_>,
     brokers: &mut MockBrokers,
+    backlog: &demo_progress::Backlog,
 ) -> anyhow::Result<FaultReport> {
-    match fault {
+    let report = match fault {
         PlannedFault::KillCoordinator => {
-            fault_injection::kill_coordinator_mid_commit(context.status, context.coordinator_name)
-                .await
+            fault_injection::kill_coordinator_mid_commit(
+                context.status,
+                context.coordinator_name,
+                backlog,
+            )
+            .await?
         }
         PlannedFault::LeaderChange => {
-            fault_injection::change_leaders(brokers, context.status).await
+            fault_injection::change_leaders(brokers, context.status, backlog).await?
         }
         PlannedFault::StoreUnavailable => {
-            fault_injection::refuse_store_writes(context.store, context.status).await
+            fault_injection::refuse_store_writes(context.store, context.status, backlog).await?
         }
-    }
+    };
+    debug_assert_eq!(report.fault, fault_label(fault));
+    Ok(report)
 }
 
 /// Runs `work` while keeping the progress display fresh.

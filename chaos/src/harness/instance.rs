@@ -1,7 +1,8 @@
 //! Runs the real `onceflow` binary: one scenario is a fresh broker (or a
-//! broker the caller runs), a fresh database, unique topics and group, and
-//! helpers to produce input, start/kill/terminate/freeze instances, cut the
-//! database off, read metrics and wait until the pipeline has caught up.
+//! broker the caller runs), a fresh database (PostgreSQL, or a SQLite file
+//! with [`Scenario::with_sqlite`]), unique topics and group, and helpers to
+//! produce input, start/kill/terminate/freeze instances, cut the database
+//! off, read metrics and wait until the pipeline has caught up.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -13,10 +14,11 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
-use super::{Broker, PipelineTopics, Verdict};
+use super::{Broker, PipelineTopics, Tables, Verdict};
 
 /// Everything one test needs, isolated from every other test.
 #[derive(Debug)]
@@ -28,7 +30,11 @@ pub struct Scenario {
     /// the noida-db broker, when the scenario owns one (not on the mock)
     pub broker: Option<Broker>,
     pub database_url: String,
+    /// the scenario's PostgreSQL database (unused by the service when
+    /// `sqlite` is set)
     pub pool: PgPool,
+    /// the SQLite file the service writes to instead, if any
+    pub sqlite: Option<SqlitePool>,
     pub topics: PipelineTopics,
     pub group_id: String,
     pub instance_id: String,
@@ -86,12 +92,39 @@ impl Scenario {
             broker,
             database_url,
             pool,
+            sqlite: None,
             topics,
             group_id: super::unique("group"),
             instance_id: super::unique("instance"),
             partitions,
             http_port: free_port()?,
         })
+    }
+
+    /// The same scenario with its service writing to the SQLite file `path`
+    /// (`ONCEFLOW_DATABASE_URL=sqlite://path`) instead of PostgreSQL; table
+    /// counts and the verdict read that file. The file is created by the
+    /// service, not here.
+    pub fn with_sqlite(mut self, path: &Path) -> Scenario {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        self.database_url = format!("sqlite://{}", path.display());
+        self.sqlite = Some(pool);
+        self
+    }
+
+    /// The tables the service writes to.
+    pub fn tables(&self) -> Tables<'_> {
+        match &self.sqlite {
+            Some(pool) => Tables::Sqlite(pool),
+            None => Tables::Postgres(&self.pool),
+        }
     }
 
     /// The environment of every `onceflow` command of this scenario.
@@ -195,16 +228,12 @@ impl Scenario {
         Ok(Service { child, log_path })
     }
 
-    /// Rows in `ad_events` and `dead_letters`.
+    /// Rows in `ad_events` and `dead_letters` (0 while a table or the
+    /// database does not exist yet).
     pub async fn table_counts(&self) -> Result<(i64, i64)> {
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM ad_events")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap_or(0);
-        let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap_or(0);
+        let tables = self.tables();
+        let events = tables.count("ad_events").await.unwrap_or(0);
+        let dead = tables.count("dead_letters").await.unwrap_or(0);
         Ok((events, dead))
     }
 
@@ -310,7 +339,7 @@ impl Scenario {
 
     /// The exactly-once verdict, independent of onceflow's code.
     pub async fn verdict(&self) -> Result<Verdict> {
-        super::check_exactly_once(&self.bootstrap, &self.pool, &self.topics).await
+        super::check_exactly_once_in(&self.bootstrap, self.tables(), &self.topics).await
     }
 }
 

@@ -1,12 +1,13 @@
 //! The exactly-once verdict: the contract's three guarantees checked from
-//! the outside (topics read with `read_committed`, tables read with SQL),
-//! against the ground truth of the input topic.
+//! the outside (topics read with `read_committed`, tables read with SQL from
+//! PostgreSQL or from a SQLite file), against the ground truth of the input
+//! topic.
 
 use super::*;
 use crate::bail;
 use crate::error::{Context, Result};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgPool, SqlitePool};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
@@ -17,6 +18,129 @@ pub struct PipelineTopics {
     pub input: String,
     pub output: String,
     pub dlq: String,
+}
+
+/// The database a pipeline writes to, read by the verdict with its own SQL.
+#[derive(Debug, Clone, Copy)]
+pub enum Tables<'a> {
+    Postgres(&'a PgPool),
+    /// uuids as 16-byte blobs, timestamps as RFC 3339 text
+    Sqlite(&'a SqlitePool),
+}
+
+/// One `ad_events` row as the verdict reads it: event id, campaign, ad,
+/// kind, cost, `occurred_at` in µs since the epoch, its minute in seconds
+/// since the epoch, source partition and offset.
+type AdEventTuple = (Uuid, String, String, String, i64, i64, i64, i64, i64);
+
+/// Seconds since the epoch of an RFC 3339 text, as µs.
+fn rfc3339_micros(text: &str) -> Result<i64> {
+    Ok(chrono::DateTime::parse_from_rfc3339(text)
+        .with_context(|| format!("not an RFC 3339 timestamp: {text:?}"))?
+        .timestamp_micros())
+}
+
+impl Tables<'_> {
+    /// Rows of `table` (a fixed name of the schema).
+    pub async fn count(&self, table: &'static str) -> Result<i64> {
+        let sql = match table {
+            "ad_events" => "SELECT count(*) FROM ad_events",
+            "dead_letters" => "SELECT count(*) FROM dead_letters",
+            "campaign_spend" => "SELECT count(*) FROM campaign_spend",
+            "consumer_offsets" => "SELECT count(*) FROM consumer_offsets",
+            other => bail!("no table {other} in the schema"),
+        };
+        Ok(match self {
+            Tables::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(*pool).await?,
+            Tables::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(*pool).await?,
+        })
+    }
+
+    async fn ad_events(&self) -> Result<Vec<AdEventTuple>> {
+        match self {
+            Tables::Postgres(pool) => Ok(sqlx::query_as(
+                "SELECT event_id, campaign_id::text, ad_id::text, kind::text, cost_micros::int8, \
+                 (extract(epoch FROM occurred_at) * 1000000)::int8, \
+                 (floor(extract(epoch FROM occurred_at) / 60) * 60)::int8, \
+                 source_partition::int8, source_offset::int8 \
+                 FROM ad_events",
+            )
+            .fetch_all(*pool)
+            .await?),
+            Tables::Sqlite(pool) => {
+                type Row = (Uuid, String, String, String, i64, String, i64, i64);
+                let rows: Vec<Row> = sqlx::query_as(
+                    "SELECT event_id, campaign_id, ad_id, kind, cost_micros, occurred_at, \
+                     source_partition, source_offset FROM ad_events",
+                )
+                .fetch_all(*pool)
+                .await?;
+                rows.into_iter()
+                    .map(
+                        |(id, campaign, ad, kind, cost, occurred_at, partition, offset)| {
+                            let micros = rfc3339_micros(&occurred_at)?;
+                            let minute = micros.div_euclid(60_000_000) * 60;
+                            Ok((
+                                id, campaign, ad, kind, cost, micros, minute, partition, offset,
+                            ))
+                        },
+                    )
+                    .collect()
+            }
+        }
+    }
+
+    /// `campaign_spend` rows: campaign, minute in seconds since the epoch,
+    /// impressions, clicks, spend.
+    async fn campaign_spend(&self) -> Result<Vec<(String, i64, i64, i64, i64)>> {
+        match self {
+            Tables::Postgres(pool) => Ok(sqlx::query_as(
+                "SELECT campaign_id::text, extract(epoch FROM minute)::int8, impressions::int8, \
+                 clicks::int8, spend_micros::int8 FROM campaign_spend",
+            )
+            .fetch_all(*pool)
+            .await?),
+            Tables::Sqlite(pool) => {
+                let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT campaign_id, minute, impressions, clicks, spend_micros \
+                     FROM campaign_spend",
+                )
+                .fetch_all(*pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(campaign, minute, impressions, clicks, spend)| {
+                        let micros = rfc3339_micros(&minute)?;
+                        if micros.rem_euclid(1_000_000) != 0 {
+                            bail!("campaign_spend {campaign} at {minute}: not a whole second");
+                        }
+                        Ok((campaign, micros / 1_000_000, impressions, clicks, spend))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// `dead_letters` rows: topic, partition, offset, error kind.
+    async fn dead_letters(&self) -> Result<Vec<(String, i64, i64, String)>> {
+        Ok(match self {
+            Tables::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT source_topic::text, source_partition::int8, source_offset::int8, \
+                     error_kind::text FROM dead_letters",
+                )
+                .fetch_all(*pool)
+                .await?
+            }
+            Tables::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT source_topic, source_partition, source_offset, error_kind \
+                     FROM dead_letters",
+                )
+                .fetch_all(*pool)
+                .await?
+            }
+        })
+    }
 }
 
 /// What [`check_exactly_once`] found: the counts and every violation of the
@@ -222,6 +346,15 @@ pub async fn check_exactly_once(
     pool: &PgPool,
     topics: &PipelineTopics,
 ) -> Result<Verdict> {
+    check_exactly_once_in(bootstrap, Tables::Postgres(pool), topics).await
+}
+
+/// [`check_exactly_once`] for a pipeline writing to `tables`.
+pub async fn check_exactly_once_in(
+    bootstrap: &str,
+    tables: Tables<'_>,
+    topics: &PipelineTopics,
+) -> Result<Verdict> {
     let (input, output, dlq) = tokio::try_join!(
         read_committed(bootstrap, &topics.input),
         read_committed(bootstrap, &topics.output),
@@ -240,11 +373,12 @@ pub async fn check_exactly_once(
     }
 
     let output_distinct = check_output(&truth, &output, &mut violations);
-    let ad_events = check_ad_events(&truth, pool, &mut violations).await?;
+    let ad_events = check_ad_events(&truth, tables, &mut violations).await?;
     let campaign_spend_rows =
-        check_campaign_spend(&truth, &ad_events, pool, &mut violations).await?;
+        check_campaign_spend(&truth, &ad_events, tables, &mut violations).await?;
     check_dlq(&truth, &topics.input, &dlq, &mut violations);
-    let dead_letter_rows = check_dead_letters(&truth, &topics.input, pool, &mut violations).await?;
+    let dead_letter_rows =
+        check_dead_letters(&truth, &topics.input, tables, &mut violations).await?;
 
     Ok(Verdict {
         output_records: output.len() as u64,
@@ -364,20 +498,10 @@ struct AdEventRow {
 
 async fn check_ad_events(
     truth: &InputTruth,
-    pool: &PgPool,
+    tables: Tables<'_>,
     violations: &mut Vec<String>,
 ) -> Result<Vec<AdEventRow>> {
-    type Row = (Uuid, String, String, String, i64, i64, i64, i64, i64);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT event_id, campaign_id::text, ad_id::text, kind::text, cost_micros::int8, \
-         (extract(epoch FROM occurred_at) * 1000000)::int8, \
-         (floor(extract(epoch FROM occurred_at) / 60) * 60)::int8, \
-         source_partition::int8, source_offset::int8 \
-         FROM ad_events",
-    )
-    .fetch_all(pool)
-    .await
-    .context("cannot read ad_events")?;
+    let rows = tables.ad_events().await.context("cannot read ad_events")?;
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut out = Vec::with_capacity(rows.len());
     for (
@@ -449,16 +573,13 @@ async fn check_ad_events(
 async fn check_campaign_spend(
     truth: &InputTruth,
     ad_events: &[AdEventRow],
-    pool: &PgPool,
+    tables: Tables<'_>,
     violations: &mut Vec<String>,
 ) -> Result<u64> {
-    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT campaign_id::text, extract(epoch FROM minute)::int8, impressions::int8, \
-         clicks::int8, spend_micros::int8 FROM campaign_spend",
-    )
-    .fetch_all(pool)
-    .await
-    .context("cannot read campaign_spend")?;
+    let rows = tables
+        .campaign_spend()
+        .await
+        .context("cannot read campaign_spend")?;
     let row_count = rows.len() as u64;
 
     let mut per_minute: BTreeMap<(String, i64), Totals> = BTreeMap::new();
@@ -642,16 +763,13 @@ fn check_dlq(
 async fn check_dead_letters(
     truth: &InputTruth,
     input_topic: &str,
-    pool: &PgPool,
+    tables: Tables<'_>,
     violations: &mut Vec<String>,
 ) -> Result<u64> {
-    let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
-        "SELECT source_topic::text, source_partition::int8, source_offset::int8, error_kind::text \
-         FROM dead_letters",
-    )
-    .fetch_all(pool)
-    .await
-    .context("cannot read dead_letters")?;
+    let rows = tables
+        .dead_letters()
+        .await
+        .context("cannot read dead_letters")?;
     let count = rows.len() as u64;
     let mut seen: HashSet<(i32, i64)> = HashSet::new();
     for (topic, partition, offset, error_kind) in rows {
