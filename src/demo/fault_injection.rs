@@ -45,7 +45,7 @@ pub async fn kill_coordinator_mid_commit(
     let deadline = Instant::now() + FAULT_WAIT;
     let (killed_at, commits_at_kill) = loop {
         if status.open_txn_age().is_some()
-            && let Some(coordinator) = ractor::registry::where_is(coordinator_name.to_owned())
+            && let Some(coordinator) = ractor::registry::where_is(coordinator_name)
         {
             let commits = status.committed_cycles();
             coordinator.kill();
@@ -68,7 +68,7 @@ pub async fn kill_coordinator_mid_commit(
             && (status.committed_cycles() > commits_at_restart || backlog.is_drained())
         {
             let in_flight = if commits_at_restart == commits_at_kill {
-                "the cycle in flight never reported its commit and was replayed"
+                "the cycle in flight never reported its commit; the new coordinator replays its batches"
             } else {
                 "the cycle in flight had committed just before the kill landed"
             };
