@@ -190,7 +190,9 @@ impl DemoVerdict {
         let mut table = String::from("\n  onceflow demo: verdict\n");
         table.push_str("  ----------------------+--------------+--------------------------\n");
         for (label, value, note) in rows {
-            table.push_str(&format!("  {label:<21} | {value:>12} | {note}\n"));
+            let row = format!("  {label:<21} | {value:>12} | {note}");
+            table.push_str(row.trim_end());
+            table.push('\n');
         }
         table.push_str("  ----------------------+--------------+--------------------------\n");
         table.push_str(&format!(
