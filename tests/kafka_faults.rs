@@ -241,3 +241,44 @@ async fn a_slow_broker() -> anyhow::Result<()> {
     drop(cluster);
     Ok(())
 }
+
+/// The mock keeps no group offsets, so after a rewind the only record of
+/// what Kafka committed is onceflow's own. With that record never written to
+/// the store (as in a store outage right after each commit), a rewind must
+/// still not replay outputs of transactions that committed: the coordinator
+/// remembers, for the partitions it owns, the end offsets it committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_after_unrecorded_kafka_commits_replays_no_committed_output() -> anyhow::Result<()>
+{
+    let (_cluster, scenario) = mock_scenario(8).await?;
+    let mut env = mock_env().to_vec();
+    env.extend([
+        ("ONCEFLOW_MAX_BATCH_RECORDS", "100"),
+        (
+            "FAILPOINTS",
+            "coordinator-confirm-kafka-commit=return;\
+             coordinator-before-db-commit=3*off->1*return->3*off->1*return->off",
+        ),
+    ]);
+    let service = scenario.start(&env)?;
+    settle(&scenario, &service).await?;
+    let log = service.log();
+    assert!(
+        log.contains("committed kafka offsets not recorded in the store"),
+        "the confirmations must have been skipped"
+    );
+    let recoveries_without_record = log
+        .lines()
+        .filter(|line| line.contains("recovery position"))
+        .filter(|line| {
+            line.contains("db_kafka_committed=None") && !line.contains("committed_here=None")
+        })
+        .count();
+    assert!(
+        recoveries_without_record >= 1,
+        "a rewind must have happened with nothing recorded in the store but commits made"
+    );
+    let aborts = finish(&scenario, service).await?;
+    assert_eq!(aborts.get("injected").copied(), Some(2.0), "{aborts:?}");
+    Ok(())
+}

@@ -28,6 +28,7 @@ pub const ALL_POINTS: &[&str] = &[
     COORDINATOR_AFTER_DB_COMMIT,
     COORDINATOR_DURING_KAFKA_COMMIT,
     COORDINATOR_AFTER_KAFKA_COMMIT,
+    COORDINATOR_CONFIRM_KAFKA_COMMIT,
     PARTITION_CONSUMER_MID_BATCH,
     DB_WRITER_MID_STATEMENT,
     DLQ_FORWARDER,
@@ -41,6 +42,9 @@ pub const COORDINATOR_AFTER_DB_COMMIT: &str = "coordinator-after-db-commit";
 pub const COORDINATOR_DURING_KAFKA_COMMIT: &str = "coordinator-during-kafka-commit";
 /// in the coordinator, Kafka committed, partitions not yet told
 pub const COORDINATOR_AFTER_KAFKA_COMMIT: &str = "coordinator-after-kafka-commit";
+/// in the coordinator, Kafka committed, the committed offsets about to be
+/// recorded in the store (`return`: not recorded, as in a store outage)
+pub const COORDINATOR_CONFIRM_KAFKA_COMMIT: &str = "coordinator-confirm-kafka-commit";
 /// in a partition consumer, while it adds a record to its batch
 pub const PARTITION_CONSUMER_MID_BATCH: &str = "partition-consumer-mid-batch";
 /// in a database writer, events inserted, transaction not committed

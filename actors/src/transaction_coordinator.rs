@@ -98,6 +98,12 @@ pub struct CoordinatorArgs {
 struct OwnedPartition {
     owner_epoch: Option<i64>,
     consumer: ActorRef<PartitionConsumerMsg>,
+    /// End offset of the last Kafka transaction this coordinator committed
+    /// for the partition while owning it: a lower bound of the group's
+    /// committed offset that holds even when recording it in the store
+    /// failed (a store outage right after the commit), so a rewind in the
+    /// same ownership never replays outputs Kafka already has.
+    kafka_committed_here: Option<i64>,
 }
 
 /// State of the coordinator.
@@ -193,6 +199,7 @@ impl Actor for TransactionCoordinator {
                         OwnedPartition {
                             owner_epoch: None,
                             consumer,
+                            kafka_committed_here: None,
                         },
                     );
                     state.awaiting_position.insert(partition);
@@ -294,13 +301,20 @@ async fn position_partitions(myself: &ActorRef<CoordinatorMsg>, state: &mut Coor
     }
     match inputs {
         Ok(inputs) => {
-            for (partition, stored, kafka_committed) in inputs {
+            for (partition, stored, group_committed) in inputs {
+                let committed_here = state
+                    .partitions
+                    .get(&partition)
+                    .and_then(|owned| owned.kafka_committed_here);
+                let kafka_committed = group_committed.max(committed_here);
                 let position = recovery_position(Some(stored), kafka_committed);
                 tracing::info!(
                     partition,
                     db_next_offset = ?stored.next_offset,
                     group_start_offset = ?stored.start_offset,
-                    ?kafka_committed,
+                    db_kafka_committed = ?stored.kafka_committed_offset,
+                    ?group_committed,
+                    ?committed_here,
                     start = ?position.start,
                     outputs_from = position.outputs_from,
                     "recovery position"
@@ -554,6 +568,15 @@ async fn commit_cycle(
     };
     match kafka_result {
         Ok(()) => {
+            // Kafka has these offsets now, whatever happens to the
+            // bookkeeping below: rewinds in this ownership start from here.
+            for committed_batch in &committed {
+                let batch = &committed_batch.batch;
+                if let Some(owned) = state.partitions.get_mut(&batch.partition) {
+                    owned.kafka_committed_here =
+                        owned.kafka_committed_here.max(Some(batch.end_offset));
+                }
+            }
             if failed.is_empty() {
                 end_cycle_span(committed_batches(), "committed", None);
             } else {
@@ -620,6 +643,10 @@ async fn commit_cycle(
 /// time; a failure only costs a longer replay if the group's offsets are
 /// lost too.
 async fn confirm_kafka_commit(state: &CoordinatorState, committed: &[CommittedBatch]) {
+    if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_CONFIRM_KAFKA_COMMIT) {
+        tracing::warn!(%fault, "committed kafka offsets not recorded in the store");
+        return;
+    }
     let confirmations: Vec<KafkaCommitConfirmation> = committed
         .iter()
         .filter_map(|committed_batch| {

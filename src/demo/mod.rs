@@ -31,6 +31,7 @@ use onceflow_actors::actor_names::ActorNames;
 use onceflow_actors::store::Store;
 use onceflow_actors::{PipelineStatus, Settings, run_pipeline};
 use onceflow_chaos::harness::{input_truth, judge_on_mock, read_committed};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -42,6 +43,10 @@ use mock_brokers::{DemoTopics, MockBrokers, PARTITIONS};
 
 use crate::produce::{ProduceArgs, produce_records};
 
+/// Most records a demo writes: librdkafka's mock cluster keeps at most
+/// 5 MB per partition (hard-coded) and deletes the oldest records past it;
+/// 30,000 events leave the output partitions at about 3.5 MB with replays.
+const MAX_EVENTS: u64 = 30_000;
 /// Share of invalid records the demo writes.
 const INVALID_SHARE: f64 = 0.03;
 /// Share of repeated events the demo writes.
@@ -53,14 +58,18 @@ const INSTANCE_ID: &str = "demo";
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest graceful stop of the pipeline.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for the mock cluster's metadata and watermarks.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the committed position is read.
 const REFRESH_EVERY: Duration = Duration::from_millis(200);
 
 /// Arguments of `onceflow demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Input records to write (about 3 % invalid, 5 % repeats).
-    #[arg(long, default_value_t = 6_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    /// Input records to write (about 3 % invalid, 5 % repeats); at most
+    /// 30,000: the mock cluster keeps only 5 MB per partition and deletes
+    /// older records, which would leave nothing to judge.
+    #[arg(long, default_value_t = 6_000, value_parser = clap::value_parser!(u64).range(100..=MAX_EVENTS))]
     pub events: u64,
     /// Records per second, 0 = as fast as possible (faults may then find
     /// the work already done).
@@ -236,6 +245,15 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
             truth.invalid
         ));
     }
+    for topic in [&topics.input, &topics.output, &topics.dlq] {
+        let deleted = records_deleted_by_mock(&bootstrap, topic).await?;
+        if deleted > 0 {
+            extra_violations.push(format!(
+                "the mock cluster deleted the first {deleted} records of {topic} (it keeps 5 MB \
+                 per partition): they cannot be judged; write fewer --events"
+            ));
+        }
+    }
     let ledger = store.ledger().await?;
     let outputs = read_committed(&bootstrap, &topics.output).await?;
     let dead_letters = read_committed(&bootstrap, &topics.dlq).await?;
@@ -280,6 +298,32 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
             args.rate
         )
     }
+}
+
+/// Records the mock cluster deleted from the start of `topic` (the sum of
+/// its partitions' low watermarks; nothing is ever deleted by onceflow).
+async fn records_deleted_by_mock(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .context("cannot create a client to read watermarks")?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), WATERMARK_TIMEOUT)
+            .with_context(|| format!("cannot read the metadata of {topic}"))?;
+        let mut deleted = 0;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, _high) = consumer
+                .fetch_watermarks(&topic, partition.id(), WATERMARK_TIMEOUT)
+                .with_context(|| format!("cannot read the watermarks of {topic}"))?;
+            deleted += low.max(0);
+        }
+        Ok(deleted)
+    })
+    .await
+    .context("the watermark reader stopped")?
 }
 
 /// The pipeline's settings: the environment's `ONCEFLOW_*` tuning over the
