@@ -240,10 +240,12 @@ async fn demo_without_chaos_removes_its_store_and_prints_a_table() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_refuses_bad_options_with_one_line() -> anyhow::Result<()> {
-    let output = run_demo(&["--events", "5"], None).await?;
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--events"), "{stderr}");
+    for too_few_or_too_many in ["5", "30001"] {
+        let output = run_demo(&["--events", too_few_or_too_many], None).await?;
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--events"), "{stderr}");
+    }
 
     let output = run_demo(&["--events", "1000"], Some("mysql://root@127.0.0.1/test")).await?;
     assert!(!output.status.success());

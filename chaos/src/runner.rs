@@ -47,8 +47,15 @@ impl ChaosReport {
 
     /// The verdict table.
     pub fn table(&self) -> String {
+        let width = self
+            .outcomes
+            .iter()
+            .map(|outcome| outcome.scenario.len())
+            .chain(["scenario".len()])
+            .max()
+            .unwrap_or_default();
         let mut lines = vec![format!(
-            "{:<44} {:>6} {:>8} {:>9} {:>5} {:>5} {:>9} {:>9}  {}",
+            "{:<width$} {:>6} {:>8} {:>9} {:>5} {:>5} {:>9} {:>9}  {}",
             "scenario",
             "faults",
             "restarts",
@@ -66,7 +73,7 @@ impl ChaosReport {
                 (None, count) => format!("VIOLATED ({count})"),
             };
             lines.push(format!(
-                "{:<44} {:>6} {:>8} {:>9} {:>5} {:>5} {:>9} {:>9.1}  {}",
+                "{:<width$} {:>6} {:>8} {:>9} {:>5} {:>5} {:>9} {:>9.1}  {}",
                 outcome.scenario,
                 outcome.faults_injected,
                 outcome.restarts_seen,

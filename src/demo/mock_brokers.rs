@@ -11,10 +11,16 @@
 //! The cluster is `!Send`: it lives in the demo's main future and is
 //! dropped last, after every client is gone.
 
+use std::time::Duration;
+
 use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::RDKafkaApiKey;
+
+/// Longest wait for the mock cluster's metadata and watermarks.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Brokers of the mock cluster (ids 1 to 3).
 pub const BROKERS: i32 = 3;
@@ -92,4 +98,30 @@ impl MockBrokers {
         }
         Ok(moved)
     }
+}
+
+/// Records the mock cluster deleted from the start of `topic` (the sum of
+/// its partitions' low watermarks; nothing is ever deleted by onceflow).
+pub async fn records_deleted_by_mock(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .context("cannot create a client to read watermarks")?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), WATERMARK_TIMEOUT)
+            .with_context(|| format!("cannot read the metadata of {topic}"))?;
+        let mut deleted = 0;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, _high) = consumer
+                .fetch_watermarks(&topic, partition.id(), WATERMARK_TIMEOUT)
+                .with_context(|| format!("cannot read the watermarks of {topic}"))?;
+            deleted += low.max(0);
+        }
+        Ok(deleted)
+    })
+    .await
+    .context("the watermark reader stopped")?
 }

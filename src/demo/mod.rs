@@ -28,10 +28,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use onceflow_actors::actor_names::ActorNames;
-use onceflow_actors::store::Store;
+use onceflow_actors::store::{Store, StoreBackend};
 use onceflow_actors::{PipelineStatus, Settings, run_pipeline};
 use onceflow_chaos::harness::{input_truth, judge_on_mock, read_committed};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -58,8 +57,6 @@ const INSTANCE_ID: &str = "demo";
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest graceful stop of the pipeline.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest wait for the mock cluster's metadata and watermarks.
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the committed position is read.
 const REFRESH_EVERY: Duration = Duration::from_millis(200);
 
@@ -120,7 +117,7 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
         dlq: "ad-events-dlq".to_owned(),
     };
     let store = match std::env::var("ONCEFLOW_DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+        Ok(url) if StoreBackend::of_url(&url) == Ok(StoreBackend::Postgres) => {
             DemoStore::postgres(&url, &run_id).await?
         }
         Ok(url) if !url.trim().is_empty() => bail!(
@@ -246,7 +243,7 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
         ));
     }
     for topic in [&topics.input, &topics.output, &topics.dlq] {
-        let deleted = records_deleted_by_mock(&bootstrap, topic).await?;
+        let deleted = mock_brokers::records_deleted_by_mock(&bootstrap, topic).await?;
         if deleted > 0 {
             extra_violations.push(format!(
                 "the mock cluster deleted the first {deleted} records of {topic} (it keeps 5 MB \
@@ -298,32 +295,6 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
             args.rate
         )
     }
-}
-
-/// Records the mock cluster deleted from the start of `topic` (the sum of
-/// its partitions' low watermarks; nothing is ever deleted by onceflow).
-async fn records_deleted_by_mock(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
-    let bootstrap = bootstrap.to_owned();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .context("cannot create a client to read watermarks")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), WATERMARK_TIMEOUT)
-            .with_context(|| format!("cannot read the metadata of {topic}"))?;
-        let mut deleted = 0;
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (low, _high) = consumer
-                .fetch_watermarks(&topic, partition.id(), WATERMARK_TIMEOUT)
-                .with_context(|| format!("cannot read the watermarks of {topic}"))?;
-            deleted += low.max(0);
-        }
-        Ok(deleted)
-    })
-    .await
-    .context("the watermark reader stopped")?
 }
 
 /// The pipeline's settings: the environment's `ONCEFLOW_*` tuning over the
