@@ -113,21 +113,33 @@ fn is_transient_sqlstate(code: &str) -> bool {
         || code == "55000" // object not in prerequisite state: "database is not currently accepting connections"
 }
 
+/// Whether a retry of the operation that failed with `error` can succeed.
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(database_error) => {
+            classify_database_error(database_error.as_ref()) == ErrorClass::Transient
+        }
+        // A migration that could not run (no connection, a busy database)
+        // is as transient as the error beneath it; a migration the database
+        // refused, or one that changed since it was applied, is not.
+        sqlx::Error::Migrate(migrate_error) => match migrate_error.as_ref() {
+            sqlx::migrate::MigrateError::Execute(inner)
+            | sqlx::migrate::MigrateError::ExecuteMigration(inner, _) => is_transient(inner),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        let transient = match &error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => true,
-            sqlx::Error::Database(database_error) => {
-                classify_database_error(database_error.as_ref()) == ErrorClass::Transient
-            }
-            _ => false,
-        };
-        if transient {
+        if is_transient(&error) {
             StoreError::Transient(error)
         } else {
             StoreError::Permanent(error)
@@ -151,6 +163,21 @@ mod tests {
         }
         assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_retriable());
         assert!(!StoreError::from(sqlx::Error::RowNotFound).is_retriable());
+    }
+
+    #[test]
+    fn a_migration_that_could_not_run_is_retried_one_that_changed_is_not() {
+        use sqlx::migrate::MigrateError;
+        let unreachable = sqlx::Error::from(MigrateError::Execute(sqlx::Error::PoolTimedOut));
+        assert!(StoreError::from(unreachable).is_retriable());
+        let interrupted =
+            sqlx::Error::from(MigrateError::ExecuteMigration(sqlx::Error::PoolTimedOut, 1));
+        assert!(StoreError::from(interrupted).is_retriable());
+        let refused = sqlx::Error::from(MigrateError::Execute(sqlx::Error::RowNotFound));
+        assert!(!StoreError::from(refused).is_retriable());
+        assert!(
+            !StoreError::from(sqlx::Error::from(MigrateError::VersionMismatch(1))).is_retriable()
+        );
     }
 
     #[test]

@@ -172,6 +172,12 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
         Duration::from_secs(10),
         Duration::from_secs(2),
     )?;
+    // Create the tables before anything reads them (the pipeline migrates
+    // again, a no-op), so the first progress reads never race the schema.
+    offsets
+        .migrate()
+        .await
+        .context("cannot prepare the demo's store")?;
     let mut progress = DemoProgress::new(args.events);
     let produce_args = ProduceArgs {
         count: args.events,
