@@ -91,10 +91,28 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("onceflow: {error:#}");
+            eprintln!("onceflow: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: the library
+/// errors already name their source in their own message, so a cause whose
+/// text is already there is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The `run` command's configuration file (it names the instance that
@@ -163,4 +181,20 @@ async fn wait_for_signals(shutdown: CancellationToken) {
     }
     tracing::warn!("second signal: exiting now");
     std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let root = std::io::Error::other("connection refused");
+        let error = anyhow::Error::new(root).context("database error: connection refused");
+        let error = error.context("cannot start");
+        assert_eq!(
+            one_line(&error),
+            "cannot start: database error: connection refused"
+        );
+    }
 }

@@ -235,3 +235,36 @@ async fn a_record_the_database_refuses_goes_to_the_dlq_as_processing_without_sta
     assert_eq!(output.len() as u64, truth.distinct_events - 3);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_at_start_up_is_waited_for() -> anyhow::Result<()> {
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    scenario.produce(1_500, 33).await?;
+    let outage = DatabaseOutage::begin(&scenario).await?;
+    let mut service = scenario.start(&[("ONCEFLOW_DB_ACQUIRE_TIMEOUT_MS", "500")])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !service
+        .log()
+        .contains("database not ready for migrations; retrying")
+    {
+        assert!(
+            service.is_running(),
+            "the process must wait for the database, not exit; log: {}",
+            service.log()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no migration retry within 30 s; log: {}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(service.is_running(), "log: {}", service.log());
+    outage.end().await?;
+    scenario.wait_caught_up_with_input(CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    scenario.verdict().await?.assert_holds();
+    Ok(())
+}
