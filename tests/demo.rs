@@ -19,6 +19,14 @@ use sqlx::{ConnectOptions, Connection};
 const DEMO_TIMEOUT: Duration = Duration::from_secs(240);
 
 async fn run_demo(args: &[&str], database_url: Option<&str>) -> anyhow::Result<Output> {
+    run_demo_with_env(args, database_url, &[]).await
+}
+
+async fn run_demo_with_env(
+    args: &[&str],
+    database_url: Option<&str>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Output> {
     let mut command = tokio::process::Command::new(service::bin());
     command
         .arg("demo")
@@ -29,6 +37,7 @@ async fn run_demo(args: &[&str], database_url: Option<&str>) -> anyhow::Result<O
     if let Some(url) = database_url {
         command.env("ONCEFLOW_DATABASE_URL", url);
     }
+    command.envs(env.iter().copied());
     Ok(tokio::time::timeout(DEMO_TIMEOUT, command.output()).await??)
 }
 
@@ -253,5 +262,25 @@ async fn demo_refuses_bad_options_with_one_line() -> anyhow::Result<()> {
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains("ONCEFLOW_DATABASE_URL"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A bad setting stops the demo with one line naming it, and the schema
+    // it had made in PostgreSQL is gone.
+    let (url, pool) = common::fresh_database().await?;
+    let output = run_demo_with_env(
+        &["--events", "1000"],
+        Some(&url),
+        &[("ONCEFLOW_COMMIT_INTERVAL_MS", "999999")],
+    )
+    .await?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("commit_interval_ms"), "{stderr}");
+    let schemas: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'onceflow_demo_%'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(schemas, 0);
     Ok(())
 }

@@ -110,12 +110,6 @@ const FAULT_PLAN: [(f64, PlannedFault); 3] = [
 pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyhow::Result<()> {
     let started = Instant::now();
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let group_id = format!("onceflow-demo-{run_id}");
-    let topics = DemoTopics {
-        input: "ad-events".to_owned(),
-        output: "ad-events-billed".to_owned(),
-        dlq: "ad-events-dlq".to_owned(),
-    };
     let store = match std::env::var("ONCEFLOW_DATABASE_URL") {
         Ok(url) if StoreBackend::of_url(&url) == Ok(StoreBackend::Postgres) => {
             DemoStore::postgres(&url, &run_id).await?
@@ -126,9 +120,51 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
         ),
         _ => DemoStore::sqlite(args.dir.as_deref(), &run_id).await?,
     };
-    let settings = demo_settings(&store, &topics, &group_id)?;
+    let verdict = run_on_store(&args, &store, &run_id, committed, started).await;
+    // The store goes (unless kept) whether or not the run got to a verdict.
+    let kept = store.finish(args.keep).await?;
+    let verdict = verdict?;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&verdict)?);
+    } else {
+        print!("{}", verdict.table());
+    }
+    if let Some(location) = kept {
+        eprintln!("  store kept: {location}");
+    }
+    if verdict.exactly_once {
+        Ok(())
+    } else {
+        bail!(
+            "exactly-once violated: {} lost, {} duplicated, {} violations (reproduce: onceflow demo --seed {} --events {} --rate {})",
+            verdict.lost,
+            verdict.duplicated,
+            verdict.violation_count,
+            args.seed,
+            args.events,
+            args.rate
+        )
+    }
+}
+
+/// Runs the demo on `store`, up to the verdict.
+async fn run_on_store(
+    args: &DemoArgs,
+    store: &DemoStore,
+    run_id: &str,
+    committed: CommittedTransactions,
+    started: Instant,
+) -> anyhow::Result<DemoVerdict> {
+    let group_id = format!("onceflow-demo-{run_id}");
+    let topics = DemoTopics {
+        input: "ad-events".to_owned(),
+        output: "ad-events-billed".to_owned(),
+        dlq: "ad-events-dlq".to_owned(),
+    };
+    let mut settings = demo_settings(store, &topics, &group_id)?;
+    // Declared first, dropped last: every client is gone before the cluster.
     let mut brokers = MockBrokers::start(topics.clone(), &group_id, &settings.transactional_id())?;
-    let mut settings = settings;
     settings.kafka_brokers = brokers.bootstrap_servers();
 
     eprintln!(
@@ -193,6 +229,8 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
     };
     let written_bar = progress.written_bar();
     let producer = tokio::spawn(async move { produce_records(&produce_args, &written_bar).await });
+    // A load generator still writing when the run ends early stops with it.
+    let _stop_producer = AbortOnDrop(producer.abort_handle());
 
     let pipeline = run_pipeline(settings.clone(), status.clone(), shutdown.clone());
     tokio::pin!(pipeline);
@@ -203,7 +241,7 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
         group_id: &group_id,
         input_topic: &topics.input,
         coordinator_name: &coordinator_name,
-        store: &store,
+        store,
         events: args.events,
         chaos: !args.no_chaos,
     };
@@ -276,31 +314,7 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
             extra_violations,
         },
     );
-    drop(offsets);
-    let kept = store.finish(args.keep).await?;
-    drop(brokers);
-
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&verdict)?);
-    } else {
-        print!("{}", verdict.table());
-    }
-    if let Some(location) = kept {
-        eprintln!("  store kept: {location}");
-    }
-    if verdict.exactly_once {
-        Ok(())
-    } else {
-        bail!(
-            "exactly-once violated: {} lost, {} duplicated, {} violations (reproduce: onceflow demo --seed {} --events {} --rate {})",
-            verdict.lost,
-            verdict.duplicated,
-            verdict.violation_count,
-            args.seed,
-            args.events,
-            args.rate
-        )
-    }
+    Ok(verdict)
 }
 
 /// The pipeline's settings: the environment's `ONCEFLOW_*` tuning over the
@@ -333,6 +347,15 @@ fn demo_settings(
         .validate()
         .context("the demo's settings are not valid")?;
     Ok(settings)
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the drive loop needs to see.
