@@ -52,17 +52,24 @@ pub struct StoredLedger {
 impl StoredLedger {
     /// Reads the ledger from a PostgreSQL database.
     pub async fn read_postgres(pool: &PgPool) -> Result<StoredLedger> {
-        let events: i64 = sqlx::query_scalar(COUNT_EVENTS).fetch_one(pool).await?;
-        let dead_letters: i64 = sqlx::query_scalar(COUNT_DEAD_LETTERS)
-            .fetch_one(pool)
-            .await?;
-        let spend: Vec<(String, i64, i64, i64)> =
-            sqlx::query_as(SPEND_PER_CAMPAIGN).fetch_all(pool).await?;
-        Ok(StoredLedger::from_rows(events, dead_letters, spend))
+        StoredLedger::read(pool).await
     }
 
     /// Reads the ledger from a SQLite database.
     pub async fn read_sqlite(pool: &SqlitePool) -> Result<StoredLedger> {
+        StoredLedger::read(pool).await
+    }
+
+    /// The same three queries on either database.
+    async fn read<DB>(pool: &sqlx::Pool<DB>) -> Result<StoredLedger>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+        (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+        (String, i64, i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
+    {
         let events: i64 = sqlx::query_scalar(COUNT_EVENTS).fetch_one(pool).await?;
         let dead_letters: i64 = sqlx::query_scalar(COUNT_DEAD_LETTERS)
             .fetch_one(pool)
