@@ -12,25 +12,25 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use onceflow_actors::store::Store;
 use onceflow_chaos::harness::StoredLedger;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{PgPool, SqlitePool};
 
 /// File name of the SQLite store inside the demo directory.
 const SQLITE_FILE: &str = "onceflow-demo.db";
+
+/// Statement timeout (SQLite: lock wait) of the demo's own connections.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the demo's data lives.
 #[derive(Debug)]
 enum Location {
     /// a SQLite file; the directory is removed at the end unless kept
     Sqlite {
-        directory: Option<tempfile::TempDir>,
+        directory: tempfile::TempDir,
         file: PathBuf,
-        pool: SqlitePool,
     },
     /// a schema of its own in the user's PostgreSQL database
-    Postgres { schema: String, pool: PgPool },
+    Postgres { schema: String },
 }
 
 /// The demo's store, as the demo sees it from outside the pipeline.
@@ -38,7 +38,20 @@ enum Location {
 pub struct DemoStore {
     /// the URL the pipeline is given
     pub pipeline_url: String,
+    /// the demo's own connections to it (progress, ledger, the outage)
+    pub store: Store,
     location: Location,
+}
+
+/// The demo's own connections to `url`, through the pipeline's store type.
+fn demo_connections(url: &str) -> anyhow::Result<Store> {
+    Ok(Store::connect_lazy(
+        url,
+        2,
+        STATEMENT_TIMEOUT,
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )?)
 }
 
 impl DemoStore {
@@ -59,20 +72,11 @@ impl DemoStore {
         }
         .context("cannot create a directory for the demo's SQLite store")?;
         let file = directory.path().join(SQLITE_FILE);
-        let options = SqliteConnectOptions::new()
-            .filename(&file)
-            .create_if_missing(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_lazy_with(options);
+        let pipeline_url = format!("sqlite://{}", file.display());
         Ok(DemoStore {
-            pipeline_url: format!("sqlite://{}", file.display()),
-            location: Location::Sqlite {
-                directory: Some(directory),
-                file,
-                pool,
-            },
+            store: demo_connections(&pipeline_url)?,
+            pipeline_url,
+            location: Location::Sqlite { directory, file },
         })
     }
 
@@ -82,22 +86,25 @@ impl DemoStore {
         let schema = format!("onceflow_demo_{run_id}");
         let separator = if url.contains('?') { '&' } else { '?' };
         let pipeline_url = format!("{url}{separator}options[search_path]={schema}");
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&pipeline_url)
+        let store = demo_connections(&pipeline_url)?;
+        let Store::Postgres(postgres) = &store else {
+            anyhow::bail!("ONCEFLOW_DATABASE_URL: not a PostgreSQL URL");
+        };
+        postgres
+            .ping()
             .await
             .context("ONCEFLOW_DATABASE_URL: cannot connect to PostgreSQL")?;
         // `schema` is `onceflow_demo_` and eight hex digits, made here.
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&pool)
+            .execute(postgres.pool())
             .await
             .with_context(|| {
                 format!("ONCEFLOW_DATABASE_URL: cannot create the demo's schema {schema}")
             })?;
         Ok(DemoStore {
             pipeline_url,
-            location: Location::Postgres { schema, pool },
+            store,
+            location: Location::Postgres { schema },
         })
     }
 
@@ -121,9 +128,9 @@ impl DemoStore {
 
     /// What the store holds now.
     pub async fn ledger(&self) -> anyhow::Result<StoredLedger> {
-        Ok(match &self.location {
-            Location::Sqlite { pool, .. } => StoredLedger::read_sqlite(pool).await?,
-            Location::Postgres { pool, .. } => StoredLedger::read_postgres(pool).await?,
+        Ok(match &self.store {
+            Store::Sqlite(sqlite) => StoredLedger::read_sqlite(sqlite.pool()).await?,
+            Store::Postgres(postgres) => StoredLedger::read_postgres(postgres.pool()).await?,
         })
     }
 
@@ -132,9 +139,9 @@ impl DemoStore {
     /// the file; PostgreSQL: an ACCESS EXCLUSIVE lock on the pipeline's
     /// tables), longer than the pipeline's statement timeout, then rolls back.
     pub async fn refuse_writes_for(&self, duration: Duration) -> anyhow::Result<()> {
-        match &self.location {
-            Location::Sqlite { pool, .. } => {
-                let mut connection = pool.acquire().await?;
+        match &self.store {
+            Store::Sqlite(sqlite) => {
+                let mut connection = sqlite.pool().acquire().await?;
                 sqlx::query("BEGIN EXCLUSIVE")
                     .execute(&mut *connection)
                     .await
@@ -142,8 +149,8 @@ impl DemoStore {
                 tokio::time::sleep(duration).await;
                 sqlx::query("ROLLBACK").execute(&mut *connection).await?;
             }
-            Location::Postgres { pool, .. } => {
-                let mut transaction = pool.begin().await?;
+            Store::Postgres(postgres) => {
+                let mut transaction = postgres.pool().begin().await?;
                 sqlx::query(
                     "LOCK TABLE consumer_offsets, ad_events, campaign_spend, dead_letters \
                      IN ACCESS EXCLUSIVE MODE",
@@ -160,38 +167,35 @@ impl DemoStore {
 
     /// Removes the store, or keeps it and says where it is.
     pub async fn finish(self, keep: bool) -> anyhow::Result<Option<String>> {
-        match self.location {
-            Location::Sqlite {
-                mut directory,
-                file,
-                pool,
-            } => {
-                pool.close().await;
+        let DemoStore {
+            store, location, ..
+        } = self;
+        if let (Location::Postgres { schema }, Store::Postgres(postgres), false) =
+            (&location, &store, keep)
+        {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(postgres.pool())
+                .await
+                .with_context(|| format!("cannot drop the demo's schema {schema}"))?;
+        }
+        match &store {
+            Store::Sqlite(sqlite) => sqlite.pool().close().await,
+            Store::Postgres(postgres) => postgres.pool().close().await,
+        }
+        match location {
+            Location::Sqlite { directory, file } => {
                 if keep {
-                    if let Some(directory) = directory.take() {
-                        let _kept = directory.keep();
-                    }
+                    let _kept = directory.keep();
                     Ok(Some(file.display().to_string()))
                 } else {
-                    if let Some(directory) = directory.take() {
-                        directory
-                            .close()
-                            .context("cannot remove the demo's SQLite store")?;
-                    }
+                    directory
+                        .close()
+                        .context("cannot remove the demo's SQLite store")?;
                     Ok(None)
                 }
             }
-            Location::Postgres { schema, pool } => {
-                if keep {
-                    pool.close().await;
-                    return Ok(Some(format!("schema {schema} of ONCEFLOW_DATABASE_URL")));
-                }
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                    .execute(&pool)
-                    .await
-                    .with_context(|| format!("cannot drop the demo's schema {schema}"))?;
-                pool.close().await;
-                Ok(None)
+            Location::Postgres { schema } => {
+                Ok(keep.then(|| format!("schema {schema} of ONCEFLOW_DATABASE_URL")))
             }
         }
     }

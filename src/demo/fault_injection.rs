@@ -129,20 +129,7 @@ pub async fn refuse_store_writes(
     backlog: &Backlog,
 ) -> anyhow::Result<FaultReport> {
     let transitions_before = breaker_opened_count(status);
-    let outage = store.refuse_writes_for(STORE_OUTAGE);
-    let mut opened_seen = false;
-    let watch = async {
-        loop {
-            if status.breaker_state() != BreakerState::Closed {
-                opened_seen = true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::select! {
-        result = outage => result?,
-        () = watch => {}
-    }
+    store.refuse_writes_for(STORE_OUTAGE).await?;
     let ended = Instant::now();
     let deadline = ended + FAULT_WAIT;
     while status.breaker_state() != BreakerState::Closed {
@@ -153,7 +140,7 @@ pub async fn refuse_store_writes(
     }
     let commits = status.committed_cycles();
     wait_for_commit(status, commits, backlog).await?;
-    let opened = breaker_opened_count(status) > transitions_before || opened_seen;
+    let opened = breaker_opened_count(status) > transitions_before;
     let breaker = if opened {
         "retries failed, the circuit breaker opened and paused the partitions, probed, then closed"
     } else {

@@ -201,16 +201,10 @@ async fn run_on_store(
     let status = PipelineStatus::default();
     let shutdown = CancellationToken::new();
     let coordinator_name = ActorNames::new(INSTANCE_ID).coordinator();
-    let offsets = Store::connect_lazy(
-        &store.pipeline_url,
-        2,
-        Duration::from_secs(2),
-        Duration::from_secs(10),
-        Duration::from_secs(2),
-    )?;
     // Create the tables before anything reads them (the pipeline migrates
     // again, a no-op), so the first progress reads never race the schema.
-    offsets
+    store
+        .store
         .migrate()
         .await
         .context("cannot prepare the demo's store")?;
@@ -237,7 +231,7 @@ async fn run_on_store(
     let context = DriveContext {
         status: &status,
         committed: &committed,
-        offsets: &offsets,
+        offsets: &store.store,
         group_id: &group_id,
         input_topic: &topics.input,
         coordinator_name: &coordinator_name,

@@ -274,3 +274,123 @@ pub async fn mock_judgement(scenario: &Scenario, service_log: &str) -> Result<Mo
 pub async fn mock_violations(scenario: &Scenario, service_log: &str) -> Result<Vec<String>> {
     Ok(mock_judgement(scenario, service_log).await?.violations)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: i32, offset: i64, value: &str, headers: &[(&str, &str)]) -> TopicRecord {
+        TopicRecord {
+            partition,
+            offset,
+            key: None,
+            value: Some(value.as_bytes().to_vec()),
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    fn event_json(event_id: &str) -> String {
+        format!(
+            r#"{{"event_id":"{event_id}","campaign_id":"c-1","ad_id":"ad-1","kind":"click","cost_micros":5,"occurred_at":"2026-11-26T10:15:30.000Z"}}"#
+        )
+    }
+
+    const A: &str = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
+    const B: &str = "2b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
+
+    /// Two distinct events (one sent twice) and one invalid record.
+    fn truth() -> InputTruth {
+        InputTruth::from_records(&[
+            record(0, 0, &event_json(A), &[]),
+            record(0, 1, &event_json(B), &[]),
+            record(1, 0, &event_json(A), &[]),
+            record(1, 1, "{", &[]),
+        ])
+    }
+
+    fn ledger() -> StoredLedger {
+        StoredLedger {
+            events: 2,
+            dead_letters: 1,
+            spend_per_campaign: BTreeMap::from([("c-1".to_owned(), (0, 2, 10))]),
+        }
+    }
+
+    fn output(offset: i64, event_id: &str, txn: &str) -> TopicRecord {
+        record(
+            0,
+            offset,
+            &event_json(event_id),
+            &[("onceflow-txn-id", txn)],
+        )
+    }
+
+    fn dead_letter(txn: &str) -> TopicRecord {
+        record(
+            0,
+            0,
+            "{",
+            &[
+                ("onceflow-txn-id", txn),
+                ("onceflow-source-partition", "1"),
+                ("onceflow-source-offset", "1"),
+            ],
+        )
+    }
+
+    #[test]
+    fn only_committed_transactions_count_and_each_event_once() {
+        let committed = HashSet::from(["t1".to_owned(), "t2".to_owned()]);
+        let exact = judge_on_mock(
+            &truth(),
+            &ledger(),
+            // B also sits in an aborted transaction t9: not counted.
+            &[output(0, A, "t1"), output(1, B, "t9"), output(2, B, "t2")],
+            &[dead_letter("t1")],
+            &committed,
+        );
+        assert!(exact.holds(), "{:?}", exact.violations);
+        assert_eq!(
+            (exact.committed_outputs, exact.lost, exact.duplicated),
+            (2, 0, 0)
+        );
+        assert!(exact.dlq_exact);
+
+        let lost_and_duplicated = judge_on_mock(
+            &truth(),
+            &ledger(),
+            &[output(0, A, "t1"), output(1, A, "t2"), output(2, B, "t9")],
+            &[dead_letter("t1")],
+            &committed,
+        );
+        assert_eq!(
+            (lost_and_duplicated.lost, lost_and_duplicated.duplicated),
+            (1, 1)
+        );
+        assert!(!lost_and_duplicated.holds());
+
+        let mut wrong_spend = ledger();
+        wrong_spend
+            .spend_per_campaign
+            .insert("c-1".to_owned(), (0, 2, 15));
+        let no_dead_letter = judge_on_mock(
+            &truth(),
+            &wrong_spend,
+            &[output(0, A, "t1"), output(2, B, "t2")],
+            &[dead_letter("t9")],
+            &committed,
+        );
+        assert!(!no_dead_letter.dlq_exact);
+        assert!(
+            no_dead_letter
+                .violations
+                .iter()
+                .any(|violation| violation.starts_with("campaign_spend c-1")),
+            "{:?}",
+            no_dead_letter.violations
+        );
+    }
+}
