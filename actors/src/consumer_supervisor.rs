@@ -2,7 +2,9 @@
 //! partition consumer for every assigned partition and stops it on
 //! revocation, and restarts a failed one with backoff.
 //!
-//! Guarantees: every partition consumer it starts (at assignment, after a
+//! Guarantees: at most one record fetcher runs, whatever ended this actor's
+//! previous incarnation (see [`crate::fetcher_slot`]); every partition
+//! consumer it starts (at assignment, after a
 //! restart of its own or of the partition consumer) is announced to the
 //! coordinator, which claims the partition and positions it at its recovery
 //! position before any of its records is accepted; a partition consumer
@@ -15,14 +17,17 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rdkafka::consumer::Consumer;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::actor_names::ActorNames;
+use crate::fetcher_slot::{FetcherGuard, FetcherSlot};
 use crate::kafka_clients::InputConsumer;
 use crate::metrics::PipelineStatus;
 use crate::partition_consumer::{PartitionConsumer, PartitionConsumerArgs, PartitionConsumerMsg};
-use crate::record_fetcher::{FetcherCommand, FetcherHandle, StartPosition, spawn_fetcher};
+use crate::position_ticket::PositionTickets;
+use crate::record_fetcher::{
+    FetcherCommand, FetcherConfig, FetcherHandle, PositionOrder, spawn_fetcher,
+};
 use crate::restart_policy::{RestartDecision, RestartLimits, RestartPolicy};
 use crate::settings::Settings;
 use crate::spans::RecordSource;
@@ -38,16 +43,7 @@ pub enum ConsumerSupervisorMsg {
     /// announce every running partition consumer to the coordinator
     ReportAssignment,
     /// position a partition (from the coordinator)
-    Position {
-        /// input partition
-        partition: i32,
-        /// where fetching resumes
-        start: StartPosition,
-        /// outputs owed from here
-        outputs_from: i64,
-        /// the partition consumer it was computed for
-        target: ActorRef<PartitionConsumerMsg>,
-    },
+    Position(PositionOrder),
     /// restart the partition consumer of a partition (after its backoff)
     RestartPartition(i32),
     /// stop fetching these partitions until they are positioned again
@@ -67,6 +63,10 @@ pub struct ConsumerSupervisorArgs {
     pub status: PipelineStatus,
     /// cancelled at shutdown: the fetcher stops
     pub shutdown: CancellationToken,
+    /// where the one record fetcher lives
+    pub fetcher_slot: FetcherSlot,
+    /// the positioning tickets (for the barrier of a forgotten partition)
+    pub tickets: PositionTickets,
 }
 
 /// State of the consumer supervisor.
@@ -74,8 +74,8 @@ pub struct ConsumerSupervisorArgs {
 pub struct ConsumerSupervisorState {
     args: ConsumerSupervisorArgs,
     fetcher: FetcherHandle,
-    fetcher_task: JoinHandle<()>,
-    fetcher_stop: CancellationToken,
+    /// stops the fetcher when this state is dropped, on every path
+    _fetcher_guard: FetcherGuard,
     partitions: HashMap<i32, ActorRef<PartitionConsumerMsg>>,
     partition_of_actor: HashMap<ActorId, i32>,
     restart_policies: HashMap<i32, RestartPolicy>,
@@ -95,18 +95,24 @@ impl Actor for ConsumerSupervisor {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let fetcher_stop = args.shutdown.child_token();
-        let (fetcher, fetcher_task) = spawn_fetcher(
-            Arc::clone(&args.consumer),
-            args.settings.input_topic.clone(),
-            args.status.clone(),
-            fetcher_stop.clone(),
-        );
+        let config = FetcherConfig {
+            topic: args.settings.input_topic.clone(),
+            max_buffered_records: args.settings.max_buffered_records,
+        };
+        let consumer = Arc::clone(&args.consumer);
+        let status = args.status.clone();
+        // The previous incarnation's fetcher, if it failed or was killed,
+        // is stopped (and waited for) before this one starts.
+        let (fetcher, fetcher_guard) = args
+            .fetcher_slot
+            .replace(&args.shutdown, move |stop| {
+                spawn_fetcher(consumer, config, status, stop)
+            })
+            .await;
         Ok(ConsumerSupervisorState {
             args,
             fetcher,
-            fetcher_task,
-            fetcher_stop,
+            _fetcher_guard: fetcher_guard,
             partitions: HashMap::new(),
             partition_of_actor: HashMap::new(),
             restart_policies: HashMap::new(),
@@ -137,16 +143,6 @@ impl Actor for ConsumerSupervisor {
         Ok(())
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.fetcher_stop.cancel();
-        state.fetcher_task.abort();
-        Ok(())
-    }
-
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -159,9 +155,7 @@ impl Actor for ConsumerSupervisor {
             }
             ConsumerSupervisorMsg::PartitionsRevoked(partitions) => {
                 for partition in &partitions {
-                    state.fetcher.send(FetcherCommand::Forget {
-                        partition: *partition,
-                    });
+                    forget(state, *partition);
                     if let Some(consumer) = state.partitions.remove(partition) {
                         state.partition_of_actor.remove(&consumer.get_id());
                         consumer.stop(Some("partition revoked".to_owned()));
@@ -179,31 +173,21 @@ impl Actor for ConsumerSupervisor {
                     cast_coordinator(state, CoordinatorMsg::PartitionsAssigned(running));
                 }
             }
-            ConsumerSupervisorMsg::Position {
-                partition,
-                start,
-                outputs_from,
-                target,
-            } => {
+            ConsumerSupervisorMsg::Position(order) => {
                 // A position computed for a consumer that has since been
                 // replaced is stale: the replacement gets its own.
                 if state
                     .partitions
-                    .get(&partition)
+                    .get(&order.partition)
                     .map(|consumer| consumer.get_id())
-                    == Some(target.get_id())
+                    == Some(order.target.get_id())
                 {
-                    state.fetcher.send(FetcherCommand::Position {
-                        partition,
-                        start,
-                        outputs_from,
-                        target,
-                    });
+                    state.fetcher.send(FetcherCommand::Position(order));
                 }
             }
             ConsumerSupervisorMsg::PausePartitions(partitions) => {
                 for partition in partitions {
-                    state.fetcher.send(FetcherCommand::Pause { partition });
+                    state.fetcher.send(FetcherCommand::Park { partition });
                 }
             }
             ConsumerSupervisorMsg::RestartPartition(partition) => {
@@ -233,7 +217,7 @@ impl Actor for ConsumerSupervisor {
             return Ok(()); // stopped on purpose (revoked)
         };
         state.partitions.remove(&partition);
-        state.fetcher.send(FetcherCommand::Forget { partition });
+        forget(state, partition);
         let limits = RestartLimits::from_settings(&state.args.settings);
         let decision = state
             .restart_policies
@@ -254,6 +238,15 @@ impl Actor for ConsumerSupervisor {
             .into()),
         }
     }
+}
+
+/// Has the fetcher stop routing `partition`; every positioning decided
+/// before now is stale for it.
+fn forget(state: &ConsumerSupervisorState, partition: i32) {
+    state.fetcher.send(FetcherCommand::Forget {
+        partition,
+        barrier: state.args.tickets.latest_issued(),
+    });
 }
 
 fn is_assigned(state: &ConsumerSupervisorState, partition: i32) -> bool {
@@ -287,7 +280,6 @@ async fn start_partitions(
         let args = PartitionConsumerArgs {
             partition: *partition,
             max_batch_records: state.args.settings.max_batch_records,
-            max_buffered_records: state.args.settings.max_buffered_records,
             status: state.args.status.clone(),
             source: RecordSource {
                 topic: state.args.settings.input_topic.clone(),

@@ -30,6 +30,7 @@ pub const ALL_POINTS: &[&str] = &[
     COORDINATOR_AFTER_KAFKA_COMMIT,
     COORDINATOR_CONFIRM_KAFKA_COMMIT,
     PARTITION_CONSUMER_MID_BATCH,
+    PARTITION_CONSUMER_TAKE_BATCH,
     DB_WRITER_MID_STATEMENT,
     DLQ_FORWARDER,
 ];
@@ -47,6 +48,9 @@ pub const COORDINATOR_AFTER_KAFKA_COMMIT: &str = "coordinator-after-kafka-commit
 pub const COORDINATOR_CONFIRM_KAFKA_COMMIT: &str = "coordinator-confirm-kafka-commit";
 /// in a partition consumer, while it adds a record to its batch
 pub const PARTITION_CONSUMER_MID_BATCH: &str = "partition-consumer-mid-batch";
+/// in a partition consumer, before it hands a batch to the coordinator
+/// (`sleep(N)`: the hand-over misses the coordinator's deadline)
+pub const PARTITION_CONSUMER_TAKE_BATCH: &str = "partition-consumer-take-batch";
 /// in a database writer, events inserted, transaction not committed
 pub const DB_WRITER_MID_STATEMENT: &str = "db-writer-mid-statement";
 /// in the DLQ forwarder, before it produces dead letters
@@ -86,5 +90,13 @@ fn kill_this_process() -> ! {
 pub fn partition_consumer_mid_batch() {
     if let Err(fault) = hit(PARTITION_CONSUMER_MID_BATCH) {
         tracing::warn!(%fault, "ignoring a `return` at a point that can only panic or kill");
+    }
+}
+
+/// The partition consumer's hand-over point (it can sleep, panic or kill).
+#[inline(always)]
+pub fn partition_consumer_take_batch() {
+    if let Err(fault) = hit(PARTITION_CONSUMER_TAKE_BATCH) {
+        tracing::warn!(%fault, "ignoring a `return` at a point that can only sleep, panic or kill");
     }
 }

@@ -28,6 +28,9 @@ use crate::transaction_coordinator::CoordinatorMsg;
 pub struct RebalanceContext {
     names: ActorNames,
     topic: String,
+    /// the assignment before a failed rebalance (librdkafka unassigns on a
+    /// rebalance error): what it took away must be revoked in the actors too
+    assigned_before_error: Arc<std::sync::Mutex<Vec<i32>>>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -76,13 +79,25 @@ impl RebalanceContext {
 }
 
 impl ConsumerContext for RebalanceContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            let partitions = partitions_of(&self.topic, list);
-            tracing::info!(?partitions, "partitions revoked");
-            self.drain_before_revocation(&partitions);
-            self.names
-                .cast_consumer_supervisor(ConsumerSupervisorMsg::PartitionsRevoked(partitions));
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let partitions = partitions_of(&self.topic, list);
+                tracing::info!(?partitions, "partitions revoked");
+                self.drain_before_revocation(&partitions);
+                self.names
+                    .cast_consumer_supervisor(ConsumerSupervisorMsg::PartitionsRevoked(partitions));
+            }
+            Rebalance::Error(_) => {
+                let assigned = consumer
+                    .assignment()
+                    .map(|list| partitions_of(&self.topic, &list))
+                    .unwrap_or_default();
+                if let Ok(mut before) = self.assigned_before_error.lock() {
+                    *before = assigned;
+                }
+            }
+            Rebalance::Assign(_) => {}
         }
     }
 
@@ -100,7 +115,31 @@ impl ConsumerContext for RebalanceContext {
                     ));
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(error) => tracing::error!(%error, "rebalance failed"),
+            Rebalance::Error(error) => {
+                // librdkafka has unassigned (all, or the failed part): the
+                // actors must stop serving what is no longer assigned, or a
+                // partition would sit routed but never fetched.
+                let still_assigned = consumer
+                    .assignment()
+                    .map(|list| partitions_of(&self.topic, &list))
+                    .unwrap_or_default();
+                let before = self
+                    .assigned_before_error
+                    .lock()
+                    .map(|mut before| std::mem::take(&mut *before))
+                    .unwrap_or_default();
+                let revoked: Vec<i32> = before
+                    .into_iter()
+                    .filter(|partition| !still_assigned.contains(partition))
+                    .collect();
+                tracing::error!(%error, ?revoked, "rebalance failed; the partitions it unassigned are revoked until the group assigns them again");
+                if !revoked.is_empty() {
+                    self.names
+                        .cast_consumer_supervisor(ConsumerSupervisorMsg::PartitionsRevoked(
+                            revoked,
+                        ));
+                }
+            }
         }
     }
 }
@@ -132,6 +171,7 @@ pub fn create_input_consumer(
     let context = RebalanceContext {
         names: names.clone(),
         topic: settings.input_topic.clone(),
+        assigned_before_error: Arc::default(),
     };
     let mut config = base_config(settings);
     config

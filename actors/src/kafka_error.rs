@@ -42,6 +42,16 @@ pub enum KafkaTxnError {
     /// an abortable transaction error.
     #[error("{0}")]
     Injected(#[from] crate::failpoints::InjectedFault),
+    /// A partition of the transaction was revoked while the cycle ran: its
+    /// offsets must not be committed here (the new owner may already have
+    /// read the group offset). Abort and let the revocation remove it.
+    #[error("partition {partition} was revoked before {operation}; aborting the transaction")]
+    PartitionRevoked {
+        /// the step that found it out
+        operation: &'static str,
+        /// the revoked partition
+        partition: i32,
+    },
     /// The blocking task running the call died (panicked or was cancelled).
     #[error("kafka {operation} task did not finish: {reason}")]
     TaskLost {
@@ -60,7 +70,9 @@ impl KafkaTxnError {
                 classify(source)
             }
             KafkaTxnError::TaskLost { .. } => KafkaFailureClass::RecreateProducer,
-            KafkaTxnError::Injected(_) => KafkaFailureClass::AbortTransaction,
+            KafkaTxnError::Injected(_) | KafkaTxnError::PartitionRevoked { .. } => {
+                KafkaFailureClass::AbortTransaction
+            }
         }
     }
 

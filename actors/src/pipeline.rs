@@ -17,9 +17,11 @@ use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
 use crate::actor_names::ActorNames;
+use crate::fetcher_slot::FetcherSlot;
 use crate::kafka_clients::create_input_consumer;
 use crate::metrics::PipelineStatus;
 use crate::pipeline_monitor::spawn_monitor;
+use crate::position_ticket::PositionTickets;
 use crate::root_supervisor::{RootArgs, RootSupervisor};
 use crate::settings::{Settings, SettingsError};
 use crate::store::Store;
@@ -93,6 +95,7 @@ pub async fn run_pipeline(
         kafka_overrides = ?settings.redacted_kafka_keys(),
         "pipeline starting"
     );
+    let fetcher_slot = FetcherSlot::default();
     let root_args = RootArgs {
         settings: Arc::clone(&settings),
         store,
@@ -100,6 +103,8 @@ pub async fn run_pipeline(
         names: names.clone(),
         status: status.clone(),
         shutdown: shutdown.clone(),
+        fetcher_slot: fetcher_slot.clone(),
+        tickets: PositionTickets::default(),
     };
     let (root, root_done) = Actor::spawn(Some(names.root()), RootSupervisor, root_args)
         .await
@@ -124,6 +129,7 @@ pub async fn run_pipeline(
         let _ = root
             .stop_and_wait(Some(reason.clone()), Some(Duration::from_secs(2)))
             .await;
+        fetcher_slot.stop().await;
         close_consumer(consumer).await;
         return Err(PipelineError::Escalated(reason));
     }
@@ -146,6 +152,7 @@ pub async fn run_pipeline(
         .stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(1)))
         .await;
     monitor.abort();
+    fetcher_slot.stop().await;
     close_consumer(consumer).await;
     tracing::info!("pipeline stopped");
     Ok(())

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::batch_classification::{BatchPlan, SpendDelta, StoredPosition};
 use crate::partition_batch::PartitionBatch;
 use crate::processed_record::RecordEffect;
-use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, StoredPartition};
+use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, PartitionOwner, StoredPartition};
 use crate::store_error::StoreError;
 
 /// The PostgreSQL store.
@@ -497,4 +497,31 @@ async fn insert_dead_letters(
     .execute(&mut **transaction)
     .await?;
     Ok(())
+}
+
+impl PostgresStore {
+    /// Who holds a partition's claim: its owner epoch and owner instance.
+    pub async fn partition_owner(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<PartitionOwner>, StoreError> {
+        let row = sqlx::query(
+            "SELECT owner_epoch, owner_instance FROM consumer_offsets
+             WHERE group_id = $1 AND topic = $2 AND partition = $3",
+        )
+        .bind(group_id)
+        .bind(topic)
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(PartitionOwner {
+                owner_epoch: row.try_get("owner_epoch")?,
+                owner_instance: row.try_get("owner_instance")?,
+            })
+        })
+        .transpose()
+    }
 }

@@ -2,10 +2,22 @@
 //! its rebalance callbacks, and routes each record to its partition
 //! consumer. It also carries out seeks, pauses and resumes.
 //!
-//! Guarantees: a partition is fetched only after it has been positioned;
-//! every positioning starts a new fetch generation, and because the seek
-//! happens on the polling task itself, no record fetched before the seek is
-//! delivered with the new generation.
+//! Guarantees:
+//! - a partition is fetched only after it has been positioned, and only the
+//!   latest positioning applies (see [`crate::position_ticket`]): a stale
+//!   `Position` or a seek retry never undoes a newer one, and retries stop
+//!   when the partition is revoked or no longer assigned;
+//! - every positioning starts a new route stamped with its ticket, and
+//!   because the seek happens on the polling task itself, no record fetched
+//!   before the seek is delivered with the new ticket;
+//! - records of a route carry consecutive sequence numbers from 0, so the
+//!   partition consumer detects any record that did not reach it;
+//! - a route whose partition consumer is gone is removed and its partition
+//!   paused: nothing is fetched for nobody until it is positioned again;
+//! - what a partition holds in memory, mailbox included, is bounded by
+//!   `max_buffered_records` (see [`crate::fetch_credit`]).
+//!
+//! At most one fetcher runs at a time ([`crate::fetcher_slot`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,11 +32,18 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::fetch_credit::FetchCredit;
 use crate::kafka_clients::InputConsumer;
 use crate::metrics::PipelineStatus;
 use crate::partition_consumer::PartitionConsumerMsg;
+use crate::position_ticket::{PositionBook, PositionTicket};
 use crate::processed_record::ConsumedRecord;
 use crate::trace_context::TRACEPARENT_HEADER;
+
+/// How long to wait before a failed seek is tried again (doubling up to
+/// [`SEEK_RETRY_MAX`]).
+const SEEK_RETRY_FIRST: Duration = Duration::from_millis(100);
+const SEEK_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Where fetching of a partition resumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,34 +54,56 @@ pub enum StartPosition {
     Offset(i64),
 }
 
+/// A positioning, as decided by the coordinator.
+#[derive(Debug, Clone)]
+pub struct PositionOrder {
+    /// input partition
+    pub partition: i32,
+    /// the coordinator's decision this carries out
+    pub ticket: PositionTicket,
+    /// where to resume
+    pub start: StartPosition,
+    /// outputs owed from this offset on
+    pub outputs_from: i64,
+    /// the partition consumer
+    pub target: ActorRef<PartitionConsumerMsg>,
+}
+
 /// Commands to the fetcher.
 #[derive(Debug)]
 pub enum FetcherCommand {
-    /// seek `partition` to `start`, resume it and route it to `target`
-    Position {
+    /// seek the partition, resume it and route it to the target (unless a
+    /// later positioning superseded this one)
+    Position(PositionOrder),
+    /// try a positioning whose seek failed again
+    RetryPosition {
+        /// the positioning
+        order: PositionOrder,
+        /// the delay before this retry
+        delay: Duration,
+    },
+    /// stop fetching and routing `partition` until it is positioned again
+    /// (the circuit breaker opened)
+    Park {
         /// input partition
         partition: i32,
-        /// where to resume
-        start: StartPosition,
-        /// outputs owed from this offset on
-        outputs_from: i64,
-        /// the partition consumer
-        target: ActorRef<PartitionConsumerMsg>,
     },
-    /// stop fetching `partition` (backpressure)
-    Pause {
-        /// input partition
-        partition: i32,
-    },
-    /// fetch `partition` again
+    /// the partition consumer released records: fetch `partition` again if it
+    /// is still routed with `ticket`
     Resume {
         /// input partition
         partition: i32,
+        /// the route the release was counted on
+        ticket: PositionTicket,
     },
-    /// stop routing `partition` (revoked)
+    /// stop routing `partition` (revoked, or its consumer is gone); every
+    /// positioning up to `barrier` is stale for it from now on
     Forget {
         /// input partition
         partition: i32,
+        /// the latest ticket issued when the sender decided to forget (taken
+        /// by the sender: a ticket issued after that is a newer decision)
+        barrier: PositionTicket,
     },
 }
 
@@ -84,40 +125,53 @@ impl FetcherHandle {
 
 #[derive(Debug)]
 struct Route {
-    generation: u64,
+    ticket: PositionTicket,
     target: ActorRef<PartitionConsumerMsg>,
+    next_sequence: u64,
+    credit: Arc<FetchCredit>,
+}
+
+/// What the fetcher needs besides the consumer.
+#[derive(Debug, Clone)]
+pub struct FetcherConfig {
+    /// the input topic
+    pub topic: String,
+    /// most records of one partition held in memory
+    pub max_buffered_records: usize,
 }
 
 struct Fetcher {
     consumer: Arc<InputConsumer>,
-    topic: String,
+    config: FetcherConfig,
     handle: FetcherHandle,
     routes: HashMap<i32, Route>,
-    next_generation: u64,
+    book: PositionBook,
 }
 
-/// Starts the fetcher task; it runs until `shutdown` is cancelled.
+/// Starts the fetcher task; it runs until `stop` is cancelled. It first
+/// pauses every assigned partition: nothing is fetched until positioned.
 pub fn spawn_fetcher(
     consumer: Arc<InputConsumer>,
-    topic: String,
+    config: FetcherConfig,
     status: PipelineStatus,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> (FetcherHandle, JoinHandle<()>) {
     let (sender, mut receiver) = mpsc::unbounded_channel();
     let handle = FetcherHandle { commands: sender };
     let mut fetcher = Fetcher {
         consumer,
-        topic,
+        config,
         handle: handle.clone(),
         routes: HashMap::new(),
-        next_generation: 1,
+        book: PositionBook::default(),
     };
     let consumer = Arc::clone(&fetcher.consumer);
     let task = tokio::spawn(async move {
+        fetcher.pause_whole_assignment();
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
+                () = stop.cancelled() => break,
                 command = receiver.recv() => match command {
                     Some(command) => fetcher.execute(command),
                     None => break,
@@ -154,98 +208,136 @@ fn is_fatal_consumer_error(error: &KafkaError) -> bool {
 impl Fetcher {
     fn partition_list(&self, partition: i32) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
-        list.add_partition(&self.topic, partition);
+        list.add_partition(&self.config.topic, partition);
         list
+    }
+
+    fn pause(&self, partition: i32) {
+        if let Err(error) = self.consumer.pause(&self.partition_list(partition)) {
+            tracing::debug!(partition, %error, "pause failed");
+        }
+    }
+
+    fn pause_whole_assignment(&self) {
+        if let Ok(assignment) = self.consumer.assignment()
+            && assignment.count() > 0
+            && let Err(error) = self.consumer.pause(&assignment)
+        {
+            tracing::warn!(%error, "cannot pause the assignment at fetcher start");
+        }
+    }
+
+    fn is_assigned(&self, partition: i32) -> bool {
+        self.consumer
+            .assignment()
+            .is_ok_and(|list| list.find_partition(&self.config.topic, partition).is_some())
     }
 
     fn execute(&mut self, command: FetcherCommand) {
         match command {
-            FetcherCommand::Position {
-                partition,
-                start,
-                outputs_from,
-                target,
-            } => self.position(partition, start, outputs_from, target),
-            FetcherCommand::Pause { partition } => {
-                if let Err(error) = self.consumer.pause(&self.partition_list(partition)) {
-                    tracing::warn!(partition, %error, "pause failed");
+            FetcherCommand::Position(order) => {
+                if self.book.accept_position(order.partition, order.ticket) {
+                    self.position(order, SEEK_RETRY_FIRST);
+                } else {
+                    tracing::debug!(
+                        partition = order.partition,
+                        ticket = %order.ticket,
+                        "stale position dropped"
+                    );
                 }
             }
-            FetcherCommand::Resume { partition } => {
-                if self.routes.contains_key(&partition)
+            FetcherCommand::RetryPosition { order, delay } => {
+                if self.book.accept_retry(order.partition, order.ticket) {
+                    self.position(order, delay);
+                }
+            }
+            FetcherCommand::Park { partition } => {
+                self.routes.remove(&partition);
+                self.pause(partition);
+            }
+            FetcherCommand::Resume { partition, ticket } => {
+                if self.routes.get(&partition).map(|route| route.ticket) == Some(ticket)
                     && let Err(error) = self.consumer.resume(&self.partition_list(partition))
                 {
                     tracing::warn!(partition, %error, "resume failed");
                 }
             }
-            FetcherCommand::Forget { partition } => {
+            FetcherCommand::Forget { partition, barrier } => {
                 self.routes.remove(&partition);
+                self.book.forget(partition, barrier);
             }
         }
     }
 
-    fn position(
-        &mut self,
-        partition: i32,
-        start: StartPosition,
-        outputs_from: i64,
-        target: ActorRef<PartitionConsumerMsg>,
-    ) {
-        let offset = match start {
+    fn position(&mut self, order: PositionOrder, retry_delay: Duration) {
+        let partition = order.partition;
+        let offset = match order.start {
             StartPosition::Earliest => Offset::Beginning,
             StartPosition::Offset(offset) => Offset::Offset(offset),
         };
         // Drop the old route first: nothing more is delivered until the new
-        // generation is announced.
+        // ticket is announced.
         self.routes.remove(&partition);
-        let list = self.partition_list(partition);
-        if let Err(error) = self.consumer.pause(&list) {
-            tracing::warn!(partition, %error, "pause before seek failed");
-        }
+        self.pause(partition);
         let consumer = Arc::clone(&self.consumer);
-        let topic = self.topic.clone();
+        let topic = self.config.topic.clone();
         let seek = tokio::task::block_in_place(|| {
             consumer.seek(&topic, partition, offset, Duration::from_secs(5))
         });
         if let Err(error) = seek {
-            tracing::warn!(partition, %error, "seek failed; retrying");
+            if !self.is_assigned(partition) {
+                tracing::info!(partition, ticket = %order.ticket, %error, "seek failed for a partition no longer assigned; dropped");
+                self.book.forget(partition, order.ticket);
+                return;
+            }
+            // Right after an assignment librdkafka refuses seeks ("Erroneous
+            // state") until the partition's fetcher has started: retry this
+            // positioning, unless a later one supersedes it meanwhile.
+            tracing::warn!(partition, ticket = %order.ticket, %error, retry_ms = retry_delay.as_millis() as u64, "seek failed; retrying");
             let handle = self.handle.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                handle.send(FetcherCommand::Position {
-                    partition,
-                    start,
-                    outputs_from,
-                    target,
+                tokio::time::sleep(retry_delay).await;
+                handle.send(FetcherCommand::RetryPosition {
+                    order,
+                    delay: (retry_delay * 2).min(SEEK_RETRY_MAX),
                 });
             });
             return;
         }
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        let start_offset = match start {
+        let start_offset = match order.start {
             StartPosition::Earliest => None,
             StartPosition::Offset(offset) => Some(offset),
         };
-        let announced = target.cast(PartitionConsumerMsg::Positioned {
-            generation,
+        let credit = Arc::new(FetchCredit::new(self.config.max_buffered_records));
+        let announced = order.target.cast(PartitionConsumerMsg::Positioned {
+            ticket: order.ticket,
             start_offset,
-            outputs_from,
+            outputs_from: order.outputs_from,
             fetcher: self.handle.clone(),
+            credit: Arc::clone(&credit),
         });
         if announced.is_err() {
             tracing::debug!(partition, "partition consumer gone before positioning");
             return;
         }
-        self.routes.insert(partition, Route { generation, target });
-        if let Err(error) = self.consumer.resume(&list) {
+        self.book.routed(partition, order.ticket);
+        self.routes.insert(
+            partition,
+            Route {
+                ticket: order.ticket,
+                target: order.target,
+                next_sequence: 0,
+                credit,
+            },
+        );
+        if let Err(error) = self.consumer.resume(&self.partition_list(partition)) {
             tracing::warn!(partition, %error, "resume after seek failed");
         }
     }
 
     fn route(&mut self, message: &BorrowedMessage<'_>) {
         let partition = message.partition();
-        let Some(route) = self.routes.get(&partition) else {
+        let Some(route) = self.routes.get_mut(&partition) else {
             return;
         };
         let traceparent = message.headers().and_then(|headers| {
@@ -261,12 +353,21 @@ impl Fetcher {
             payload: message.payload().map(<[u8]>::to_vec),
             traceparent,
         };
+        let sequence = route.next_sequence;
+        route.next_sequence += 1;
+        let pause_now = route.credit.record_routed();
         let delivered = route.target.cast(PartitionConsumerMsg::Record {
-            generation: route.generation,
+            ticket: route.ticket,
+            sequence,
             record,
         });
         if delivered.is_err() {
+            // Its consumer is gone: fetch nothing for nobody. Its successor
+            // is positioned with a new ticket, which seeks.
             self.routes.remove(&partition);
+            self.pause(partition);
+        } else if pause_now {
+            self.pause(partition);
         }
     }
 }

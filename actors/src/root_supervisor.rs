@@ -20,8 +20,10 @@ use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerArgs};
 use crate::consumer_supervisor::{ConsumerSupervisor, ConsumerSupervisorArgs};
 use crate::db_writer::{DbWriter, DbWriterArgs};
 use crate::dlq_forwarder::DlqForwarder;
+use crate::fetcher_slot::FetcherSlot;
 use crate::kafka_clients::InputConsumer;
 use crate::metrics::PipelineStatus;
+use crate::position_ticket::PositionTickets;
 use crate::restart_policy::{RestartDecision, RestartLimits, RestartPolicy};
 use crate::settings::Settings;
 use crate::store::Store;
@@ -77,6 +79,10 @@ pub struct RootArgs {
     pub status: PipelineStatus,
     /// cancelled at shutdown
     pub shutdown: CancellationToken,
+    /// where the one record fetcher lives (outlives the consumer supervisor)
+    pub fetcher_slot: FetcherSlot,
+    /// the positioning tickets (outlive every actor)
+    pub tickets: PositionTickets,
 }
 
 /// State of the root supervisor.
@@ -255,6 +261,7 @@ async fn start_child(
                 consumer: Arc::clone(&args.consumer),
                 names: names.clone(),
                 status: args.status.clone(),
+                tickets: args.tickets.clone(),
             };
             Actor::spawn_linked(
                 Some(names.coordinator()),
@@ -273,6 +280,8 @@ async fn start_child(
                 names: names.clone(),
                 status: args.status.clone(),
                 shutdown: args.shutdown.clone(),
+                fetcher_slot: args.fetcher_slot.clone(),
+                tickets: args.tickets.clone(),
             };
             Actor::spawn_linked(
                 Some(names.consumer_supervisor()),

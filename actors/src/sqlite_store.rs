@@ -36,7 +36,7 @@ use uuid::Uuid;
 use crate::batch_classification::{BatchPlan, SpendDelta, StoredPosition};
 use crate::partition_batch::PartitionBatch;
 use crate::processed_record::RecordEffect;
-use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, StoredPartition};
+use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, PartitionOwner, StoredPartition};
 use crate::store_error::StoreError;
 
 /// Starts a transaction holding the write lock from its first statement.
@@ -467,5 +467,32 @@ mod tests {
         assert_eq!(timestamp(minute), "2026-11-26T10:15:00.000000Z");
         let precise = minute + chrono::Duration::microseconds(30_123_456);
         assert_eq!(timestamp(precise), "2026-11-26T10:15:30.123456Z");
+    }
+}
+
+impl SqliteStore {
+    /// Who holds a partition's claim: its owner epoch and owner instance.
+    pub async fn partition_owner(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<PartitionOwner>, StoreError> {
+        let row = sqlx::query(
+            "SELECT owner_epoch, owner_instance FROM consumer_offsets
+             WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
+        )
+        .bind(group_id)
+        .bind(topic)
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(PartitionOwner {
+                owner_epoch: row.try_get("owner_epoch")?,
+                owner_instance: row.try_get("owner_instance")?,
+            })
+        })
+        .transpose()
     }
 }

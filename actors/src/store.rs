@@ -38,6 +38,15 @@ pub struct StoredPartition {
     pub owner_epoch: i64,
 }
 
+/// Who holds a partition's claim in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOwner {
+    /// the current owner epoch
+    pub owner_epoch: i64,
+    /// the instance that made the current claim
+    pub owner_instance: Option<String>,
+}
+
 /// A partition's end offset confirmed committed in Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KafkaCommitConfirmation {
@@ -237,6 +246,19 @@ impl Store {
         match self {
             Store::Postgres(store) => store.read_partition(group_id, topic, partition).await,
             Store::Sqlite(store) => store.read_partition(group_id, topic, partition).await,
+        }
+    }
+
+    /// Who holds the partition's claim (`None`: never claimed).
+    pub async fn partition_owner(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<PartitionOwner>, StoreError> {
+        match self {
+            Store::Postgres(store) => store.partition_owner(group_id, topic, partition).await,
+            Store::Sqlite(store) => store.partition_owner(group_id, topic, partition).await,
         }
     }
 

@@ -18,7 +18,20 @@
 //!   been initialised (fencing the previous incarnation), so they never see a
 //!   half-finished cycle of this instance;
 //! - the coordinator keeps nothing recovery needs: a restarted coordinator
-//!   fences its predecessor, re-claims the partitions and rewinds them.
+//!   fences its predecessor, re-claims the partitions and rewinds them;
+//! - the group metadata sent with the offsets is the one read when the
+//!   cycle took its batches, and a partition no longer assigned when the
+//!   offsets are sent or the transaction commits aborts the transaction: an
+//!   old owner's commit is refused by the broker (stale generation) instead
+//!   of landing after the new owner read the group offset;
+//! - one cycle at a time and one tick pending at most: the next tick is
+//!   scheduled when a cycle ends, so drain, assignment, breaker and
+//!   shutdown messages never wait behind a queue of ticks;
+//! - every rewind carries a new positioning ticket (see
+//!   [`crate::position_ticket`]): the latest decision wins everywhere;
+//! - a write fenced while Kafka still assigns the partition to this
+//!   instance re-claims it (the claim that fenced it was stale); only a
+//!   newer incarnation of this very instance makes it stop as a zombie.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,7 +40,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -45,7 +58,9 @@ use crate::kafka_error::{KafkaFailureClass, KafkaTxnError};
 use crate::metrics::{BreakerState, PipelineStatus};
 use crate::partition_batch::PartitionBatch;
 use crate::partition_consumer::PartitionConsumerMsg;
+use crate::position_ticket::{PositionTicket, PositionTickets};
 use crate::processed_record::RecordEffect;
+use crate::record_fetcher::PositionOrder;
 use crate::recovery::recovery_position;
 use crate::settings::Settings;
 use crate::spans::{self, in_span, mark_failed};
@@ -56,6 +71,10 @@ use crate::transactional_send::{TXN_ID_HEADER, send_all};
 
 /// How many times a retriable Kafka call is tried.
 const KAFKA_CALL_ATTEMPTS: u32 = 5;
+
+/// How long a partition consumer has to hand over its batch. A late reply
+/// costs nothing: the batch stays in flight and is handed over again.
+const TAKE_BATCH_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Messages of the coordinator.
 #[derive(Debug)]
@@ -92,11 +111,15 @@ pub struct CoordinatorArgs {
     pub names: ActorNames,
     /// metrics and health
     pub status: PipelineStatus,
+    /// the positioning tickets (shared with every incarnation)
+    pub tickets: PositionTickets,
 }
 
 #[derive(Debug)]
 struct OwnedPartition {
     owner_epoch: Option<i64>,
+    /// the latest positioning decided for the partition
+    ticket: PositionTicket,
     consumer: ActorRef<PartitionConsumerMsg>,
     /// End offset of the last Kafka transaction this coordinator committed
     /// for the partition while owning it: a lower bound of the group's
@@ -159,7 +182,7 @@ impl Actor for TransactionCoordinator {
             .args
             .names
             .cast_consumer_supervisor(ConsumerSupervisorMsg::ReportAssignment);
-        myself.send_interval(state.args.settings.commit_interval(), || {
+        myself.send_after(state.args.settings.commit_interval(), || {
             CoordinatorMsg::Tick
         });
         Ok(())
@@ -181,7 +204,19 @@ impl Actor for TransactionCoordinator {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CoordinatorMsg::Tick => run_cycle(&myself, state).await?,
+            CoordinatorMsg::Tick => {
+                let started = Instant::now();
+                run_cycle(&myself, state).await?;
+                // One tick pending at most: the next one is due a commit
+                // interval after this one started, or at once if the cycle
+                // took longer than that.
+                let next = state
+                    .args
+                    .settings
+                    .commit_interval()
+                    .saturating_sub(started.elapsed());
+                myself.send_after(next, || CoordinatorMsg::Tick);
+            }
             CoordinatorMsg::PartitionsAssigned(assigned) => {
                 for (partition, consumer) in assigned {
                     // The same consumer announced twice (by the rebalance and by
@@ -193,11 +228,15 @@ impl Actor for TransactionCoordinator {
                     {
                         continue;
                     }
-                    consumer.cast(PartitionConsumerMsg::BeginRewind)?;
+                    let ticket = state.args.tickets.issue();
+                    // A consumer that died meanwhile is restarted and
+                    // announced again; nothing to do for this one.
+                    let _ = consumer.cast(PartitionConsumerMsg::BeginRewind { ticket });
                     state.partitions.insert(
                         partition,
                         OwnedPartition {
                             owner_epoch: None,
+                            ticket,
                             consumer,
                             kafka_committed_here: None,
                         },
@@ -226,9 +265,8 @@ impl Actor for TransactionCoordinator {
                     ?partitions,
                     "database unavailable: rewinding and pausing every partition"
                 );
-                for (partition, owned) in &state.partitions {
-                    let _ = owned.consumer.cast(PartitionConsumerMsg::BeginRewind);
-                    state.awaiting_position.insert(*partition);
+                for partition in &partitions {
+                    begin_rewind(state, *partition);
                 }
                 state
                     .args
@@ -262,6 +300,20 @@ async fn new_producer(settings: &Arc<Settings>) -> Result<FutureProducer, KafkaT
         })?
 }
 
+/// Decides a new positioning of `partition`: a new ticket, its consumer
+/// told to drop what it holds and wait for it, the partition awaiting its
+/// recovery position.
+fn begin_rewind(state: &mut CoordinatorState, partition: i32) {
+    let Some(owned) = state.partitions.get_mut(&partition) else {
+        return;
+    };
+    owned.ticket = state.args.tickets.issue();
+    let _ = owned.consumer.cast(PartitionConsumerMsg::BeginRewind {
+        ticket: owned.ticket,
+    });
+    state.awaiting_position.insert(partition);
+}
+
 /// Rewinds `partitions`: drops what their consumers hold and positions them
 /// at their recovery positions.
 async fn rewind(
@@ -270,10 +322,7 @@ async fn rewind(
     partitions: &[i32],
 ) {
     for partition in partitions {
-        if let Some(owned) = state.partitions.get(partition) {
-            let _ = owned.consumer.cast(PartitionConsumerMsg::BeginRewind);
-            state.awaiting_position.insert(*partition);
-        }
+        begin_rewind(state, *partition);
     }
     position_partitions(myself, state).await;
 }
@@ -325,12 +374,13 @@ async fn position_partitions(myself: &ActorRef<CoordinatorMsg>, state: &mut Coor
                 state
                     .args
                     .names
-                    .cast_consumer_supervisor(ConsumerSupervisorMsg::Position {
+                    .cast_consumer_supervisor(ConsumerSupervisorMsg::Position(PositionOrder {
                         partition,
+                        ticket: owned.ticket,
                         start: position.start,
                         outputs_from: position.outputs_from,
                         target: owned.consumer.clone(),
-                    });
+                    }));
                 state.awaiting_position.remove(&partition);
             }
         }
@@ -437,6 +487,13 @@ async fn run_cycle(
     if state.producer.is_none() || state.args.status.breaker_state() == BreakerState::Open {
         return Ok(());
     }
+    // The group metadata of the generation the batches are taken in: the
+    // broker refuses their offsets if the group has moved on by the time
+    // they are sent (an old owner's late commit), instead of taking them
+    // under the new generation.
+    let Some(group_metadata) = state.args.consumer.group_metadata() else {
+        return Ok(()); // not a group member yet
+    };
     let batches = take_batches(state).await;
     if batches.is_empty() {
         return Ok(());
@@ -459,7 +516,7 @@ async fn run_cycle(
         txn_id,
         batches.iter().flat_map(|batch| batch.records.iter()),
     );
-    commit_cycle(myself, state, txn_id, batches)
+    commit_cycle(myself, state, txn_id, group_metadata, batches)
         .instrument(span)
         .await
 }
@@ -495,16 +552,18 @@ async fn take_batches(state: &mut CoordinatorState) -> Vec<Arc<PartitionBatch>> 
         }
         match owned
             .consumer
-            .call(
-                PartitionConsumerMsg::TakeBatch,
-                Some(Duration::from_secs(2)),
-            )
+            .call(PartitionConsumerMsg::TakeBatch, Some(TAKE_BATCH_DEADLINE))
             .await
         {
-            Ok(CallResult::Success(Some(batch))) => batches.push(Arc::new(batch)),
+            Ok(CallResult::Success(Some(batch))) => batches.push(batch),
             Ok(CallResult::Success(None)) => {}
             Ok(_) | Err(_) => {
-                tracing::warn!(partition, "partition consumer did not hand over its batch");
+                // Nothing is lost: the batch, if one was taken, stays in
+                // flight and is handed over again at the next cycle.
+                tracing::warn!(
+                    partition,
+                    "partition consumer did not hand over its batch in time; asking again next cycle"
+                );
             }
         }
     }
@@ -515,6 +574,7 @@ async fn commit_cycle(
     myself: &ActorRef<CoordinatorMsg>,
     state: &mut CoordinatorState,
     txn_id: Uuid,
+    group_metadata: ConsumerGroupMetadata,
     batches: Vec<Arc<PartitionBatch>>,
 ) -> Result<(), ActorProcessingErr> {
     let started = Instant::now();
@@ -528,7 +588,8 @@ async fn commit_cycle(
     }
 
     // 1. Database first.
-    let (committed, failed) = write_batches(state, txn_id, &batches).await;
+    let (committed, failed, fenced) = write_batches(state, txn_id, &batches).await;
+    reclaim_if_still_assigned(state, &fenced);
     if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_AFTER_DB_COMMIT) {
         tracing::warn!(%fault, "cycle aborted after the database commit");
         end_cycle_span(batches.iter(), "aborted", Some(&fault));
@@ -559,7 +620,7 @@ async fn commit_cycle(
 
     // 2. Kafka second, in one transaction.
     let committed_partitions: Vec<i32> = committed.iter().map(|c| c.batch.partition).collect();
-    let kafka_result = commit_to_kafka(state, txn_id, &committed).await;
+    let kafka_result = commit_to_kafka(state, txn_id, group_metadata, &committed).await;
     state.args.status.txn_closed();
     let committed_batches = || {
         committed
@@ -671,13 +732,29 @@ async fn confirm_kafka_commit(state: &CoordinatorState, committed: &[CommittedBa
     }
 }
 
+/// Why a partition's batch did not commit to the database.
+#[derive(Debug, thiserror::Error)]
+enum BatchWriteFailure {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database writer timed out")]
+    WriterTimedOut,
+    #[error("database writer died")]
+    WriterDied,
+    #[error("database writer is restarting")]
+    WriterRestarting,
+    #[error("partition is not claimed yet")]
+    NotClaimed,
+}
+
 /// Commits every batch through the writer pool, in parallel; returns the
-/// committed ones and the partitions that failed.
+/// committed ones, the partitions that failed, and among those the ones
+/// whose write was fenced by a newer claim.
 async fn write_batches(
     state: &CoordinatorState,
     txn_id: Uuid,
     batches: &[Arc<PartitionBatch>],
-) -> (Vec<CommittedBatch>, Vec<i32>) {
+) -> (Vec<CommittedBatch>, Vec<i32>, Vec<i32>) {
     let settings = &state.args.settings;
     let writer_timeout = Duration::from_millis(
         settings
@@ -685,46 +762,44 @@ async fn write_batches(
             .saturating_mul(u64::from(settings.db_retry_attempts) + 1)
             .saturating_add(5_000),
     );
-    let writes = batches.iter().filter_map(|batch| {
-        let owner_epoch = state.partitions.get(&batch.partition)?.owner_epoch?;
+    let writes = batches.iter().map(|batch| {
+        let owner_epoch = state
+            .partitions
+            .get(&batch.partition)
+            .and_then(|owned| owned.owner_epoch);
         let index = usize::try_from(batch.partition).unwrap_or(0) % settings.db_writers;
         let writer = ActorNames::lookup::<DbWriterMsg>(&state.args.names.db_writer(index));
-        let request = WriteRequest {
+        let request = owner_epoch.map(|owner_epoch| WriteRequest {
             group_id: settings.group_id.clone(),
             topic: settings.input_topic.clone(),
             owner_epoch,
             txn_id,
             batch: Arc::clone(batch),
             parent: tracing::Span::current(),
-        };
-        Some(async move {
-            let result = match writer {
-                Some(writer) => writer
+        });
+        async move {
+            let result = match (writer, request) {
+                (_, None) => Err(BatchWriteFailure::NotClaimed),
+                (None, Some(_)) => Err(BatchWriteFailure::WriterRestarting),
+                (Some(writer), Some(request)) => match writer
                     .call(
                         |reply| DbWriterMsg::Write(request, reply),
                         Some(writer_timeout),
                     )
                     .await
-                    .map_err(|error| error.to_string())
-                    .and_then(|call| match call {
-                        CallResult::Success(outcome) => outcome.map_err(|error| error.to_string()),
-                        CallResult::Timeout => Err("database writer timed out".to_owned()),
-                        CallResult::SenderError => Err("database writer died".to_owned()),
-                    }),
-                None => Err("database writer is restarting".to_owned()),
+                {
+                    Ok(CallResult::Success(outcome)) => outcome.map_err(BatchWriteFailure::from),
+                    Ok(CallResult::Timeout) => Err(BatchWriteFailure::WriterTimedOut),
+                    Ok(CallResult::SenderError) | Err(_) => Err(BatchWriteFailure::WriterDied),
+                },
             };
             (Arc::clone(batch), result)
-        })
+        }
     });
     let results = join_all(writes).await;
     let mut committed = Vec::new();
     let mut failed = Vec::new();
-    let written: BTreeSet<i32> = results.iter().map(|(batch, _)| batch.partition).collect();
-    for batch in batches {
-        if !written.contains(&batch.partition) {
-            failed.push(batch.partition);
-        }
-    }
+    let mut fenced = Vec::new();
     for (batch, result) in results {
         match result {
             Ok(written) => committed.push(CommittedBatch {
@@ -733,17 +808,57 @@ async fn write_batches(
             }),
             Err(error) => {
                 tracing::warn!(partition = batch.partition, %txn_id, %error, "database write failed");
+                if matches!(error, BatchWriteFailure::Store(StoreError::Fenced { .. })) {
+                    fenced.push(batch.partition);
+                }
                 failed.push(batch.partition);
             }
         }
     }
-    (committed, failed)
+    (committed, failed, fenced)
+}
+
+/// Partitions whose write was fenced by a newer claim: if Kafka still
+/// assigns them to this instance, that claim was stale (an instance that
+/// has since lost them, or a zombie) and this one claims them again at its
+/// rewind; otherwise their revocation is on its way and removes them.
+fn reclaim_if_still_assigned(state: &mut CoordinatorState, fenced: &[i32]) {
+    for partition in fenced {
+        let assigned = is_assigned(&state.args, *partition);
+        if let Some(owned) = state.partitions.get_mut(partition)
+            && assigned
+        {
+            tracing::warn!(
+                partition,
+                stale_epoch = ?owned.owner_epoch,
+                "write fenced by another claim while kafka still assigns the partition here; claiming it again"
+            );
+            owned.owner_epoch = None;
+        }
+    }
+}
+
+/// Whether the input consumer's assignment holds `partition` now.
+fn is_assigned(args: &CoordinatorArgs, partition: i32) -> bool {
+    args.consumer.assignment().is_ok_and(|list| {
+        list.find_partition(&args.settings.input_topic, partition)
+            .is_some()
+    })
+}
+
+/// The first of the cycle's partitions Kafka no longer assigns here.
+fn first_unassigned(args: &CoordinatorArgs, committed: &[CommittedBatch]) -> Option<i32> {
+    committed
+        .iter()
+        .map(|committed_batch| committed_batch.batch.partition)
+        .find(|partition| !is_assigned(args, *partition))
 }
 
 /// Runs the Kafka transaction of a cycle.
 async fn commit_to_kafka(
     state: &CoordinatorState,
     txn_id: Uuid,
+    group_metadata: ConsumerGroupMetadata,
     committed: &[CommittedBatch],
 ) -> Result<(), KafkaTxnError> {
     let Some(producer) = state.producer.clone() else {
@@ -835,15 +950,14 @@ async fn commit_to_kafka(
                 source,
             })?;
     }
-    let group_metadata =
-        state
-            .args
-            .consumer
-            .group_metadata()
-            .ok_or_else(|| KafkaTxnError::TaskLost {
-                operation: "send_offsets_to_transaction",
-                reason: "consumer has no group metadata".to_owned(),
-            })?;
+    // A partition revoked while the cycle ran is never committed here: its
+    // new owner may already have read the group offset.
+    if let Some(partition) = first_unassigned(&state.args, committed) {
+        return Err(KafkaTxnError::PartitionRevoked {
+            operation: "send_offsets_to_transaction",
+            partition,
+        });
+    }
     let timeout = settings.kafka_call_timeout();
     let offsets_span = tracing::info_span!(
         "kafka.send_offsets",
@@ -861,6 +975,12 @@ async fn commit_to_kafka(
     )
     .await?;
     failpoints::hit(failpoints::COORDINATOR_DURING_KAFKA_COMMIT)?;
+    if let Some(partition) = first_unassigned(&state.args, committed) {
+        return Err(KafkaTxnError::PartitionRevoked {
+            operation: "commit_transaction",
+            partition,
+        });
+    }
     let commit_span = tracing::info_span!(
         "kafka.commit_transaction",
         messaging.system = "kafka",
@@ -955,22 +1075,27 @@ where
     }
 }
 
-/// The first owned partition whose stored owner epoch is no longer ours.
-/// A database that cannot be read proves nothing: `None`.
-async fn partition_claimed_by_a_newer_owner(state: &CoordinatorState) -> Option<i32> {
+/// The first owned partition claimed since by a newer incarnation of this
+/// very instance (same instance id, hence same `transactional.id`): proof
+/// that this incarnation is a zombie. A claim by another instance proves
+/// nothing of the kind (a rebalance moved the partition), and neither does
+/// a database that cannot be read: `None`.
+async fn partition_claimed_by_a_newer_incarnation(state: &CoordinatorState) -> Option<i32> {
     let settings = &state.args.settings;
+    let instance_id = settings.instance_id();
     for (partition, owned) in &state.partitions {
         let Some(epoch) = owned.owner_epoch else {
             continue;
         };
-        let stored = state
+        let Ok(Some(owner)) = state
             .args
             .store
-            .read_partition(&settings.group_id, &settings.input_topic, *partition)
+            .partition_owner(&settings.group_id, &settings.input_topic, *partition)
             .await
-            .ok()
-            .flatten()?;
-        if stored.owner_epoch != epoch {
+        else {
+            continue;
+        };
+        if owner.owner_epoch > epoch && owner.owner_instance.as_deref() == Some(&instance_id) {
             return Some(*partition);
         }
     }
@@ -1008,7 +1133,7 @@ async fn recover_producer(
     }
     state.producer = None;
     state.args.status.set_coordinator_ready(false);
-    if let Some(partition) = partition_claimed_by_a_newer_owner(state).await {
+    if let Some(partition) = partition_claimed_by_a_newer_incarnation(state).await {
         // A newer incarnation with our transactional.id fenced us and
         // claimed our partitions: we are the zombie. Re-initialising would
         // fence it in turn; stop instead.
