@@ -98,10 +98,10 @@ impl PositionBook {
     }
 
     /// The positioning with `ticket` is done (seeked, routed). Ignored when a
-    /// later one superseded it meanwhile.
+    /// later one superseded it, or the partition was forgotten, meanwhile.
     pub fn routed(&mut self, partition: i32, ticket: PositionTicket) {
         if let Some(entry) = self.partitions.get_mut(&partition)
-            && entry.0 == ticket
+            && *entry == (ticket, Standing::Pending)
         {
             entry.1 = Standing::Routed;
         }
