@@ -51,7 +51,9 @@ impl StoredPosition {
     /// Whether this is the position `group_id` reads `record` from on
     /// `topic`: the same consumer group, topic, partition and offset.
     pub fn is_own(&self, group_id: &str, topic: &str, partition: i32, offset: i64) -> bool {
-        self.group_id.as_deref().is_none_or(|stored| stored == group_id)
+        self.group_id
+            .as_deref()
+            .is_none_or(|stored| stored == group_id)
             && self.topic == topic
             && self.partition == partition
             && self.offset == offset

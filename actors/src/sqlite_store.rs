@@ -244,7 +244,8 @@ impl SqliteStore {
             sqlx::query("SAVEPOINT probe")
                 .execute(&mut *transaction)
                 .await?;
-            let probe = write_records(&mut transaction, group_id, topic, txn_id, batch, &plan).await;
+            let probe =
+                write_records(&mut transaction, group_id, topic, txn_id, batch, &plan).await;
             if let Err(error) = probe {
                 if !error.is_data_error() {
                     return Err(error);
@@ -285,9 +286,15 @@ async fn write_records(
     let inserted = insert_events(transaction, group_id, topic, txn_id, batch, &plan.events).await?;
     let conflicting = plan.conflicting(&inserted);
     let stored_positions = stored_positions(transaction, &conflicting).await?;
-    let stored_dead_letters =
-        insert_dead_letters(transaction, group_id, topic, txn_id, batch, &plan.dead_letters)
-            .await?;
+    let stored_dead_letters = insert_dead_letters(
+        transaction,
+        group_id,
+        topic,
+        txn_id,
+        batch,
+        &plan.dead_letters,
+    )
+    .await?;
     let classified = plan.classify(
         batch,
         group_id,
