@@ -280,3 +280,46 @@ fn breaker_verdict<T>(result: &Result<T, StoreError>) -> Option<CircuitBreakerMs
         Err(_) => Some(CircuitBreakerMsg::DatabaseFailed),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data error from a real (in-memory SQLite) CHECK violation.
+    async fn data_error() -> StoreError {
+        use sqlx::Connection;
+        let mut connection = sqlx::sqlite::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory sqlite");
+        sqlx::raw_sql("CREATE TABLE t (x INTEGER NOT NULL CHECK (x >= 0))")
+            .execute(&mut connection)
+            .await
+            .expect("create");
+        let error = sqlx::raw_sql("INSERT INTO t VALUES (-1)")
+            .execute(&mut connection)
+            .await
+            .expect_err("violates the check");
+        StoreError::from(error)
+    }
+
+    #[tokio::test]
+    async fn only_the_databases_own_failures_reach_the_breaker() {
+        let refused = data_error().await;
+        assert!(refused.is_data_error(), "{refused}");
+        assert!(breaker_verdict::<()>(&Err(refused)).is_none());
+        let fenced = StoreError::Fenced {
+            topic: "t".to_owned(),
+            partition: 0,
+            epoch: 1,
+        };
+        assert!(breaker_verdict::<()>(&Err(fenced)).is_none());
+        assert!(matches!(
+            breaker_verdict::<()>(&Err(StoreError::from(sqlx::Error::PoolTimedOut))),
+            Some(CircuitBreakerMsg::DatabaseFailed)
+        ));
+        assert!(matches!(
+            breaker_verdict(&Ok(())),
+            Some(CircuitBreakerMsg::DatabaseSucceeded)
+        ));
+    }
+}
