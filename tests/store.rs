@@ -14,6 +14,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,6 +145,7 @@ store_suite!(
     a_second_group_on_the_same_database_owes_no_outputs_again,
     ids_of_128_characters_are_stored_and_129_are_invalid,
     the_same_event_on_several_partitions_at_once_is_stored_and_owed_once,
+    the_group_migration_backfills_rows_of_partitions_one_group_claimed,
 );
 
 /// A migrated store on a fresh PostgreSQL database.
@@ -1378,6 +1380,119 @@ async fn the_same_event_on_several_partitions_at_once_is_stored_and_owed_once(
     assert_eq!(
         spend(&store, "shared").await?,
         (0, 5 * EVENTS as i64, 5 * EVENTS as i64)
+    );
+    Ok(())
+}
+
+/// The backfill of migration `20261201000001_source_group`, run again on rows
+/// whose group is unknown (as rows stored before it are): a partition only
+/// one group ever claimed gets that group; one claimed by two keeps none,
+/// which counts as any group's (the old own-replay rule).
+async fn the_group_migration_backfills_rows_of_partitions_one_group_claimed(
+    store: Store,
+) -> anyhow::Result<()> {
+    const OTHER: &str = "second-group";
+    let mut epochs = HashMap::new();
+    for (group, partition) in [(GROUP, 0), (GROUP, 1), (OTHER, 1)] {
+        let epoch = store
+            .claim_partition(group, TOPIC, partition, "i")
+            .await?
+            .owner_epoch;
+        epochs.insert((group, partition), epoch);
+    }
+    let ids = [Uuid::new_v4(), Uuid::new_v4()];
+    for partition in [0, 1] {
+        let records = vec![
+            event_record(
+                partition,
+                0,
+                ids[partition as usize],
+                "c",
+                AdEventKind::Click,
+                1,
+            ),
+            dead_letter_record(partition, 1),
+        ];
+        store
+            .write_batch(
+                GROUP,
+                TOPIC,
+                epochs[&(GROUP, partition)],
+                Uuid::now_v7(),
+                &batch(partition, 0, 2, 0, records),
+            )
+            .await?;
+    }
+    let forget =
+        "UPDATE ad_events SET source_group = NULL; UPDATE dead_letters SET source_group = NULL;";
+    let migration = match &store {
+        Store::Postgres(_) => {
+            include_str!("../actors/migrations/postgres/20261201000001_source_group.sql")
+        }
+        Store::Sqlite(_) => {
+            include_str!("../actors/migrations/sqlite/20261201000001_source_group.sql")
+        }
+    };
+    // The backfill only: the columns exist already.
+    let backfill: String = migration
+        .split(';')
+        .filter(|statement| statement.contains("UPDATE"))
+        .map(|statement| format!("{statement};"))
+        .collect();
+    assert_eq!(backfill.matches("UPDATE").count(), 2, "{backfill}");
+    match &store {
+        Store::Postgres(pg) => {
+            sqlx::raw_sql(forget).execute(pg.pool()).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(backfill))
+                .execute(pg.pool())
+                .await?;
+        }
+        Store::Sqlite(lite) => {
+            sqlx::raw_sql(forget).execute(lite.pool()).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(backfill))
+                .execute(lite.pool())
+                .await?;
+        }
+    }
+    let groups = |table: &'static str| {
+        let store = store.clone();
+        async move {
+            let sql: &'static str = match table {
+                "ad_events" => {
+                    "SELECT coalesce(source_group, '-') FROM ad_events ORDER BY source_partition"
+                }
+                _ => {
+                    "SELECT coalesce(source_group, '-') FROM dead_letters ORDER BY source_partition"
+                }
+            };
+            text_rows(&store, sql).await
+        }
+    };
+    assert_eq!(groups("ad_events").await?, vec![GROUP, "-"]);
+    assert_eq!(groups("dead_letters").await?, vec![GROUP, "-"]);
+    // The second group's copy of partition 1: a row of unknown group is
+    // still taken for its own (the rule before groups were recorded).
+    let replay = store
+        .write_batch(
+            OTHER,
+            TOPIC,
+            epochs[&(OTHER, 1)],
+            Uuid::now_v7(),
+            &batch(
+                1,
+                0,
+                2,
+                0,
+                vec![
+                    event_record(1, 0, ids[1], "c", AdEventKind::Click, 1),
+                    dead_letter_record(1, 1),
+                ],
+            ),
+        )
+        .await?;
+    assert_eq!(
+        (replay.replayed_events, replay.owed_records),
+        (1, vec![0, 1])
     );
     Ok(())
 }
