@@ -54,7 +54,8 @@ pub struct SqliteStore {
 }
 
 /// The one text format of every timestamp the store writes: RFC 3339, UTC,
-/// microseconds, `Z` (`2026-11-26T10:15:00.000000Z`). Fixed width, so text
+/// microseconds, `Z` (`2026-11-26T10:15:00.000000Z`). Fixed width for the
+/// years 0000 to 9999 (validation refuses any other event time), so text
 /// order is time order, and one instant is always one text.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
