@@ -2,9 +2,13 @@
 //!
 //! Guarantees: [`parse_ad_event`] accepts exactly the records the contract
 //! calls valid and rejects every other one with an [`InvalidRecord`] whose
-//! kind is the contract's DLQ error kind and whose reason is one line.
+//! kind is the contract's DLQ error kind and whose reason is one line. A
+//! valid event can be stored by every store: its ids hold no NUL (which
+//! PostgreSQL text cannot hold) and its `occurred_at` lies, in UTC, within
+//! the years 0000 to 9999 (what both stores' timestamp formats can hold);
+//! its billed minute is a calendar truncation, exact for every such time.
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -53,10 +57,27 @@ pub struct AdEvent {
 impl AdEvent {
     /// `occurred_at` truncated to the minute: the billing bucket.
     pub fn billed_minute(&self) -> DateTime<Utc> {
-        self.occurred_at
-            .duration_trunc(TimeDelta::minutes(1))
-            .unwrap_or(self.occurred_at)
+        truncate_to_minute(self.occurred_at)
     }
+}
+
+/// `at` with its seconds and fraction set to zero: calendar arithmetic, no
+/// nanosecond count, so it is exact for any year chrono holds (a leap
+/// second belongs to the minute it ends). Zeroing the seconds of a UTC time
+/// always gives a valid time, so the fallback to `at` is never taken (a
+/// property test checks it over the years 0000 to 9999).
+pub fn truncate_to_minute(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.with_nanosecond(0)
+        .and_then(|at| at.with_second(0))
+        .unwrap_or(at)
+}
+
+/// Whether `at`, in UTC, lies within the years 0000 to 9999: the range in
+/// which both stores hold a timestamp and its RFC 3339 text has four year
+/// digits. An RFC 3339 time with an offset can fall outside it once in UTC
+/// (`0000-01-01T00:00:00+01:00`, `9999-12-31T23:59:59-01:00`).
+pub fn within_storable_years(at: DateTime<Utc>) -> bool {
+    (0..=9999).contains(&at.year())
 }
 
 /// The DLQ error kinds of the contract.
@@ -139,6 +160,11 @@ fn bounded_id(
     if text.is_empty() {
         return Err(invalid_event(format!("field `{field}` must not be empty")));
     }
+    if text.contains('\0') {
+        return Err(invalid_event(format!(
+            "field `{field}` contains a NUL character (U+0000)"
+        )));
+    }
     if text.chars().count() > MAX_ID_CHARS {
         return Err(invalid_event(format!(
             "field `{field}` is longer than {MAX_ID_CHARS} characters"
@@ -197,6 +223,11 @@ pub fn parse_ad_event(payload: Option<&[u8]>) -> Result<AdEvent, InvalidRecord> 
     let occurred_at = DateTime::parse_from_rfc3339(occurred_at_text)
         .map_err(|_| invalid_event("field `occurred_at` is not rfc 3339"))?
         .with_timezone(&Utc);
+    if !within_storable_years(occurred_at) {
+        return Err(invalid_event(
+            "field `occurred_at` is outside the years 0000 to 9999 once in UTC",
+        ));
+    }
     Ok(AdEvent {
         event_id,
         campaign_id,
@@ -291,6 +322,88 @@ mod tests {
             let error = parse_ad_event(payload.as_deref()).expect_err("must be invalid");
             assert_eq!(error.kind, expected_kind, "{payload:?}: {}", error.reason);
             assert!(!error.reason.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn a_nul_in_an_id_is_invalid_with_a_one_line_reason() {
+        for field in ["campaign_id", "ad_id"] {
+            for text in ["c-\u{0}", "\u{0}", "\u{0}x"] {
+                let error = parse_ad_event(Some(&with(field, text.into()))).expect_err("has a NUL");
+                assert_eq!(error.kind, DeadLetterKind::InvalidEvent);
+                assert_eq!(
+                    error.reason,
+                    format!("field `{field}` contains a NUL character (U+0000)")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ids_of_128_characters_are_valid_and_129_are_not() {
+        for field in ["campaign_id", "ad_id"] {
+            // multi-byte characters: the limit counts characters, not bytes
+            let event = parse_ad_event(Some(&with(field, "é".repeat(128).into()))).expect("128");
+            let stored = if field == "ad_id" {
+                &event.ad_id
+            } else {
+                &event.campaign_id
+            };
+            assert_eq!(stored.chars().count(), 128);
+            let error =
+                parse_ad_event(Some(&with(field, "é".repeat(129).into()))).expect_err("129");
+            assert_eq!(error.kind, DeadLetterKind::InvalidEvent, "{}", error.reason);
+        }
+    }
+
+    #[test]
+    fn far_dates_are_valid_and_truncate_to_their_minute() {
+        for (occurred_at, minute) in [
+            ("9999-12-31T23:59:59Z", "9999-12-31T23:59:00Z"),
+            ("9999-12-31T23:59:59.999999999Z", "9999-12-31T23:59:00Z"),
+            ("0000-01-01T00:00:00Z", "0000-01-01T00:00:00Z"),
+            ("1600-02-29T12:34:56.5+01:00", "1600-02-29T11:34:00Z"),
+            ("2300-06-01T00:00:30Z", "2300-06-01T00:00:00Z"),
+            ("2016-12-31T23:59:60.5Z", "2016-12-31T23:59:00Z"),
+        ] {
+            let event =
+                parse_ad_event(Some(&with("occurred_at", occurred_at.into()))).expect(occurred_at);
+            assert_eq!(
+                event
+                    .billed_minute()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                minute,
+                "{occurred_at}"
+            );
+        }
+    }
+
+    #[test]
+    fn times_outside_the_years_0000_to_9999_in_utc_are_invalid() {
+        for occurred_at in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"] {
+            let error = parse_ad_event(Some(&with("occurred_at", occurred_at.into())))
+                .expect_err(occurred_at);
+            assert_eq!(error.kind, DeadLetterKind::InvalidEvent);
+            assert!(error.reason.contains("0000 to 9999"), "{}", error.reason);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Calendar truncation is exact over the whole storable range: the
+        /// minute has no seconds, is not after the time and is less than a
+        /// minute before it.
+        #[test]
+        fn billed_minute_is_exact_for_every_storable_time(
+            seconds in -62_167_219_200_i64..=253_402_300_799_i64,
+            nanos in 0_u32..1_000_000_000,
+        ) {
+            let at = DateTime::from_timestamp(seconds, nanos).expect("in chrono's range");
+            let minute = truncate_to_minute(at);
+            proptest::prop_assert_eq!((minute.second(), minute.nanosecond()), (0, 0));
+            proptest::prop_assert!(minute <= at);
+            proptest::prop_assert!(at - minute < chrono::TimeDelta::minutes(1));
+            proptest::prop_assert!(within_storable_years(at));
         }
     }
 

@@ -8,14 +8,19 @@
 //!   one written; later occurrences are in-batch repeats (duplicates, no
 //!   output);
 //! - a first occurrence the database inserted is new (counted in the spend,
-//!   output owed); one it already held at the same source position is our
-//!   own replay (not counted again, output still owed); one it held at
-//!   another position is an upstream repeat (a duplicate, no output);
+//!   output owed); one it already held at the same source position (consumer
+//!   group, topic, partition and offset all equal) is our own replay (not
+//!   counted again, output still owed); one it held anywhere else, another
+//!   group's copy of the same position included, is an upstream repeat (a
+//!   duplicate, no output);
 //! - spend deltas come from new events only, aggregated per
 //!   `(campaign_id, minute)`;
 //! - a record is owed to Kafka only at or past the batch's `outputs_from`;
-//!   dead letters are keyed by their source position, so a replayed one is
-//!   always ours and owed by the same rule;
+//!   dead letters are keyed by their source position: one the database
+//!   inserted, or one it held from the same group, is ours and owed by the
+//!   same rule; one another group stored is not owed again;
+//! - a row stored before the group was recorded (no group) counts as this
+//!   group's, as it did then, so an upgrade never loses an owed output;
 //! - the orders the stores touch keys in are fixed here: events by event id,
 //!   spend by `(campaign_id, minute)`, dead letters by offset, so parallel
 //!   writers cannot deadlock each other.
@@ -31,8 +36,38 @@ use crate::partition_batch::PartitionBatch;
 use crate::processed_record::RecordEffect;
 use crate::store::BatchWriteOutcome;
 
-/// Where an event is stored: source topic, partition and offset.
-pub(crate) type StoredPosition = (String, i32, i64);
+/// Where a stored event came from: the consumer group that stored it (none
+/// for rows stored before the group was recorded), topic, partition and
+/// offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredPosition {
+    pub group_id: Option<String>,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl StoredPosition {
+    /// Whether this is the position `group_id` reads `record` from on
+    /// `topic`: the same consumer group, topic, partition and offset.
+    pub fn is_own(&self, group_id: &str, topic: &str, partition: i32, offset: i64) -> bool {
+        self.group_id
+            .as_deref()
+            .is_none_or(|stored| stored == group_id)
+            && self.topic == topic
+            && self.partition == partition
+            && self.offset == offset
+    }
+}
+
+/// Which dead letters of a batch the database already held, and whether
+/// another consumer group stored them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct StoredDeadLetters {
+    /// offsets (in the batch's partition) whose dead letter another group
+    /// stored: not ours, not owed again
+    pub other_groups: HashSet<i64>,
+}
 
 /// What one batch asks of the database, before anything is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,15 +146,32 @@ impl BatchPlan {
             .collect()
     }
 
-    /// Classifies every record of `batch` (read from `topic`), given the
-    /// event ids the database `inserted` and the stored positions of the
-    /// conflicting ones.
+    /// The plan of the one event at `index` of a batch alone, as the batch
+    /// would write it (the poison probe), or `None` if that record is not an
+    /// event.
+    pub fn single_event(batch: &PartitionBatch, index: usize) -> Option<BatchPlan> {
+        match &batch.records.get(index)?.effect {
+            RecordEffect::Event { event, .. } => Some(BatchPlan {
+                events: vec![(event.event_id, index)],
+                in_batch_repeats: Vec::new(),
+                dead_letters: Vec::new(),
+            }),
+            RecordEffect::DeadLetter { .. } => None,
+        }
+    }
+
+    /// Classifies every record of `batch` (read by `group_id` from
+    /// `topic`), given the event ids the database `inserted`, the stored
+    /// positions of the conflicting ones and which dead letters other groups
+    /// stored.
     pub fn classify(
         &self,
         batch: &PartitionBatch,
+        group_id: &str,
         topic: &str,
         inserted: &HashSet<Uuid>,
         stored_positions: &HashMap<Uuid, StoredPosition>,
+        stored_dead_letters: &StoredDeadLetters,
     ) -> Classification {
         let mut outcome = BatchWriteOutcome {
             duplicates: self.in_batch_repeats.len() as u64,
@@ -136,8 +188,8 @@ impl BatchPlan {
             };
             let fate = if inserted.contains(event_id) {
                 EventFate::New
-            } else if stored_positions.get(event_id).is_some_and(|(t, p, o)| {
-                t == topic && *p == record.partition && *o == record.offset
+            } else if stored_positions.get(event_id).is_some_and(|stored| {
+                stored.is_own(group_id, topic, record.partition, record.offset)
             }) {
                 EventFate::OwnReplay
             } else {
@@ -165,10 +217,10 @@ impl BatchPlan {
         outcome
             .owed_records
             .extend(self.dead_letters.iter().copied().filter(|index| {
-                batch
-                    .records
-                    .get(*index)
-                    .is_some_and(|record| record.offset >= batch.outputs_from)
+                batch.records.get(*index).is_some_and(|record| {
+                    record.offset >= batch.outputs_from
+                        && !stored_dead_letters.other_groups.contains(&record.offset)
+                })
             }));
         outcome.owed_records.sort_unstable();
         let spend = spend
@@ -198,6 +250,16 @@ mod tests {
     use crate::trace_context::TraceContext;
 
     const TOPIC: &str = "in";
+    const GROUP: &str = "g";
+
+    fn at(group_id: Option<&str>, topic: &str, partition: i32, offset: i64) -> StoredPosition {
+        StoredPosition {
+            group_id: group_id.map(str::to_owned),
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        }
+    }
 
     fn event(offset: i64, event_id: Uuid, campaign: &str, kind: AdEventKind) -> ProcessedRecord {
         let event = AdEvent {
@@ -287,10 +349,11 @@ mod tests {
         let plan = BatchPlan::new(&batch);
         let inserted = HashSet::from([new]);
         let stored = HashMap::from([
-            (own, (TOPIC.to_owned(), 0, 1)),
-            (other, (TOPIC.to_owned(), 5, 1)),
+            (own, at(Some(GROUP), TOPIC, 0, 1)),
+            (other, at(Some(GROUP), TOPIC, 5, 1)),
         ]);
-        let classified = plan.classify(&batch, TOPIC, &inserted, &stored);
+        let none = StoredDeadLetters::default();
+        let classified = plan.classify(&batch, GROUP, TOPIC, &inserted, &stored, &none);
         assert_eq!(
             classified.outcome,
             BatchWriteOutcome {
@@ -310,10 +373,32 @@ mod tests {
             ),
             (1, 0, 10)
         );
-        // Same offset on another topic is not ours.
-        let elsewhere = HashMap::from([(own, ("other".to_owned(), 0, 1))]);
-        let classified = plan.classify(&batch, TOPIC, &inserted, &elsewhere);
-        assert_eq!(classified.outcome.replayed_events, 0);
+        // Same offset on another topic, or stored by another group, is not
+        // ours; a row stored before groups were recorded still is.
+        for (stored_at, own_replays) in [
+            (at(Some(GROUP), "other", 0, 1), 0),
+            (at(Some("another-group"), TOPIC, 0, 1), 0),
+            (at(None, TOPIC, 0, 1), 1),
+        ] {
+            let stored = HashMap::from([(own, stored_at.clone())]);
+            let classified = plan.classify(&batch, GROUP, TOPIC, &inserted, &stored, &none);
+            assert_eq!(
+                classified.outcome.replayed_events, own_replays,
+                "{stored_at:?}"
+            );
+            assert_eq!(
+                classified.outcome.owed_records.contains(&1),
+                own_replays == 1,
+                "{stored_at:?}"
+            );
+        }
+        // A dead letter another group stored is not owed again.
+        let theirs = StoredDeadLetters {
+            other_groups: HashSet::from([4]),
+        };
+        let classified = plan.classify(&batch, GROUP, TOPIC, &inserted, &stored, &theirs);
+        assert_eq!(classified.outcome.owed_records, vec![0, 1]);
+        assert_eq!(classified.outcome.dead_letters, 1);
     }
 
     #[test]
@@ -331,7 +416,14 @@ mod tests {
         );
         let plan = BatchPlan::new(&batch);
         let inserted: HashSet<Uuid> = ids.iter().copied().collect();
-        let classified = plan.classify(&batch, TOPIC, &inserted, &HashMap::new());
+        let classified = plan.classify(
+            &batch,
+            GROUP,
+            TOPIC,
+            &inserted,
+            &HashMap::new(),
+            &StoredDeadLetters::default(),
+        );
         assert_eq!(classified.outcome.owed_records, vec![2, 3, 4]);
         let keys: Vec<&str> = classified
             .spend

@@ -4,7 +4,12 @@
 //!
 //! Guarantees: a write either commits whole or not at all (see
 //! [`crate::store`]); retries are bounded by `db_retry_attempts`; a fenced
-//! write is never retried. The actor holds no state across messages, so a
+//! write is never retried. Records the database refuses on their own become
+//! `processing` dead letters, round after round until the batch commits
+//! (each round removes at least one), so a poison record never stalls its
+//! partition and never counts against the database's health: only errors of
+//! the database itself (not a fence, not a refused record) are reported to
+//! the circuit breaker as failures. The actor holds no state across messages, so a
 //! restart loses nothing. Each write runs in one `db.commit_batch` span, a
 //! child of the commit cycle's span, with every retry as an event and a
 //! failure as its status.
@@ -142,59 +147,78 @@ impl Actor for DbWriter {
     }
 }
 
-/// Writes the batch; if the database refuses some of its rows, turns
-/// exactly those into `processing` dead letters and writes again, so a
-/// poison record never stalls its partition. If every event is refused the
-/// error stands: that is the database's problem, not the records'.
+/// Writes the batch; while the database refuses it for a data error, asks
+/// the store which event records it refuses on their own (each written alone
+/// by the batch's own statements, in-batch repeats included), turns exactly
+/// those into `processing` dead letters and writes again, so a poison record
+/// never stalls its partition. Every round removes at least one event, so
+/// this ends: with a commit, with the data error when the probe names no
+/// event (the batch is refused as a whole, not any one record), or with the
+/// probe's own error when it could not run (the database's fault). A batch
+/// whose events are all refused commits as dead letters.
 async fn write_isolating_poison(
     state: &DbWriterArgs,
     request: WriteRequest,
 ) -> Result<WrittenBatch, StoreError> {
-    let error = match write_with_retries(state, &request).await {
-        Ok(outcome) => {
-            return Ok(WrittenBatch {
-                batch: request.batch,
-                outcome,
-            });
+    let mut request = request;
+    let mut rounds = 0_u32;
+    loop {
+        let error = match write_with_retries(state, &request).await {
+            Ok(outcome) => {
+                return Ok(WrittenBatch {
+                    batch: request.batch,
+                    outcome,
+                });
+            }
+            Err(error) if error.is_data_error() => error,
+            Err(error) => return Err(error),
+        };
+        rounds += 1;
+        let probe = state
+            .store
+            .find_unstorable_events(
+                &request.group_id,
+                &request.topic,
+                request.txn_id,
+                &request.batch,
+            )
+            .await;
+        report_to_breaker(state, &probe);
+        let unstorable = probe?;
+        if unstorable.is_empty() {
+            tracing::error!(
+                partition = request.batch.partition,
+                start_offset = request.batch.start_offset,
+                txn_id = %request.txn_id,
+                rounds,
+                %error,
+                "the database refuses the batch but no single event of it; not isolating"
+            );
+            return Err(error);
         }
-        Err(error) if error.is_data_error() => error,
-        Err(error) => return Err(error),
-    };
-    let unstorable = state
-        .store
-        .find_unstorable_events(&request.topic, request.txn_id, &request.batch)
-        .await?;
-    let events = request
-        .batch
-        .records
-        .iter()
-        .filter(|record| matches!(record.effect, RecordEffect::Event { .. }))
-        .count();
-    if unstorable.is_empty() || unstorable.len() >= events {
-        return Err(error);
-    }
-    let mut rewritten = (*request.batch).clone();
-    for (index, reason) in unstorable {
-        tracing::warn!(
-            partition = rewritten.partition,
-            offset = rewritten.records[index].offset,
-            %reason,
-            "record refused by the database; sending it to the DLQ as `processing`"
-        );
-        rewritten.records[index].effect = RecordEffect::DeadLetter {
-            kind: DeadLetterKind::Processing,
-            reason: format!("database refused the event: {reason}"),
+        let mut rewritten = (*request.batch).clone();
+        for (index, reason) in unstorable {
+            let Some(record) = rewritten.records.get_mut(index) else {
+                continue;
+            };
+            tracing::warn!(
+                partition = record.partition,
+                offset = record.offset,
+                txn_id = %request.txn_id,
+                rounds,
+                %reason,
+                "record refused by the database; sending it to the DLQ as `processing`"
+            );
+            record.effect = RecordEffect::DeadLetter {
+                kind: DeadLetterKind::Processing,
+                reason: format!("database refused the event: {reason}"),
+            };
+        }
+        request = WriteRequest {
+            batch: Arc::new(rewritten),
+            ..request
         };
     }
-    let request = WriteRequest {
-        batch: Arc::new(rewritten),
-        ..request
-    };
-    let outcome = write_with_retries(state, &request).await?;
-    Ok(WrittenBatch {
-        batch: request.batch,
-        outcome,
-    })
 }
 
 async fn write_with_retries(
@@ -235,14 +259,67 @@ async fn write_with_retries(
     }
 }
 
-fn report_to_breaker(state: &DbWriterArgs, result: &Result<BatchWriteOutcome, StoreError>) {
-    let message = match result {
-        Ok(_) => CircuitBreakerMsg::DatabaseSucceeded,
-        // A fence says nothing about the database's health.
-        Err(StoreError::Fenced { .. }) => return,
-        Err(_) => CircuitBreakerMsg::DatabaseFailed,
+/// Tells the breaker how the database did. A fence or a refused record
+/// (a data error) says nothing about the database's health: a poison record
+/// must never open the breaker.
+fn report_to_breaker<T>(state: &DbWriterArgs, result: &Result<T, StoreError>) {
+    let Some(message) = breaker_verdict(result) else {
+        return;
     };
     if let Some(breaker) = ActorNames::lookup::<CircuitBreakerMsg>(&state.names.circuit_breaker()) {
         let _ = breaker.cast(message);
+    }
+}
+
+/// What a store result tells the circuit breaker, if anything.
+fn breaker_verdict<T>(result: &Result<T, StoreError>) -> Option<CircuitBreakerMsg> {
+    match result {
+        Ok(_) => Some(CircuitBreakerMsg::DatabaseSucceeded),
+        Err(StoreError::Fenced { .. }) => None,
+        Err(error) if error.is_data_error() => None,
+        Err(_) => Some(CircuitBreakerMsg::DatabaseFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data error from a real (in-memory SQLite) CHECK violation.
+    async fn data_error() -> StoreError {
+        use sqlx::Connection;
+        let mut connection = sqlx::sqlite::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory sqlite");
+        sqlx::raw_sql("CREATE TABLE t (x INTEGER NOT NULL CHECK (x >= 0))")
+            .execute(&mut connection)
+            .await
+            .expect("create");
+        let error = sqlx::raw_sql("INSERT INTO t VALUES (-1)")
+            .execute(&mut connection)
+            .await
+            .expect_err("violates the check");
+        StoreError::from(error)
+    }
+
+    #[tokio::test]
+    async fn only_the_databases_own_failures_reach_the_breaker() {
+        let refused = data_error().await;
+        assert!(refused.is_data_error(), "{refused}");
+        assert!(breaker_verdict::<()>(&Err(refused)).is_none());
+        let fenced = StoreError::Fenced {
+            topic: "t".to_owned(),
+            partition: 0,
+            epoch: 1,
+        };
+        assert!(breaker_verdict::<()>(&Err(fenced)).is_none());
+        assert!(matches!(
+            breaker_verdict::<()>(&Err(StoreError::from(sqlx::Error::PoolTimedOut))),
+            Some(CircuitBreakerMsg::DatabaseFailed)
+        ));
+        assert!(matches!(
+            breaker_verdict(&Ok(())),
+            Some(CircuitBreakerMsg::DatabaseSucceeded)
+        ));
     }
 }

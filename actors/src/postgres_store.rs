@@ -6,10 +6,15 @@
 //!   dead letters and stored offset commit together or not at all;
 //! - an event id is stored once (`ON CONFLICT (event_id) DO NOTHING`) and
 //!   counted in `campaign_spend` only by the transaction that stored it;
-//! - a conflict at the same source position is our own replay (its output is
-//!   still owed if Kafka did not commit it); at another position it is an
-//!   upstream repeat (no output, counted as a duplicate), as classified by
+//! - a conflict at the same source position (consumer group, topic,
+//!   partition, offset) is our own replay (its output is still owed if Kafka
+//!   did not commit it); anywhere else it is an upstream repeat (no output,
+//!   counted as a duplicate), as classified by
 //!   [`crate::batch_classification`];
+//! - the poison probe ([`PostgresStore::find_unstorable_events`]) runs each
+//!   event's whole write (row, stored position, spend) alone in a savepoint
+//!   and rolls everything back: it names exactly the events the database
+//!   refuses on their own and writes nothing;
 //! - the stored offset never moves backwards, and only a writer holding the
 //!   partition's current owner epoch can move it ([`StoreError::Fenced`]);
 //!   the fencing `UPDATE` also locks the partition's row until commit;
@@ -24,7 +29,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::batch_classification::{BatchPlan, SpendDelta, StoredPosition};
+use crate::batch_classification::{
+    BatchPlan, Classification, SpendDelta, StoredDeadLetters, StoredPosition,
+};
 use crate::partition_batch::PartitionBatch;
 use crate::processed_record::RecordEffect;
 use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, PartitionOwner, StoredPartition};
@@ -207,76 +214,45 @@ impl PostgresStore {
             batch,
         )
         .await?;
-
         let plan = BatchPlan::new(batch);
-        let inserted = insert_events(&mut transaction, topic, txn_id, batch, &plan.events).await?;
+        let classified =
+            write_records(&mut transaction, group_id, topic, txn_id, batch, &plan).await?;
         crate::failpoints::hit(crate::failpoints::DB_WRITER_MID_STATEMENT)?;
-        let conflicting = plan.conflicting(&inserted);
-        let stored_positions = stored_positions(&mut transaction, &conflicting).await?;
-        let classified = plan.classify(batch, topic, &inserted, &stored_positions);
-        add_spend(&mut transaction, &classified.spend).await?;
-        insert_dead_letters(&mut transaction, topic, txn_id, batch, &plan.dead_letters).await?;
-
         transaction.commit().await?;
         Ok(classified.outcome)
     }
-}
 
-impl PostgresStore {
     /// Finds the events of `batch` that the database refuses on their own
-    /// (a data or constraint error of that row, such as a NUL character in a
-    /// text field): each first occurrence is inserted alone inside a
-    /// savepoint of a transaction that is always rolled back, so nothing is
-    /// written. Returns their indexes with the database's reason.
+    /// (a data or constraint error, such as a value a column or a spend sum
+    /// cannot hold): every event record, in-batch repeats included, is
+    /// written alone by the same statements a batch write runs (event row,
+    /// stored position, spend), inside a savepoint that is rolled back, in a
+    /// transaction that is always rolled back, so nothing is written.
+    /// Returns their indexes with the database's one-line reason; any other
+    /// error (the probe itself could not run) is returned as is.
     pub async fn find_unstorable_events(
         &self,
+        group_id: &str,
         topic: &str,
         txn_id: Uuid,
         batch: &PartitionBatch,
     ) -> Result<Vec<(usize, String)>, StoreError> {
         let mut transaction = self.pool.begin().await?;
         let mut unstorable = Vec::new();
-        let mut seen = HashSet::new();
-        for (index, record) in batch.records.iter().enumerate() {
-            let RecordEffect::Event { event, .. } = &record.effect else {
+        for index in 0..batch.records.len() {
+            let Some(plan) = BatchPlan::single_event(batch, index) else {
                 continue;
             };
-            if !seen.insert(event.event_id) {
-                continue;
-            }
             sqlx::query("SAVEPOINT probe")
                 .execute(&mut *transaction)
                 .await?;
-            let probe = sqlx::query(
-                "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
-                                        billed_minute, source_topic, source_partition, source_offset, txn_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(event.event_id)
-            .bind(&event.campaign_id)
-            .bind(&event.ad_id)
-            .bind(event.kind.as_str())
-            .bind(event.cost_micros)
-            .bind(event.occurred_at)
-            .bind(event.billed_minute())
-            .bind(topic)
-            .bind(record.partition)
-            .bind(record.offset)
-            .bind(txn_id)
-            .execute(&mut *transaction)
-            .await;
+            let probe =
+                write_records(&mut transaction, group_id, topic, txn_id, batch, &plan).await;
             if let Err(error) = probe {
-                let error = StoreError::from(error);
                 if !error.is_data_error() {
                     return Err(error);
                 }
-                let reason = error
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                unstorable.push((index, reason));
+                unstorable.push((index, one_line(&error)));
             }
             sqlx::query("ROLLBACK TO SAVEPOINT probe")
                 .execute(&mut *transaction)
@@ -285,6 +261,49 @@ impl PostgresStore {
         transaction.rollback().await?;
         Ok(unstorable)
     }
+}
+
+/// The error's text on one line.
+fn one_line(error: &StoreError) -> String {
+    error
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Writes the records `plan` names (events, their spend, dead letters) and
+/// classifies them: the body of a batch write, and of one probe.
+async fn write_records(
+    transaction: &mut Transaction<'_, Postgres>,
+    group_id: &str,
+    topic: &str,
+    txn_id: Uuid,
+    batch: &PartitionBatch,
+    plan: &BatchPlan,
+) -> Result<Classification, StoreError> {
+    let inserted = insert_events(transaction, group_id, topic, txn_id, batch, &plan.events).await?;
+    let conflicting = plan.conflicting(&inserted);
+    let stored_positions = stored_positions(transaction, &conflicting).await?;
+    let stored_dead_letters = insert_dead_letters(
+        transaction,
+        group_id,
+        topic,
+        txn_id,
+        batch,
+        &plan.dead_letters,
+    )
+    .await?;
+    let classified = plan.classify(
+        batch,
+        group_id,
+        topic,
+        &inserted,
+        &stored_positions,
+        &stored_dead_letters,
+    );
+    add_spend(transaction, &classified.spend).await?;
+    Ok(classified)
 }
 
 async fn advance_offset(
@@ -325,6 +344,7 @@ async fn advance_offset(
 
 async fn insert_events(
     transaction: &mut Transaction<'_, Postgres>,
+    group_id: &str,
     topic: &str,
     txn_id: Uuid,
     batch: &PartitionBatch,
@@ -357,9 +377,10 @@ async fn insert_events(
     }
     let rows = sqlx::query(
         "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
-                                billed_minute, source_topic, source_partition, source_offset, txn_id)
+                                billed_minute, source_topic, source_partition, source_offset, txn_id,
+                                source_group)
          SELECT e.event_id, e.campaign_id, e.ad_id, e.kind, e.cost_micros, e.occurred_at,
-                e.billed_minute, $9, $10, e.source_offset, $11
+                e.billed_minute, $9, $10, e.source_offset, $11, $12
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                        $6::timestamptz[], $7::timestamptz[], $8::bigint[])
                 AS e(event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
@@ -379,6 +400,7 @@ async fn insert_events(
     .bind(topic)
     .bind(batch.partition)
     .bind(txn_id)
+    .bind(group_id)
     .fetch_all(&mut **transaction)
     .await?;
     rows.iter()
@@ -394,7 +416,7 @@ async fn stored_positions(
         return Ok(HashMap::new());
     }
     let rows = sqlx::query(
-        "SELECT event_id, source_topic, source_partition, source_offset
+        "SELECT event_id, source_group, source_topic, source_partition, source_offset
            FROM ad_events WHERE event_id = ANY($1)",
     )
     .bind(event_ids)
@@ -404,11 +426,12 @@ async fn stored_positions(
         .map(|row| {
             Ok((
                 row.try_get("event_id")?,
-                (
-                    row.try_get("source_topic")?,
-                    row.try_get("source_partition")?,
-                    row.try_get("source_offset")?,
-                ),
+                StoredPosition {
+                    group_id: row.try_get("source_group")?,
+                    topic: row.try_get("source_topic")?,
+                    partition: row.try_get("source_partition")?,
+                    offset: row.try_get("source_offset")?,
+                },
             ))
         })
         .collect()
@@ -452,15 +475,18 @@ async fn add_spend(
     Ok(())
 }
 
+/// Inserts the dead letters (by offset) unless their position is stored;
+/// says which of those already stored another consumer group stored.
 async fn insert_dead_letters(
     transaction: &mut Transaction<'_, Postgres>,
+    group_id: &str,
     topic: &str,
     txn_id: Uuid,
     batch: &PartitionBatch,
     indexes: &[usize],
-) -> Result<(), StoreError> {
+) -> Result<StoredDeadLetters, StoreError> {
     if indexes.is_empty() {
-        return Ok(());
+        return Ok(StoredDeadLetters::default());
     }
     let mut offsets = Vec::with_capacity(indexes.len());
     let mut kinds = Vec::with_capacity(indexes.len());
@@ -477,14 +503,15 @@ async fn insert_dead_letters(
             payloads.push(record.payload.clone());
         }
     }
-    sqlx::query(
+    let inserted: HashSet<i64> = sqlx::query_scalar(
         "INSERT INTO dead_letters (source_topic, source_partition, source_offset, error_kind, error,
-                                   record_key, payload, txn_id)
-         SELECT $6, $7, d.source_offset, d.error_kind, d.error, d.record_key, d.payload, $8
+                                   record_key, payload, txn_id, source_group)
+         SELECT $6, $7, d.source_offset, d.error_kind, d.error, d.record_key, d.payload, $8, $9
            FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[])
                 AS d(source_offset, error_kind, error, record_key, payload)
           ORDER BY d.source_offset
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING
+         RETURNING source_offset",
     )
     .bind(&offsets)
     .bind(&kinds)
@@ -494,9 +521,33 @@ async fn insert_dead_letters(
     .bind(topic)
     .bind(batch.partition)
     .bind(txn_id)
-    .execute(&mut **transaction)
-    .await?;
-    Ok(())
+    .bind(group_id)
+    .fetch_all(&mut **transaction)
+    .await?
+    .into_iter()
+    .collect();
+    let conflicting: Vec<i64> = offsets
+        .iter()
+        .copied()
+        .filter(|offset| !inserted.contains(offset))
+        .collect();
+    if conflicting.is_empty() {
+        return Ok(StoredDeadLetters::default());
+    }
+    let other_groups = sqlx::query_scalar(
+        "SELECT source_offset FROM dead_letters
+          WHERE source_topic = $1 AND source_partition = $2 AND source_offset = ANY($3)
+            AND source_group IS NOT NULL AND source_group <> $4",
+    )
+    .bind(topic)
+    .bind(batch.partition)
+    .bind(&conflicting)
+    .bind(group_id)
+    .fetch_all(&mut **transaction)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(StoredDeadLetters { other_groups })
 }
 
 impl PostgresStore {

@@ -15,7 +15,10 @@
 //!   statement per event in event-id order, the affected row count saying
 //!   whether it was inserted) and counted in `campaign_spend` only by the
 //!   transaction that stored it; own replay and upstream repeat are told
-//!   apart by the stored source position ([`crate::batch_classification`]);
+//!   apart by the stored source position, consumer group included
+//!   ([`crate::batch_classification`]);
+//! - the poison probe ([`SqliteStore::find_unstorable_events`]) runs each
+//!   event's whole write alone in a savepoint and rolls everything back;
 //! - the stored offset never moves backwards, and only a writer holding the
 //!   partition's current owner epoch can move it ([`StoreError::Fenced`]);
 //! - uuids are stored as their 16 bytes and timestamps as RFC 3339 UTC text
@@ -33,7 +36,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use crate::batch_classification::{BatchPlan, SpendDelta, StoredPosition};
+use crate::batch_classification::{
+    BatchPlan, Classification, SpendDelta, StoredDeadLetters, StoredPosition,
+};
 use crate::partition_batch::PartitionBatch;
 use crate::processed_record::RecordEffect;
 use crate::store::{BatchWriteOutcome, KafkaCommitConfirmation, PartitionOwner, StoredPartition};
@@ -49,7 +54,8 @@ pub struct SqliteStore {
 }
 
 /// The one text format of every timestamp the store writes: RFC 3339, UTC,
-/// microseconds, `Z` (`2026-11-26T10:15:00.000000Z`). Fixed width, so text
+/// microseconds, `Z` (`2026-11-26T10:15:00.000000Z`). Fixed width for the
+/// years 0000 to 9999 (validation refuses any other event time), so text
 /// order is time order, and one instant is always one text.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -206,55 +212,46 @@ impl SqliteStore {
             batch,
         )
         .await?;
-
         let plan = BatchPlan::new(batch);
-        let inserted = insert_events(&mut transaction, topic, txn_id, batch, &plan.events).await?;
+        let classified =
+            write_records(&mut transaction, group_id, topic, txn_id, batch, &plan).await?;
         crate::failpoints::hit(crate::failpoints::DB_WRITER_MID_STATEMENT)?;
-        let conflicting = plan.conflicting(&inserted);
-        let stored_positions = stored_positions(&mut transaction, &conflicting).await?;
-        let classified = plan.classify(batch, topic, &inserted, &stored_positions);
-        add_spend(&mut transaction, &classified.spend).await?;
-        insert_dead_letters(&mut transaction, topic, txn_id, batch, &plan.dead_letters).await?;
-
         transaction.commit().await?;
         Ok(classified.outcome)
     }
 
     /// Finds the events of `batch` that the database refuses on their own
-    /// (a constraint, type or size error of that row): each first occurrence
-    /// is inserted alone inside a savepoint of a transaction that is always
-    /// rolled back, so nothing is written. Returns their indexes with the
-    /// database's reason.
+    /// (a constraint, type or size error, such as a value a column or a
+    /// spend sum cannot hold): every event record, in-batch repeats
+    /// included, is written alone by the same statements a batch write runs
+    /// (event row, stored position, spend), inside a savepoint that is
+    /// rolled back, in a transaction that is always rolled back, so nothing
+    /// is written. Returns their indexes with the database's one-line
+    /// reason; any other error (the probe itself could not run) is returned
+    /// as is.
     pub async fn find_unstorable_events(
         &self,
+        group_id: &str,
         topic: &str,
         txn_id: Uuid,
         batch: &PartitionBatch,
     ) -> Result<Vec<(usize, String)>, StoreError> {
         let mut transaction = self.pool.begin_with(BEGIN_WRITE).await?;
         let mut unstorable = Vec::new();
-        let mut seen = HashSet::new();
-        for (index, record) in batch.records.iter().enumerate() {
-            let RecordEffect::Event { event, .. } = &record.effect else {
+        for index in 0..batch.records.len() {
+            let Some(plan) = BatchPlan::single_event(batch, index) else {
                 continue;
             };
-            if !seen.insert(event.event_id) {
-                continue;
-            }
             sqlx::query("SAVEPOINT probe")
                 .execute(&mut *transaction)
                 .await?;
-            let probe = insert_event(&mut transaction, topic, txn_id, batch, index).await;
+            let probe =
+                write_records(&mut transaction, group_id, topic, txn_id, batch, &plan).await;
             if let Err(error) = probe {
                 if !error.is_data_error() {
                     return Err(error);
                 }
-                let reason = error
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                unstorable.push((index, reason));
+                unstorable.push((index, one_line(&error)));
             }
             sqlx::query("ROLLBACK TO SAVEPOINT probe")
                 .execute(&mut *transaction)
@@ -266,6 +263,49 @@ impl SqliteStore {
         transaction.rollback().await?;
         Ok(unstorable)
     }
+}
+
+/// The error's text on one line.
+fn one_line(error: &StoreError) -> String {
+    error
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Writes the records `plan` names (events, their spend, dead letters) and
+/// classifies them: the body of a batch write, and of one probe.
+async fn write_records(
+    transaction: &mut Transaction<'_, Sqlite>,
+    group_id: &str,
+    topic: &str,
+    txn_id: Uuid,
+    batch: &PartitionBatch,
+    plan: &BatchPlan,
+) -> Result<Classification, StoreError> {
+    let inserted = insert_events(transaction, group_id, topic, txn_id, batch, &plan.events).await?;
+    let conflicting = plan.conflicting(&inserted);
+    let stored_positions = stored_positions(transaction, &conflicting).await?;
+    let stored_dead_letters = insert_dead_letters(
+        transaction,
+        group_id,
+        topic,
+        txn_id,
+        batch,
+        &plan.dead_letters,
+    )
+    .await?;
+    let classified = plan.classify(
+        batch,
+        group_id,
+        topic,
+        &inserted,
+        &stored_positions,
+        &stored_dead_letters,
+    );
+    add_spend(transaction, &classified.spend).await?;
+    Ok(classified)
 }
 
 fn stored_partition(row: &sqlx::sqlite::SqliteRow) -> Result<StoredPartition, StoreError> {
@@ -317,6 +357,7 @@ async fn advance_offset(
 /// whether it was inserted.
 async fn insert_event(
     transaction: &mut Transaction<'_, Sqlite>,
+    group_id: &str,
     topic: &str,
     txn_id: Uuid,
     batch: &PartitionBatch,
@@ -330,8 +371,9 @@ async fn insert_event(
     };
     let result = sqlx::query(
         "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
-                                billed_minute, source_topic, source_partition, source_offset, txn_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                billed_minute, source_topic, source_partition, source_offset, txn_id,
+                                source_group)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(event.event_id)
@@ -345,6 +387,7 @@ async fn insert_event(
     .bind(batch.partition)
     .bind(record.offset)
     .bind(txn_id)
+    .bind(group_id)
     .execute(&mut **transaction)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -353,6 +396,7 @@ async fn insert_event(
 /// Inserts the first occurrences, in event-id order; returns the ids inserted.
 async fn insert_events(
     transaction: &mut Transaction<'_, Sqlite>,
+    group_id: &str,
     topic: &str,
     txn_id: Uuid,
     batch: &PartitionBatch,
@@ -360,7 +404,7 @@ async fn insert_events(
 ) -> Result<HashSet<Uuid>, StoreError> {
     let mut inserted = HashSet::new();
     for (event_id, index) in sorted_firsts {
-        if insert_event(transaction, topic, txn_id, batch, *index).await? {
+        if insert_event(transaction, group_id, topic, txn_id, batch, *index).await? {
             inserted.insert(*event_id);
         }
     }
@@ -374,7 +418,7 @@ async fn stored_positions(
     let mut positions = HashMap::with_capacity(event_ids.len());
     for event_id in event_ids {
         let row = sqlx::query(
-            "SELECT source_topic, source_partition, source_offset
+            "SELECT source_group, source_topic, source_partition, source_offset
                FROM ad_events WHERE event_id = ?1",
         )
         .bind(event_id)
@@ -383,11 +427,12 @@ async fn stored_positions(
         if let Some(row) = row {
             positions.insert(
                 *event_id,
-                (
-                    row.try_get("source_topic")?,
-                    row.try_get("source_partition")?,
-                    row.try_get("source_offset")?,
-                ),
+                StoredPosition {
+                    group_id: row.try_get("source_group")?,
+                    topic: row.try_get("source_topic")?,
+                    partition: row.try_get("source_partition")?,
+                    offset: row.try_get("source_offset")?,
+                },
             );
         }
     }
@@ -418,13 +463,17 @@ async fn add_spend(
     Ok(())
 }
 
+/// Inserts the dead letters (by offset) unless their position is stored;
+/// says which of those already stored another consumer group stored.
 async fn insert_dead_letters(
     transaction: &mut Transaction<'_, Sqlite>,
+    group_id: &str,
     topic: &str,
     txn_id: Uuid,
     batch: &PartitionBatch,
     sorted_indexes: &[usize],
-) -> Result<(), StoreError> {
+) -> Result<StoredDeadLetters, StoreError> {
+    let mut stored = StoredDeadLetters::default();
     for index in sorted_indexes {
         let Some(record) = batch.records.get(*index) else {
             continue;
@@ -432,10 +481,10 @@ async fn insert_dead_letters(
         let RecordEffect::DeadLetter { kind, reason } = &record.effect else {
             continue;
         };
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO dead_letters (source_topic, source_partition, source_offset, error_kind, error,
-                                       record_key, payload, txn_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                                       record_key, payload, txn_id, source_group)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT DO NOTHING",
         )
         .bind(topic)
@@ -446,10 +495,29 @@ async fn insert_dead_letters(
         .bind(&record.key)
         .bind(&record.payload)
         .bind(txn_id)
+        .bind(group_id)
         .execute(&mut **transaction)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            continue;
+        }
+        let stored_group: Option<String> = sqlx::query_scalar(
+            "SELECT source_group FROM dead_letters
+              WHERE source_topic = ?1 AND source_partition = ?2 AND source_offset = ?3",
+        )
+        .bind(topic)
+        .bind(batch.partition)
+        .bind(record.offset)
+        .fetch_optional(&mut **transaction)
+        .await?
+        .flatten();
+        if stored_group.is_some_and(|stored_group| stored_group != group_id) {
+            stored.other_groups.insert(record.offset);
+        }
     }
-    Ok(())
+    Ok(stored)
 }
 
 #[cfg(test)]

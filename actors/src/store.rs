@@ -8,9 +8,11 @@
 //!   dead letters and stored offset commit together or not at all;
 //! - an event id is stored once and counted in `campaign_spend` only by the
 //!   transaction that stored it;
-//! - a conflict at the same source position is our own replay (its output is
-//!   still owed if Kafka did not commit it); at another position it is an
-//!   upstream repeat (no output, counted as a duplicate);
+//! - a conflict at the same source position (consumer group, topic,
+//!   partition and offset) is our own replay (its output is still owed if
+//!   Kafka did not commit it); anywhere else, another group's copy of the
+//!   same position included, it is an upstream repeat (no output, counted as
+//!   a duplicate);
 //! - the stored offset never moves backwards, and only a writer holding the
 //!   partition's current owner epoch can move it ([`StoreError::Fenced`]);
 //! - parallel writers do not deadlock each other (PostgreSQL: keys touched
@@ -310,18 +312,30 @@ impl Store {
         }
     }
 
-    /// Finds the events of `batch` that the database refuses on their own
-    /// (a data or constraint error of that row), writing nothing. Returns
-    /// their indexes with the database's reason.
+    /// Finds the event records of `batch` (in-batch repeats included) that
+    /// the database refuses on their own: each is written alone by the same
+    /// statements as a batch write, in a savepoint rolled back, so nothing is
+    /// written. Returns their indexes with the database's one-line reason.
+    /// An error means the probe itself could not run (the database's
+    /// fault, not the records').
     pub async fn find_unstorable_events(
         &self,
+        group_id: &str,
         topic: &str,
         txn_id: Uuid,
         batch: &PartitionBatch,
     ) -> Result<Vec<(usize, String)>, StoreError> {
         match self {
-            Store::Postgres(store) => store.find_unstorable_events(topic, txn_id, batch).await,
-            Store::Sqlite(store) => store.find_unstorable_events(topic, txn_id, batch).await,
+            Store::Postgres(store) => {
+                store
+                    .find_unstorable_events(group_id, topic, txn_id, batch)
+                    .await
+            }
+            Store::Sqlite(store) => {
+                store
+                    .find_unstorable_events(group_id, topic, txn_id, batch)
+                    .await
+            }
         }
     }
 }
