@@ -355,3 +355,204 @@ impl Actor for PartitionConsumer {
         state.on_message(message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position_ticket::PositionTickets;
+    use proptest::prelude::*;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    fn consumer(max_batch_records: usize) -> PartitionConsumerState {
+        PartitionConsumerState::new(PartitionConsumerArgs {
+            partition: 7,
+            max_batch_records,
+            status: PipelineStatus::default(),
+            source: RecordSource {
+                topic: "in".to_owned(),
+                group_id: "group".to_owned(),
+            },
+        })
+    }
+
+    fn record(offset: i64) -> ConsumedRecord {
+        let payload = format!(
+            r#"{{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7{offset:04}","campaign_id":"c","ad_id":"a","kind":"click","cost_micros":1,"occurred_at":"2026-11-26T10:15:30Z"}}"#
+        );
+        ConsumedRecord {
+            partition: 7,
+            offset,
+            key: None,
+            payload: Some(payload.into_bytes()),
+            traceparent: None,
+        }
+    }
+
+    fn position(
+        state: &mut PartitionConsumerState,
+        ticket: PositionTicket,
+        start_offset: i64,
+        limit: usize,
+    ) -> (Arc<FetchCredit>, UnboundedReceiver<FetcherCommand>) {
+        let (fetcher, commands) = FetcherHandle::detached();
+        let credit = Arc::new(FetchCredit::new(limit));
+        state
+            .on_message(PartitionConsumerMsg::Positioned {
+                ticket,
+                start_offset: Some(start_offset),
+                outputs_from: start_offset,
+                fetcher,
+                credit: Arc::clone(&credit),
+            })
+            .expect("positioning never fails");
+        (credit, commands)
+    }
+
+    fn deliver(
+        state: &mut PartitionConsumerState,
+        credit: &FetchCredit,
+        ticket: PositionTicket,
+        sequence: u64,
+        offset: i64,
+    ) -> Result<(), ActorProcessingErr> {
+        credit.record_routed();
+        state.on_message(PartitionConsumerMsg::Record {
+            ticket,
+            sequence,
+            record: record(offset),
+        })
+    }
+
+    #[test]
+    fn records_of_an_older_positioning_never_reach_a_batch() {
+        let tickets = PositionTickets::default();
+        let old = tickets.issue();
+        let mut state = consumer(100);
+        let (credit, _commands) = position(&mut state, old, 0, 100);
+        deliver(&mut state, &credit, old, 0, 0).expect("in sequence");
+        let new = tickets.issue();
+        state
+            .on_message(PartitionConsumerMsg::BeginRewind { ticket: new })
+            .expect("rewind");
+        // Late records of the old route, and a stale positioning, arrive.
+        deliver(&mut state, &credit, old, 1, 1).expect("ignored");
+        let (_stale_credit, _stale) = position(&mut state, old, 1, 100);
+        assert!(
+            state.take_batch().is_none(),
+            "nothing of the old route is kept"
+        );
+        let (credit, _commands) = position(&mut state, new, 0, 100);
+        deliver(&mut state, &credit, new, 0, 0).expect("in sequence");
+        let batch = state.take_batch().expect("a batch of the new route");
+        assert_eq!((batch.start_offset, batch.end_offset), (0, 1));
+    }
+
+    #[test]
+    fn a_record_missing_from_the_route_fails_the_consumer() {
+        let ticket = PositionTickets::default().issue();
+        let mut state = consumer(100);
+        let (credit, _commands) = position(&mut state, ticket, 10, 100);
+        deliver(&mut state, &credit, ticket, 0, 10).expect("in sequence");
+        let error = deliver(&mut state, &credit, ticket, 2, 12).expect_err("record 1 is missing");
+        assert!(error.to_string().contains("records lost"), "{error}");
+    }
+
+    #[test]
+    fn a_repeated_offset_fails_the_consumer() {
+        let ticket = PositionTickets::default().issue();
+        let mut state = consumer(100);
+        let (credit, _commands) = position(&mut state, ticket, 10, 100);
+        deliver(&mut state, &credit, ticket, 0, 10).expect("in sequence");
+        let error = deliver(&mut state, &credit, ticket, 1, 10).expect_err("offset 10 twice");
+        assert!(error.to_string().contains("repeated"), "{error}");
+    }
+
+    #[test]
+    fn a_batch_not_received_is_handed_over_again_until_committed() {
+        let ticket = PositionTickets::default().issue();
+        let mut state = consumer(2);
+        let (credit, mut commands) = position(&mut state, ticket, 0, 4);
+        for offset in 0..4 {
+            deliver(&mut state, &credit, ticket, offset as u64, offset).expect("in sequence");
+        }
+        let first = state.take_batch().expect("a batch");
+        let again = state.take_batch().expect("the same batch again");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(credit.held(), 4, "mailbox, buffer and batch all count");
+        state
+            .on_message(PartitionConsumerMsg::Committed {
+                end_offset: first.end_offset,
+            })
+            .expect("commit");
+        assert_eq!(credit.held(), 2);
+        assert!(
+            matches!(
+                commands.try_recv(),
+                Ok(FetcherCommand::Resume { partition: 7, .. })
+            ),
+            "held fell to half the limit: the partition is resumed"
+        );
+        let next = state.take_batch().expect("the next batch");
+        assert_eq!(next.start_offset, first.end_offset, "contiguous");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Whatever mix of routes, stale messages and commits: every batch
+        /// starts where the previous committed one ended or at the latest
+        /// positioning, and holds only records of the latest route.
+        #[test]
+        fn batches_are_contiguous_and_of_the_latest_route(
+            script in proptest::collection::vec((0u8..5, 1i64..4), 1..80)
+        ) {
+            let tickets = PositionTickets::default();
+            let mut state = consumer(3);
+            let mut ticket = tickets.issue();
+            let (mut credit, _commands) = position(&mut state, ticket, 0, 1_000);
+            let mut route_next: (u64, i64) = (0, 0);
+            let mut expected_start = 0_i64;
+            let mut outstanding: Option<Arc<PartitionBatch>> = None;
+            for (action, gap) in script {
+                match action {
+                    0 | 1 => {
+                        // The next record of the route (offsets may have gaps,
+                        // as around transaction markers).
+                        let offset = route_next.1 + gap - 1;
+                        deliver(&mut state, &credit, ticket, route_next.0, offset)
+                            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                        route_next = (route_next.0 + 1, offset + 1);
+                    }
+                    2 => {
+                        if let Some(batch) = state.take_batch() {
+                            prop_assert_eq!(batch.start_offset, expected_start);
+                            for record in &batch.records {
+                                prop_assert!(record.offset >= batch.start_offset && record.offset < batch.end_offset);
+                            }
+                            outstanding = Some(batch);
+                        }
+                    }
+                    3 => {
+                        if let Some(batch) = outstanding.take() {
+                            state.on_message(PartitionConsumerMsg::Committed { end_offset: batch.end_offset })
+                                .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                            expected_start = batch.end_offset;
+                        }
+                    }
+                    _ => {
+                        // A rewind to the last committed offset, with a stale
+                        // record of the old route arriving after it.
+                        let old = ticket;
+                        ticket = tickets.issue();
+                        state.on_message(PartitionConsumerMsg::BeginRewind { ticket })
+                            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                        deliver(&mut state, &credit, old, route_next.0, route_next.1)
+                            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                        (credit, _) = position(&mut state, ticket, expected_start, 1_000);
+                        route_next = (0, expected_start);
+                        outstanding = None;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -114,6 +114,13 @@ pub struct FetcherHandle {
 }
 
 impl FetcherHandle {
+    /// A handle whose commands land in the returned receiver (tests of the
+    /// actors that talk to the fetcher).
+    pub fn detached() -> (FetcherHandle, mpsc::UnboundedReceiver<FetcherCommand>) {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        (FetcherHandle { commands }, receiver)
+    }
+
     /// Sends a command; a stopped fetcher ignores it (its successor
     /// repositions every partition).
     pub fn send(&self, command: FetcherCommand) {
