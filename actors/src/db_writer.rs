@@ -138,7 +138,7 @@ impl Actor for DbWriter {
                     .confirm_kafka_commit(&state.group_id, &state.topic, &confirmations)
                     .await
                 {
-                    tracing::warn!(%error, "could not record the confirmed kafka offsets; the group's offsets still hold them");
+                    tracing::warn!(%error, "could not record the confirmed kafka offsets; until a later confirmation lands, only the group's offsets and this ownership's memory of its commits bound the replay");
                 }
                 let _ = reply.send(());
             }

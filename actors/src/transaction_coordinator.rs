@@ -701,8 +701,12 @@ async fn commit_cycle(
 
 /// Has a database writer record the Kafka offsets just confirmed committed,
 /// before the next cycle (so a rewind in that cycle sees them). Bounded in
-/// time; a failure only costs a longer replay if the group's offsets are
-/// lost too.
+/// time. A failure is not harmless: on a broker whose group offsets cannot
+/// be read back (librdkafka's mock cluster discards them; a read can return
+/// a stale offset), the stored `kafka_committed_offset` is what keeps a
+/// rewind from producing committed outputs again. Within this ownership
+/// `kafka_committed_here` covers it; after a restart, a failed confirmation
+/// leaves the group's offsets as the only bound.
 async fn confirm_kafka_commit(state: &CoordinatorState, committed: &[CommittedBatch]) {
     if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_CONFIRM_KAFKA_COMMIT) {
         tracing::warn!(%fault, "committed kafka offsets not recorded in the store");
