@@ -53,6 +53,9 @@ pub struct WorkloadSpec {
     pub conflicting_repeats: bool,
     /// share of valid events with an awkward shape (the rest are plain)
     pub awkward_share: f64,
+    /// whether times with more than millisecond precision are written
+    /// (onceflow's output keeps milliseconds only: see the awkward scenarios)
+    pub sub_millisecond_times: bool,
 }
 
 impl WorkloadSpec {
@@ -67,6 +70,7 @@ impl WorkloadSpec {
             repeat_share: 0.05,
             conflicting_repeats: true,
             awkward_share: 0.2,
+            sub_millisecond_times: false,
         }
     }
 
@@ -81,6 +85,7 @@ impl WorkloadSpec {
             repeat_share: 0.2,
             conflicting_repeats: true,
             awkward_share: 1.0,
+            sub_millisecond_times: true,
         }
     }
 }
@@ -273,7 +278,10 @@ impl Generator {
             .rng
             .random_bool(self.spec.awkward_share.clamp(0.0, 1.0));
         let (kind, text, with_key) = if awkward {
-            let shape = AWKWARD_SHAPES[self.rng.random_range(0..AWKWARD_SHAPES.len())];
+            let mut shape = AWKWARD_SHAPES[self.rng.random_range(0..AWKWARD_SHAPES.len())];
+            if shape == "fraction-nanos" && !self.spec.sub_millisecond_times {
+                shape = "fraction-short";
+            }
             let (text, with_key) = self.awkward(shape, &mut fields, event_id);
             (RecordKind::Awkward(shape), text, with_key)
         } else {

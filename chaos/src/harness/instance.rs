@@ -345,7 +345,9 @@ impl Scenario {
     /// `consumer_offsets.next_offset` the store holds for this group (None:
     /// no row or NULL) and the group's committed Kafka offset (None: none).
     pub async fn partition_progress(&self) -> Result<Vec<PartitionProgress>> {
-        let stored = self.stored_offsets().await?;
+        // Before the service's first migration there is no table: nothing
+        // is stored yet.
+        let stored = self.stored_offsets().await.unwrap_or_default();
         let bootstrap = self.bootstrap.clone();
         let group = self.group_id.clone();
         let topic = self.topics.input.clone();
