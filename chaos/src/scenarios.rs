@@ -595,32 +595,41 @@ async fn inject_on_noida(
         }
         Fault::DatabaseOutage => {
             let load = background(2);
-            let service = scenario.start(&with_instance_env(&[]))?;
+            let service = scenario.start(&with_instance_env(&[(
+                "ONCEFLOW_DB_ACQUIRE_TIMEOUT_MS",
+                "500",
+            )]))?;
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
+            let opened_count = async || {
+                scenario
+                    .metric("onceflow_circuit_breaker_transitions_total", &[("to", "open")])
+                    .await
+                    .unwrap_or(0.0)
+            };
             for round in 0..2 {
                 injection.require(
                     work_left(scenario).await,
                     format!("input was left to consume when outage {round} began"),
                 );
+                let before = opened_count().await;
                 let outage = DatabaseOutage::begin(scenario).await?;
-                tokio::time::sleep(size.outage).await;
+                let started = Instant::now();
+                // At least the outage's length, and until the breaker opened
+                // (at most 30 s): the fault must meet the breaker.
+                let opened = seen_within(Duration::from_secs(30), || async {
+                    started.elapsed() >= size.outage && opened_count().await > before
+                })
+                .await;
                 outage.end().await?;
+                injection.require(
+                    opened,
+                    format!(
+                        "the circuit breaker opened during outage {round} \
+                         (onceflow_circuit_breaker_transitions_total{{to=\"open\"}})"
+                    ),
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let opened = seen_within(Duration::from_secs(10), || async {
-                scenario
-                    .metric(
-                        "onceflow_circuit_breaker_transitions_total",
-                        &[("to", "open")],
-                    )
-                    .await
-                    .is_ok_and(|opened| opened >= 1.0)
-            })
-            .await;
-            injection.require(
-                opened,
-                "the circuit breaker opened (onceflow_circuit_breaker_transitions_total{to=\"open\"})",
-            );
             let mut phase = FaultPhase::new(service, 2, injection);
             phase.load = Some(load);
             Ok(phase)
@@ -658,7 +667,18 @@ async fn inject_on_noida(
                 work_left(scenario).await,
                 "the input was not consumed yet when the service started",
             );
-            let service = scenario.start(&with_instance_env(&[]))?;
+            // The large backlog runs with the default batch sizes (the issue's
+            // measurement): small batches would only make it slower.
+            let large = [
+                ("ONCEFLOW_MAX_BATCH_RECORDS", "5000"),
+                ("ONCEFLOW_MAX_BUFFERED_RECORDS", "20000"),
+            ];
+            let extra: &[(&str, &str)] = if spec.fault == Fault::LargeBacklog {
+                &large
+            } else {
+                &[]
+            };
+            let service = scenario.start(&with_instance_env(extra))?;
             Ok(FaultPhase::new(service, 1, injection))
         }
         Fault::InstanceJoin => {
