@@ -2,14 +2,26 @@
 //! a scraper does: every sample with its labels parsed, so a check sums a
 //! family over its labels instead of matching one printed line.
 //!
-//! Guarantees: a family the text does not declare (no `# TYPE` line and no
-//! sample) is an error, never a zero, so a misspelt name or a renamed metric
-//! makes the check fail instead of passing silently.
+//! Guarantees: a name the text does not declare (no `# TYPE` line, no
+//! sample) and that is not one of onceflow's documented labelled series
+//! ([`LABELLED_SERIES`]) is an error, never a zero, so a misspelt name or a
+//! renamed metric makes the check fail instead of passing silently.
 
 use std::collections::BTreeMap;
 
 use crate::bail;
 use crate::error::Result;
+
+/// onceflow's series with labels (README, "Metrics"). prometheus-client
+/// prints nothing at all for a labelled family before its first sample, so
+/// for these (and only these) an absent series is a sum of 0.
+pub const LABELLED_SERIES: &[&str] = &[
+    "onceflow_dlq_records_total",
+    "onceflow_txn_aborts_total",
+    "onceflow_consumer_lag",
+    "onceflow_circuit_breaker_transitions_total",
+    "onceflow_actor_restarts_total",
+];
 
 /// One sample line: `name{label="value",…} value`.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +74,8 @@ impl Metrics {
     /// Whether `name` (a sample name such as `x_total`, or a family `x`) is
     /// declared or has a sample.
     pub fn knows(&self, name: &str) -> bool {
-        self.samples.iter().any(|sample| sample.name == name)
+        LABELLED_SERIES.contains(&name)
+            || self.samples.iter().any(|sample| sample.name == name)
             || self.families.contains_key(name)
             || family_of(name).is_some_and(|family| self.families.contains_key(family))
     }
@@ -209,7 +222,13 @@ mod tests {
     fn a_declared_counter_without_samples_is_zero_an_unknown_name_an_error() -> Result<()> {
         let metrics = Metrics::parse(BODY)?;
         assert_eq!(metrics.sum("onceflow_actor_restarts_total", &[])?, 0.0);
+        // A documented labelled series before its first sample (the
+        // family is not printed at all).
+        let empty = Metrics::parse("# TYPE onceflow_records_consumed counter\n")?;
+        assert_eq!(empty.sum("onceflow_txn_aborts_total", &[])?, 0.0);
         assert!(metrics.sum("onceflow_txn_abort_total", &[]).is_err());
+        assert!(empty.sum("onceflow_records_consumed", &[]).is_ok());
+        assert!(empty.sum("onceflow_txn_commits_total", &[]).is_err());
         assert!(Metrics::parse("x{a=\"1\" 3\n").is_err());
         Ok(())
     }
