@@ -602,7 +602,10 @@ async fn inject_on_noida(
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
             let opened_count = async || {
                 scenario
-                    .metric("onceflow_circuit_breaker_transitions_total", &[("to", "open")])
+                    .metric(
+                        "onceflow_circuit_breaker_transitions_total",
+                        &[("to", "open")],
+                    )
                     .await
                     .unwrap_or(0.0)
             };
