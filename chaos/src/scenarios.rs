@@ -704,8 +704,9 @@ async fn inject_on_noida(
             );
             second.sigkill().await?;
             let mut second = scenario.start_instance(&second_id, &with_instance_env(&[]))?;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            if !second.is_running() {
+            // Started: it serves its endpoint (or it died trying).
+            let serving = second.http_addr().await.is_ok();
+            if !serving || !second.is_running() {
                 bail!(
                     "the second instance stopped; log: {}",
                     second.log_path.display()
