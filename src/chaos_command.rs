@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use onceflow_chaos::runner::{ChaosReport, run_random_mode, run_scenarios, select};
+use onceflow_chaos::runner::{ChaosReport, all_scenarios, run_random_mode, run_scenarios, select};
 use onceflow_chaos::scenarios::{RunSize, ScenarioContext, catalog, this_binary};
 
 /// `onceflow chaos`.
@@ -23,7 +23,8 @@ pub enum ChaosCommand {
         #[command(flatten)]
         options: ChaosOptions,
     },
-    /// Run every scenario.
+    /// Run every scenario (with `--quick`, all but the long ones such as
+    /// `large-backlog`).
     All {
         #[command(flatten)]
         options: ChaosOptions,
@@ -81,7 +82,12 @@ pub async fn run_chaos(command: ChaosCommand) -> anyhow::Result<()> {
     let (report, options) = match command {
         ChaosCommand::List => {
             for spec in catalog() {
-                println!("{:<44} {}", spec.name, spec.description);
+                let note = if spec.full_only {
+                    " (not with --quick)"
+                } else {
+                    ""
+                };
+                println!("{:<44} {}{note}", spec.name, spec.description);
             }
             return Ok(());
         }
@@ -93,7 +99,12 @@ pub async fn run_chaos(command: ChaosCommand) -> anyhow::Result<()> {
             )
         }
         ChaosCommand::All { options } => (
-            run_scenarios(&catalog(), &options.context()?, options.quick).await?,
+            run_scenarios(
+                &all_scenarios(options.quick),
+                &options.context()?,
+                options.quick,
+            )
+            .await?,
             options,
         ),
         ChaosCommand::Random { duration, options } => {

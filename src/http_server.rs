@@ -16,26 +16,31 @@ use onceflow_actors::PipelineStatus;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Binds `addr` and serves until `shutdown` is cancelled.
+/// Binds `addr` (port 0: any free port) and serves until `shutdown` is
+/// cancelled; returns the task and the address actually bound, which the
+/// caller logs (`http endpoint listening addr=…`) so that a supervisor or a
+/// test harness that asked for port 0 can find the endpoint.
 pub async fn serve(
     addr: SocketAddr,
     status: PipelineStatus,
     shutdown: CancellationToken,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<(JoinHandle<()>, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(status);
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(error) = served {
             tracing::error!(%error, "http server failed");
         }
-    }))
+    });
+    Ok((task, bound))
 }
 
 async fn metrics(State(status): State<PipelineStatus>) -> impl IntoResponse {

@@ -133,14 +133,16 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let status = PipelineStatus::default();
     let shutdown = CancellationToken::new();
 
-    let http = http_server::serve(settings.http_addr, status.clone(), shutdown.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "setting `http_addr`: cannot listen on {}",
-                settings.http_addr
-            )
-        })?;
+    let (http, http_addr) =
+        http_server::serve(settings.http_addr, status.clone(), shutdown.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "setting `http_addr`: cannot listen on {}",
+                    settings.http_addr
+                )
+            })?;
+    tracing::info!(addr = %http_addr, "http endpoint listening");
 
     let signals = tokio::spawn(wait_for_signals(shutdown.clone()));
     let pipeline = run_pipeline(settings, status, shutdown.clone());

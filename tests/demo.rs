@@ -64,16 +64,21 @@ fn assert_exactly_once(verdict: &Value, events: u64) {
     assert_eq!(number(verdict, "events"), events, "{verdict:#}");
     assert_eq!(number(verdict, "lost"), 0, "{verdict:#}");
     assert_eq!(number(verdict, "duplicated"), 0, "{verdict:#}");
+    // The mock has no transactions: the topics show loss, not duplicates.
     assert_eq!(
-        number(verdict, "outputs"),
+        number(verdict, "distinct_outputs"),
         number(verdict, "distinct_events"),
         "{verdict:#}"
     );
-    assert_eq!(
-        number(verdict, "dlq_records"),
-        number(verdict, "invalid"),
+    assert!(
+        number(verdict, "outputs") >= number(verdict, "distinct_events"),
         "{verdict:#}"
     );
+    assert!(
+        number(verdict, "dlq_records") >= number(verdict, "invalid"),
+        "{verdict:#}"
+    );
+    assert_eq!(verdict["dlq_exact"], Value::Bool(true), "{verdict:#}");
     assert_eq!(
         number(verdict, "distinct_events")
             + number(verdict, "repeats")
@@ -82,15 +87,11 @@ fn assert_exactly_once(verdict: &Value, events: u64) {
         "{verdict:#}"
     );
     assert!(number(verdict, "repeats") > 0 && number(verdict, "invalid") > 0);
-    assert_eq!(
-        number(verdict, "spend_campaigns_checked"),
-        20,
-        "{verdict:#}"
-    );
+    assert!(number(verdict, "spend_cells_checked") >= 20, "{verdict:#}");
     assert!(
         verdict["judged_by"]
             .as_str()
-            .is_some_and(|text| text.contains("committed")),
+            .is_some_and(|text| text.contains("cannot show what committed")),
         "{verdict:#}"
     );
 }
@@ -235,12 +236,12 @@ async fn demo_without_chaos_removes_its_store_and_prints_a_table() -> anyhow::Re
         "actor restarts",
         "lost",
         "duplicated",
-        "spend totals checked",
+        "spend cells checked",
     ] {
         assert!(stdout.contains(row), "no `{row}` row in:\n{stdout}");
     }
-    assert!(stdout.contains("EXACT"), "{stdout}");
-    assert!(stdout.contains("read_committed"), "{stdout}");
+    assert!(stdout.contains("HELD"), "{stdout}");
+    assert!(stdout.contains("no transactions"), "{stdout}");
     assert!(stderr.contains("faults    none"), "{stderr}");
     // Not kept: the demo's directory is gone.
     assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);

@@ -35,31 +35,33 @@ async fn happy_path_is_exactly_once_with_invalid_records_and_repeats() -> anyhow
 
     let (ready, _) = scenario.http_get("/readyz").await?;
     assert_eq!(ready, 200);
+    let metrics = scenario.metrics().await?;
+    // Summed over every `reason` label: no abort of any kind (the counts
+    // below hold only without one).
     assert_eq!(
-        scenario.metric("onceflow_events_committed_total").await?,
+        metrics.sum("onceflow_txn_aborts_total", &[])?,
+        0.0,
+        "no abort expected: {:?}",
+        metrics.by_label("onceflow_txn_aborts_total", "reason")
+    );
+    assert_eq!(
+        metrics.sum("onceflow_events_committed_total", &[])?,
         events as f64
     );
     assert_eq!(
-        scenario.metric("onceflow_duplicates_total").await?,
+        metrics.sum("onceflow_duplicates_total", &[])?,
         truth.repeats as f64
     );
-    assert_eq!(
-        scenario.metric("onceflow_records_consumed_total").await?,
-        truth.records as f64
-    );
-    assert_eq!(
-        scenario.metric("onceflow_txn_aborts_total").await.ok(),
-        None,
-        "no abort expected"
-    );
+    // A replayed record is consumed again: at least every record once.
+    assert!(metrics.sum("onceflow_records_consumed_total", &[])? >= truth.records as f64);
 
-    let (exit, took) = service.terminate(Duration::from_secs(15)).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success(), "exit status {exit:?}");
-    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     let verdict = scenario.verdict().await?;
     verdict.assert_holds();
     assert_eq!(verdict.output_records, truth.distinct_events);
     assert_eq!(verdict.dlq_records, truth.invalid);
+    scenario.drop_database().await?;
     Ok(())
 }
 
@@ -80,7 +82,7 @@ async fn kafka_abort_after_database_commit_replays_each_output_once() -> anyhow:
     )])?;
     scenario.wait_caught_up(events, invalid, CATCH_UP).await?;
     let aborts = scenario
-        .metric(r#"onceflow_txn_aborts_total{reason="abortable"}"#)
+        .metric("onceflow_txn_aborts_total", &[("reason", "abortable")])
         .await?;
     assert!(aborts >= 3.0, "expected at least 3 aborts, saw {aborts}");
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
@@ -88,6 +90,7 @@ async fn kafka_abort_after_database_commit_replays_each_output_once() -> anyhow:
 
     let verdict = scenario.verdict().await?;
     verdict.assert_holds();
+    scenario.drop_database().await?;
     Ok(())
 }
 
@@ -119,10 +122,18 @@ async fn sigkill_mid_commit_and_restart_keeps_exactly_once() -> anyhow::Result<(
     let exit = service.wait_exit(Duration::from_secs(60)).await?;
     assert!(!exit.success());
 
-    // 3. SIGKILLs at moments the test does not control, while it commits.
-    for pause_ms in [700_u64, 1_300, 400] {
+    // 3. SIGKILLs at moments the test does not control, each once the
+    //    incarnation has committed something more.
+    for _ in 0..3 {
+        let (before, _) = scenario.table_counts().await?;
         let service = scenario.start(&[])?;
-        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        scenario
+            .wait_for("a new row committed", Duration::from_secs(60), async |s| {
+                s.table_counts()
+                    .await
+                    .is_ok_and(|(now, _)| now > before || now == events)
+            })
+            .await?;
         service.sigkill().await?;
     }
 
@@ -133,6 +144,7 @@ async fn sigkill_mid_commit_and_restart_keeps_exactly_once() -> anyhow::Result<(
     assert!(exit.success());
 
     scenario.verdict().await?.assert_holds();
+    scenario.drop_database().await?;
     Ok(())
 }
 
@@ -151,7 +163,10 @@ async fn coordinator_killed_mid_cycle_is_restarted_by_its_supervisor() -> anyhow
     )])?;
     scenario.wait_caught_up(events, invalid, CATCH_UP).await?;
     let restarts = scenario
-        .metric(r#"onceflow_actor_restarts_total{actor="transaction_coordinator"}"#)
+        .metric(
+            "onceflow_actor_restarts_total",
+            &[("actor", "transaction_coordinator")],
+        )
         .await?;
     assert_eq!(restarts, 2.0, "log: {}", service.log());
     let (health, _) = scenario.http_get("/healthz").await?;
@@ -160,6 +175,7 @@ async fn coordinator_killed_mid_cycle_is_restarted_by_its_supervisor() -> anyhow
     assert!(exit.success());
 
     scenario.verdict().await?.assert_holds();
+    scenario.drop_database().await?;
     Ok(())
 }
 
@@ -171,9 +187,8 @@ async fn sigterm_mid_run_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
 
     let service = scenario.start(&[])?;
     service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
-    let (exit, took) = service.terminate(Duration::from_secs(15)).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success(), "exit status {exit:?}");
-    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     let (stored_after_stop, _) = scenario.table_counts().await?;
 
     // Whatever was not committed is replayed by the next start.
@@ -184,6 +199,7 @@ async fn sigterm_mid_run_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
     assert!(stored_after_stop > 0);
 
     scenario.verdict().await?.assert_holds();
+    scenario.drop_database().await?;
     Ok(())
 }
 
@@ -231,5 +247,6 @@ async fn sqlite_store_is_exactly_once_through_a_sigkill() -> anyhow::Result<()> 
     assert_eq!(verdict.output_records, truth.distinct_events);
     assert_eq!(verdict.ad_events_rows, truth.distinct_events);
     assert_eq!(verdict.dead_letter_rows, truth.invalid);
+    scenario.drop_database().await?;
     Ok(())
 }

@@ -159,7 +159,6 @@ async fn read_committed_returns_exactly_the_committed_records() {
         (1, bytes("k4"), bytes("plain"), vec![]),
         (1, bytes("k5"), bytes("v5"), vec![]),
     ];
-    let started = std::time::Instant::now();
     let records = read_committed(&broker.bootstrap, &topic)
         .await
         .expect("read");
@@ -169,11 +168,6 @@ async fn read_committed_returns_exactly_the_committed_records() {
             .windows(2)
             .all(|w| (w[0].partition, w[0].offset) < (w[1].partition, w[1].offset)),
         "sorted by partition and offset"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        started.elapsed()
     );
 
     // An open transaction is not read and does not make the reader hang.
@@ -239,6 +233,19 @@ async fn fresh_databases_are_distinct_and_empty() {
         .await
         .expect("query");
     assert!(second_url.ends_with(&name), "{second_url} names {name}");
+    first.close().await;
+    second.close().await;
+    for url in [&first_url, &second_url] {
+        common::drop_database(url).await.expect("dropped");
+    }
+    let admin_url = common::admin_url();
+    let admin = sqlx::PgPool::connect(&admin_url).await.expect("admin");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(&admin)
+        .await
+        .expect("query");
+    assert_eq!(left, 0, "the database is gone after drop_database");
 }
 
 #[tokio::test]
@@ -309,7 +316,7 @@ fn event_json(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checker_accepts_a_correct_outcome_and_names_each_violation() {
     let broker = Broker::start().await.expect("broker starts");
-    let (_url, pool) = fresh_database().await.expect("database");
+    let (url, pool) = fresh_database().await.expect("database");
     let topics = PipelineTopics {
         input: unique("in"),
         output: unique("out"),
@@ -587,9 +594,162 @@ async fn the_checker_accepts_a_correct_outcome_and_names_each_violation() {
     };
     expect("output twice");
     expect("has no dead_letters row");
-    expect("campaign_spend per campaign vs input");
+    expect("campaign_spend per minute vs input");
     expect("campaign_spend vs ad_events");
     expect(&format!("event {} has no ad_events row", e1.0));
     let panic = std::panic::catch_unwind(|| verdict.assert_holds());
     assert!(panic.is_err(), "assert_holds panics on violations");
+    pool.close().await;
+    common::drop_database(&url).await.expect("drop");
+}
+
+/// Upstream sent one event id twice with different contents, on two
+/// partitions; the store keeps whichever copy its first database commit
+/// held (here the later offset's). The verdict must accept that copy, judge
+/// the output and every spend cell against it, and never switch the spend
+/// check off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_repeat_is_judged_by_the_copy_the_store_kept() {
+    let broker = Broker::start().await.expect("broker starts");
+    let (url, pool) = fresh_database().await.expect("database");
+    let topics = PipelineTopics {
+        input: unique("in"),
+        output: unique("out"),
+        dlq: unique("dlq"),
+    };
+    for topic in [&topics.input, &topics.output, &topics.dlq] {
+        create_topic(&broker.bootstrap, topic, 2)
+            .await
+            .expect("topic");
+    }
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.expect("schema");
+    let id = "0b6c3c1e-5b1f-4e43-9f0a-0f3f6f4d8a11";
+    let first = (
+        id,
+        "c-1",
+        "ad-1",
+        "impression",
+        100,
+        "2026-11-26T10:15:30Z",
+        "2026-11-26T10:15:00Z",
+    );
+    let second = (
+        id,
+        "c-2",
+        "ad-9",
+        "click",
+        7,
+        "2026-11-26T11:00:00Z",
+        "2026-11-26T11:00:00Z",
+    );
+    let producer = plain_producer(&broker.bootstrap);
+    send(
+        &producer,
+        &topics.input,
+        0,
+        None,
+        Some(&event_json(first)),
+        &[],
+    )
+    .await;
+    let (partition, offset) = send(
+        &producer,
+        &topics.input,
+        1,
+        None,
+        Some(&event_json(second)),
+        &[],
+    )
+    .await;
+    let txn_id = Uuid::new_v4().to_string();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let output_of = |event: (&str, &str, &str, &str, i64, &str, &str)| {
+        let mut output: serde_json::Value =
+            serde_json::from_slice(&event_json(event)).expect("json");
+        output["billed_minute"] = event.6.into();
+        output.to_string()
+    };
+    send(
+        &producer,
+        &topics.output,
+        0,
+        Some(b"c-2"),
+        Some(output_of(second).as_bytes()),
+        &[("onceflow-txn-id", &txn_id), ("traceparent", traceparent)],
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO ad_events VALUES ($1::uuid, 'c-2', 'ad-9', 'click', 7, \
+         '2026-11-26T11:00:00Z', $2, $3, $4::uuid)",
+    )
+    .bind(id)
+    .bind(partition)
+    .bind(offset)
+    .bind(&txn_id)
+    .execute(&pool)
+    .await
+    .expect("insert");
+    sqlx::query("INSERT INTO campaign_spend VALUES ('c-2', '2026-11-26T11:00:00Z', 0, 1, 7)")
+        .execute(&pool)
+        .await
+        .expect("spend");
+
+    let verdict = check_exactly_once(&broker.bootstrap, &pool, &topics)
+        .await
+        .expect("check runs");
+    verdict.assert_holds();
+    assert_eq!(verdict.truth.conflicting_repeats, 1);
+
+    // The spend check stays on: a wrong cell is found.
+    sqlx::query("UPDATE campaign_spend SET spend_micros = 8")
+        .execute(&pool)
+        .await
+        .expect("update");
+    let verdict = check_exactly_once(&broker.bootstrap, &pool, &topics)
+        .await
+        .expect("check runs");
+    assert!(
+        verdict
+            .violations
+            .iter()
+            .any(|v| v.contains("campaign_spend per minute vs input: c-2 at 2026-11-26T11:00:00Z")),
+        "{:#?}",
+        verdict.violations
+    );
+    sqlx::query("UPDATE campaign_spend SET spend_micros = 7")
+        .execute(&pool)
+        .await
+        .expect("update");
+
+    // An output carrying the other copy than the stored one is wrong.
+    send(
+        &producer,
+        &topics.output,
+        1,
+        Some(b"c-1"),
+        Some(output_of(first).as_bytes()),
+        &[("onceflow-txn-id", &txn_id), ("traceparent", traceparent)],
+    )
+    .await;
+    // A stored row that is none of the copies is wrong too.
+    sqlx::query("UPDATE ad_events SET cost_micros = 100")
+        .execute(&pool)
+        .await
+        .expect("update");
+    let verdict = check_exactly_once(&broker.bootstrap, &pool, &topics)
+        .await
+        .expect("check runs");
+    for needle in [
+        "output twice",
+        "has a wrong or missing campaign_id",
+        "is none of the 2 input copies",
+    ] {
+        assert!(
+            verdict.violations.iter().any(|v| v.contains(needle)),
+            "no violation mentions {needle:?}: {:#?}",
+            verdict.violations
+        );
+    }
+    pool.close().await;
+    common::drop_database(&url).await.expect("drop");
 }

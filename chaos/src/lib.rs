@@ -1,7 +1,11 @@
 //! onceflow's chaos suite: scenarios that kill actors and processes in the
-//! middle of a commit and inject broker and database faults, a seeded random
-//! mode, and a verdict computed independently of the code under test
-//! (`harness`), against the workload's own ground truth.
+//! middle of a commit, restart supervisors past their budget, stall cycles
+//! during rebalances, inject broker and database faults and awkward input, a
+//! seeded random mode that composes them, and verdicts computed
+//! independently of the code under test (`harness`): the input comes from
+//! the harness's own generator, the truth from the contract's text, and a
+//! scenario passes only if its faults met work, every partition caught up,
+//! and exactly-once held (on the mock cluster: what it can show).
 
 pub mod error;
 pub mod harness;

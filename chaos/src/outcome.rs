@@ -1,6 +1,12 @@
-//! What one chaos scenario found: the faults it injected, the restarts it
-//! saw, and the exactly-once verdict in numbers (lost, duplicated, DLQ
-//! exact), with the violations in words.
+//! What one chaos scenario found: the faults it injected and the evidence
+//! that each met work, the restarts it saw, and the verdict in numbers
+//! (lost, duplicated, DLQ exact), with the violations in words.
+//!
+//! Guarantees: a scenario passes only if it ran, every violation list is
+//! empty, and its fault left evidence that it was injected while there was
+//! work to hit ([`Injection`] adds the violation
+//! `not injected: …` otherwise); a verdict that cannot show exactly-once
+//! (the mock cluster) says so in `judged_by`.
 
 use serde::Serialize;
 
@@ -25,6 +31,10 @@ pub struct ScenarioOutcome {
     pub dlq_exact: bool,
     /// seconds from the end of the last fault until caught up
     pub recover_seconds: f64,
+    /// what shows that each fault was injected and met work
+    pub evidence: Vec<String>,
+    /// how the verdict was reached
+    pub judged_by: String,
     /// every violation found (empty when the scenario passed)
     pub violations: Vec<String>,
     /// why the scenario could not be run or judged, if it could not
@@ -48,9 +58,44 @@ impl ScenarioOutcome {
             duplicated: 0,
             dlq_exact: false,
             recover_seconds: 0.0,
+            evidence: Vec::new(),
+            judged_by: String::new(),
             violations: Vec::new(),
             error: Some(error),
         }
+    }
+}
+
+/// Judged by a broker with transactions: topics read with `read_committed`.
+pub const JUDGED_BY_TRANSACTIONS: &str = "noida-db (transactions): input, output and DLQ topics \
+     read with read_committed, and the tables; exactly once on both sides";
+
+/// Evidence that a fault met work, gathered while it was injected.
+#[derive(Debug, Clone, Default)]
+pub struct Injection {
+    /// what was seen (`SIGKILL at coordinator-after-db-commit: exit by signal 9`)
+    pub evidence: Vec<String>,
+    /// why a fault cannot be shown to have met work
+    pub not_injected: Vec<String>,
+}
+
+impl Injection {
+    /// Records `what` as evidence if `seen`, else as not injected.
+    pub fn require(&mut self, seen: bool, what: impl Into<String>) {
+        let what = what.into();
+        if seen {
+            self.evidence.push(what);
+        } else {
+            self.not_injected.push(what);
+        }
+    }
+
+    /// The violations of faults without evidence.
+    pub fn violations(&self) -> Vec<String> {
+        self.not_injected
+            .iter()
+            .map(|what| format!("not injected: {what}"))
+            .collect()
     }
 }
 

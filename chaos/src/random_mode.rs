@@ -1,9 +1,13 @@
 //! The seeded random mode: a schedule of mixed faults (SIGKILLs, actor
-//! panics, database outages and slowdowns, a second instance joining and
-//! dying) over a run of a given length, while load keeps arriving.
+//! panics, supervisor restarts past the budget, repeated panics, slow cycles,
+//! database outages and slowdowns, a second instance joining and dying) over
+//! a run of a given length, while the harness's own generated load (awkward
+//! records included) keeps arriving.
 //!
 //! Guarantees: the schedule is a pure function of the seed and the length,
-//! printed before it runs, so a failing run is reproduced by its command.
+//! printed before it runs, so a failing run is reproduced by its command;
+//! the verdict (exactly-once, and liveness of every partition) is taken
+//! after every instance stopped.
 
 use std::time::{Duration, Instant};
 
@@ -12,9 +16,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::harness::{DatabaseOutage, Scenario, Service, free_port, unique};
-use crate::outcome::{ScenarioOutcome, numbers_of};
+use crate::error::{Context, Result};
+use crate::harness::{DatabaseOutage, Scenario, Service, WorkloadSpec, unique};
+use crate::outcome::{JUDGED_BY_TRANSACTIONS, ScenarioOutcome, numbers_of};
 use crate::scenarios::{INSTANCE_ENV, ScenarioContext, block_table};
 
 /// One fault of the schedule.
@@ -30,6 +34,13 @@ pub enum ScheduledFault {
     DatabaseSlow(u64),
     /// a second instance joins (or, if it runs, is SIGKILLed and rejoins)
     SecondInstance,
+    /// restart the main instance with restart budget 1 and a partition
+    /// consumer that panics twice: the consumer supervisor is restarted
+    SupervisorRestart,
+    /// restart the main instance with actors panicking at random
+    RepeatedPanics,
+    /// restart the main instance sleeping 15 s after a database commit
+    SlowCycle,
 }
 
 /// A fault at a time from the start of the run.
@@ -48,13 +59,16 @@ pub fn schedule(seed: u64, duration: Duration, failpoints: bool) -> Vec<Schedule
     let mut at_ms = rng.random_range(1_000..3_000_u64);
     let end_ms = duration.as_millis() as u64;
     while at_ms < end_ms {
-        let fault = match rng.random_range(0..5) {
+        let fault = match rng.random_range(0..8) {
             0 => ScheduledFault::KillProcess,
             1 if failpoints => {
                 let points = onceflow_actors::failpoints::ALL_POINTS;
                 ScheduledFault::PanicAt(points[rng.random_range(0..points.len())])
             }
-            1 => ScheduledFault::KillProcess,
+            5 if failpoints => ScheduledFault::SupervisorRestart,
+            6 if failpoints => ScheduledFault::RepeatedPanics,
+            7 if failpoints => ScheduledFault::SlowCycle,
+            1 | 5 | 6 | 7 => ScheduledFault::KillProcess,
             2 => ScheduledFault::DatabaseOutage(rng.random_range(1_000..5_000)),
             3 => ScheduledFault::DatabaseSlow(rng.random_range(1_000..3_000)),
             _ => ScheduledFault::SecondInstance,
@@ -91,10 +105,16 @@ async fn run(
     ));
     let scenario = Scenario::new(&context.binary, 3).await?;
     let rate = (context.size.events * 1_000 / duration.as_millis().max(1) as u64).max(50);
-    let mut load = scenario.produce_in_background(context.size.events, rate, context.seed)?;
+    let load = scenario.generate_in_background(
+        WorkloadSpec {
+            awkward_share: 0.3,
+            ..WorkloadSpec::mixed(context.size.events, 3, context.seed)
+        },
+        rate,
+    );
     let env: Vec<(&str, &str)> = INSTANCE_ENV.to_vec();
     let mut main = scenario.start(&env)?;
-    let mut second: Option<(String, u16, Service)> = None;
+    let mut second: Option<(String, Service)> = None;
     let started = Instant::now();
     let mut process_restarts = 0;
     for event in &plan {
@@ -117,6 +137,38 @@ async fn run(
                 main = scenario.start(&with_point)?;
                 process_restarts += 1;
             }
+            ScheduledFault::SupervisorRestart => {
+                main.sigkill().await?;
+                let mut with_points = env.clone();
+                with_points.push(("ONCEFLOW_RESTART_BUDGET", "1"));
+                with_points.push((
+                    "FAILPOINTS",
+                    "partition-consumer-mid-batch=5*off->2*panic->off",
+                ));
+                main = scenario.start(&with_points)?;
+                process_restarts += 1;
+            }
+            ScheduledFault::RepeatedPanics => {
+                main.sigkill().await?;
+                let mut with_points = env.clone();
+                with_points.push(("ONCEFLOW_RESTART_BUDGET", "1000"));
+                with_points.push((
+                    "FAILPOINTS",
+                    "coordinator-after-db-commit=10%panic;db-writer-mid-statement=10%panic",
+                ));
+                main = scenario.start(&with_points)?;
+                process_restarts += 1;
+            }
+            ScheduledFault::SlowCycle => {
+                main.sigkill().await?;
+                let mut with_points = env.clone();
+                with_points.push((
+                    "FAILPOINTS",
+                    "coordinator-after-db-commit=2*off->1*sleep(15000)->off",
+                ));
+                main = scenario.start(&with_points)?;
+                process_restarts += 1;
+            }
             ScheduledFault::DatabaseOutage(ms) => {
                 let outage = DatabaseOutage::begin(&scenario).await?;
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
@@ -128,14 +180,13 @@ async fn run(
             ScheduledFault::SecondInstance => match second.take() {
                 None => {
                     let id = unique("second");
-                    let port = free_port()?;
-                    let service = scenario.start_instance(&id, port, &env)?;
-                    second = Some((id, port, service));
+                    let service = scenario.start_instance(&id, &env)?;
+                    second = Some((id, service));
                 }
-                Some((id, port, service)) => {
+                Some((id, service)) => {
                     service.sigkill().await?;
-                    let service = scenario.start_instance(&id, port, &env)?;
-                    second = Some((id, port, service));
+                    let service = scenario.start_instance(&id, &env)?;
+                    second = Some((id, service));
                     process_restarts += 1;
                 }
             },
@@ -143,13 +194,10 @@ async fn run(
     }
     let faults_ended = Instant::now();
     progress.set_message(format!("{name}: load finishing, catching up"));
-    load.wait().await?;
-    let truth = scenario
-        .wait_caught_up_with_input(context.size.catch_up)
-        .await?;
+    let generated = load.await.context("the load task failed")??;
+    let mut violations = scenario.liveness_violations(context.size.catch_up).await;
     let recover_seconds = faults_ended.elapsed().as_secs_f64();
-    let mut violations = Vec::new();
-    if let Some((_, _, service)) = second {
+    if let Some((_, service)) = second {
         let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
         if !exit.success() {
             violations.push(format!(
@@ -166,18 +214,28 @@ async fn run(
     let verdict = scenario.verdict().await?;
     let (lost, duplicated, dlq_exact) = numbers_of(&verdict);
     violations.extend(verdict.violations.iter().cloned());
-    Ok(ScenarioOutcome {
+    let outcome = ScenarioOutcome {
         scenario: name.to_owned(),
         faults_injected: plan.len() as u64,
         restarts_seen: process_restarts,
-        events_in: truth.records,
+        events_in: verdict.truth.records,
         lost,
         duplicated,
         dlq_exact,
         recover_seconds,
+        evidence: vec![format!(
+            "{} scheduled faults injected while load arrived; generated {} records",
+            plan.len(),
+            generated.records
+        )],
+        judged_by: JUDGED_BY_TRANSACTIONS.to_owned(),
         violations,
         error: None,
-    })
+    };
+    if outcome.passed() {
+        scenario.drop_database().await?;
+    }
+    Ok(outcome)
 }
 
 #[cfg(test)]

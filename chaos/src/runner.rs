@@ -96,6 +96,12 @@ impl ChaosReport {
             if let Some(error) = &outcome.error {
                 text.push_str(&format!("  could not run: {error}\n"));
             }
+            if !outcome.judged_by.is_empty() {
+                text.push_str(&format!("  judged by: {}\n", outcome.judged_by));
+            }
+            for evidence in &outcome.evidence {
+                text.push_str(&format!("  evidence: {evidence}\n"));
+            }
             for violation in outcome.violations.iter().take(20) {
                 text.push_str(&format!("  - {violation}\n"));
             }
@@ -134,6 +140,15 @@ pub fn select(names: &[String]) -> Result<Vec<ScenarioSpec>> {
         selected.extend(matching.into_iter().cloned());
     }
     Ok(selected)
+}
+
+/// The scenarios `chaos all` runs: every one, except those marked
+/// `full_only` when `quick`.
+pub fn all_scenarios(quick: bool) -> Vec<ScenarioSpec> {
+    catalog()
+        .into_iter()
+        .filter(|spec| !(quick && spec.full_only))
+        .collect()
 }
 
 /// Runs `specs` one after another.

@@ -1,13 +1,32 @@
 //! The chaos scenarios: each one runs the real `onceflow` binary against a
-//! fresh broker and a fresh database, injects its faults, lets the pipeline
-//! catch up, and judges the result independently of the code under test
-//! (topics read with `read_committed` on noida-db; on librdkafka's mock
-//! cluster, the database and the committed transaction ids).
+//! fresh broker and a fresh database, writes the harness's own generated
+//! input (never `onceflow produce`), injects its faults, lets the pipeline
+//! catch up, and judges the result independently of the code under test.
+//!
+//! Guarantees:
+//! - on noida-db (transactions) the verdict is exactly-once, read with
+//!   `read_committed`; on librdkafka's mock cluster (no transactions) it is
+//!   the database exactly and the topics for loss only, and the outcome
+//!   says so (`judged_by`);
+//! - every fault must leave evidence that it met work (a kill point hit and
+//!   the process gone by signal 9, an actor restart counted, the breaker's
+//!   transition counter, a statement seen waiting on the lock, a leader
+//!   seen moved, a second instance seen owning partitions, the input not yet
+//!   consumed when the fault began); without it the scenario fails as
+//!   `not injected`;
+//! - liveness: every partition's stored `next_offset` must reach its high
+//!   watermark within the catch-up window, else `liveness: partition P
+//!   stalled at …`;
+//! - the verdict is taken after the final SIGTERM, not on a snapshot while
+//!   the service runs.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -16,17 +35,20 @@ use sqlx::PgPool;
 use crate::bail;
 use crate::error::{Context, Result};
 use crate::harness::{
-    DatabaseOutage, MockJudgement, Scenario, Service, free_port, mock_judgement, unique,
-    wait_for_progress,
+    DatabaseOutage, GeneratedSummary, MOCK_JUDGED_BY, Scenario, Service, WorkloadSpec,
+    mock_judgement, unique, wait_for_progress,
 };
-use crate::outcome::{ScenarioOutcome, numbers_of};
+use crate::outcome::{Injection, JUDGED_BY_TRANSACTIONS, ScenarioOutcome, numbers_of};
 
 /// Where a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// a noida-db broker: real transactions, verdict by `read_committed`
     Noida,
-    /// librdkafka's mock cluster: broker faults, verdict by committed txn ids
+    /// a noida-db broker, the service writing to a SQLite file
+    NoidaSqlite,
+    /// librdkafka's mock cluster: broker faults, verdict by the database
+    /// and for loss on the topics
     Mock,
 }
 
@@ -47,6 +69,18 @@ pub enum Fault {
     InstanceJoin,
     /// an old incarnation is frozen, replaced, and woken up
     FencedProducer,
+    /// a partition consumer fails past its restart budget: the root
+    /// supervisor restarts the consumer supervisor
+    SupervisorRestart,
+    /// actors panic again and again over the whole run
+    RepeatedPanics,
+    /// a large backlog written before the start
+    LargeBacklog,
+    /// a second instance joins while the first sleeps after a database commit
+    RebalanceWhileSlow,
+    /// the generator's awkward records only (NUL, far dates, 128-character
+    /// ids, repeats on several partitions at once, …)
+    AwkwardRecords,
     /// leaders of the input and output partitions move every 400 ms
     LeaderChange,
     /// a broker goes down and comes back
@@ -66,14 +100,26 @@ pub struct ScenarioSpec {
     pub backend: Backend,
     /// its fault
     pub fault: Fault,
+    /// run by `chaos all` only without `--quick` (it takes minutes)
+    pub full_only: bool,
 }
 
 impl ScenarioSpec {
     /// Whether it needs the kill points compiled in.
     pub fn needs_failpoints(&self) -> bool {
-        matches!(self.fault, Fault::ActorPanic(_) | Fault::ProcessKill(_))
+        matches!(
+            self.fault,
+            Fault::ActorPanic(_)
+                | Fault::ProcessKill(_)
+                | Fault::SupervisorRestart
+                | Fault::RepeatedPanics
+                | Fault::RebalanceWhileSlow
+        )
     }
 }
+
+/// Records of the large backlog.
+pub const LARGE_BACKLOG: u64 = 500_000;
 
 /// Every scenario, in the order `chaos all` runs them.
 pub fn catalog() -> Vec<ScenarioSpec> {
@@ -84,6 +130,7 @@ pub fn catalog() -> Vec<ScenarioSpec> {
             description: format!("the actor at `{point}` dies (panic); its supervisor restarts it"),
             backend: Backend::Noida,
             fault: Fault::ActorPanic(point),
+            full_only: false,
         });
     }
     for point in onceflow_actors::failpoints::ALL_POINTS {
@@ -92,64 +139,118 @@ pub fn catalog() -> Vec<ScenarioSpec> {
             description: format!("the process is SIGKILLed at `{point}`, then restarted"),
             backend: Backend::Noida,
             fault: Fault::ProcessKill(point),
+            full_only: false,
         });
     }
     let others = [
         (
             "database-outage",
-            "the database refuses connections and its sessions are terminated, twice",
+            "the database refuses connections and its sessions are terminated, twice, under load",
             Backend::Noida,
             Fault::DatabaseOutage,
+            false,
         ),
         (
             "database-slow",
-            "statements are blocked past their timeout, twice",
+            "statements are blocked past their timeout, twice, under load",
             Backend::Noida,
             Fault::DatabaseSlow,
+            false,
         ),
         (
             "poison-storm",
             "half of the input is malformed records",
             Backend::Noida,
             Fault::PoisonStorm,
+            false,
         ),
         (
             "instance-join",
             "a second instance joins, is SIGKILLed and rejoins",
             Backend::Noida,
             Fault::InstanceJoin,
+            false,
         ),
         (
             "fenced-producer",
             "a frozen incarnation is replaced and woken: it must be fenced",
             Backend::Noida,
             Fault::FencedProducer,
+            false,
+        ),
+        (
+            "supervisor/consumer-budget-spent",
+            "restart budget 1, a partition consumer panics twice: the root supervisor restarts \
+             the consumer supervisor",
+            Backend::Noida,
+            Fault::SupervisorRestart,
+            false,
+        ),
+        (
+            "repeated-panics",
+            "the coordinator and the writers panic at random (10 %) through the whole run",
+            Backend::Noida,
+            Fault::RepeatedPanics,
+            false,
+        ),
+        (
+            "large-backlog",
+            "500,000 records on 3 partitions written before the start",
+            Backend::Noida,
+            Fault::LargeBacklog,
+            true,
+        ),
+        (
+            "rebalance-while-slow",
+            "instance B joins while instance A sleeps 15 s after a database commit, input flowing",
+            Backend::Noida,
+            Fault::RebalanceWhileSlow,
+            false,
+        ),
+        (
+            "awkward-records/postgres",
+            "the generator's awkward set (NUL, far dates, 128-char ids, fan-out repeats, …) on \
+             PostgreSQL",
+            Backend::Noida,
+            Fault::AwkwardRecords,
+            false,
+        ),
+        (
+            "awkward-records/sqlite",
+            "the generator's awkward set on the SQLite store",
+            Backend::NoidaSqlite,
+            Fault::AwkwardRecords,
+            false,
         ),
         (
             "mock/leader-change",
             "partition leaders move every 400 ms mid-transaction",
             Backend::Mock,
             Fault::LeaderChange,
+            false,
         ),
         (
             "mock/broker-down",
             "a broker goes down for 3 s and comes back",
             Backend::Mock,
             Fault::BrokerDownUp,
+            false,
         ),
         (
             "mock/kafka-errors",
             "errors on EndTxn, Produce, AddPartitionsToTxn and TxnOffsetCommit",
             Backend::Mock,
             Fault::KafkaErrors,
+            false,
         ),
     ];
-    for (name, description, backend, fault) in others {
+    for (name, description, backend, fault, full_only) in others {
         specs.push(ScenarioSpec {
             name: name.to_owned(),
             description: description.to_owned(),
             backend,
             fault,
+            full_only,
         });
     }
     specs
@@ -212,12 +313,34 @@ fn with_instance_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)
     env
 }
 
+/// Records per second of the load that keeps arriving during faults.
+const BACKGROUND_RATE: u64 = 150;
+
 /// What the fault phase left behind.
 struct FaultPhase {
     service: Service,
     faults: u64,
     process_restarts: u64,
     faults_ended: Instant,
+    injection: Injection,
+    /// other instances still running, stopped (SIGTERM) before the verdict
+    others: Vec<Service>,
+    /// load still being written
+    load: Option<tokio::task::JoinHandle<Result<GeneratedSummary>>>,
+}
+
+impl FaultPhase {
+    fn new(service: Service, faults: u64, injection: Injection) -> FaultPhase {
+        FaultPhase {
+            service,
+            faults,
+            process_restarts: 0,
+            faults_ended: Instant::now(),
+            injection,
+            others: Vec::new(),
+            load: None,
+        }
+    }
 }
 
 /// Runs one scenario and judges it.
@@ -227,10 +350,33 @@ pub async fn run_scenario(
     progress: &ProgressBar,
 ) -> ScenarioOutcome {
     let result = match spec.backend {
-        Backend::Noida => run_on_noida(spec, context, progress).await,
+        Backend::Noida | Backend::NoidaSqlite => run_on_noida(spec, context, progress).await,
         Backend::Mock => run_on_mock(spec, context, progress).await,
     };
     result.unwrap_or_else(|error| ScenarioOutcome::failed_to_run(&spec.name, error.to_string()))
+}
+
+/// Whether some input is not consumed yet: a fault that begins now meets work.
+async fn work_left(scenario: &Scenario) -> bool {
+    scenario
+        .stalled_partitions()
+        .await
+        .is_ok_and(|stalled| !stalled.is_empty())
+}
+
+/// The workload of a scenario, written before the start.
+fn backlog_spec(spec: &ScenarioSpec, context: &ScenarioContext, partitions: i32) -> WorkloadSpec {
+    let events = context.size.events;
+    match spec.fault {
+        Fault::PoisonStorm => WorkloadSpec {
+            invalid_share: 0.5,
+            ..WorkloadSpec::mixed(events, partitions, context.seed)
+        },
+        Fault::AwkwardRecords => WorkloadSpec::awkward(events, partitions, context.seed),
+        Fault::LargeBacklog => WorkloadSpec::mixed(LARGE_BACKLOG, partitions, context.seed),
+        Fault::SupervisorRestart => WorkloadSpec::mixed(events * 4, partitions, context.seed),
+        _ => WorkloadSpec::mixed(events, partitions, context.seed),
+    }
 }
 
 async fn run_on_noida(
@@ -239,67 +385,161 @@ async fn run_on_noida(
     progress: &ProgressBar,
 ) -> Result<ScenarioOutcome> {
     progress.set_message(format!("{}: starting a broker and a database", spec.name));
-    let scenario = Scenario::new(&context.binary, 3).await?;
-    let invalid_share = if spec.fault == Fault::PoisonStorm {
-        0.5
-    } else {
-        0.03
+    let partitions = match spec.fault {
+        Fault::SupervisorRestart => 1,
+        Fault::RebalanceWhileSlow => 4,
+        _ => 3,
     };
+    let mut scenario = Scenario::new(&context.binary, partitions).await?;
+    let _sqlite_dir;
+    if spec.backend == Backend::NoidaSqlite {
+        let directory = tempfile::tempdir()?;
+        let file = directory.path().join("onceflow.db");
+        scenario = scenario.with_sqlite(&file);
+        _sqlite_dir = Some(directory);
+    } else {
+        _sqlite_dir = None;
+    }
+    let workload = backlog_spec(spec, context, partitions);
     progress.set_message(format!(
-        "{}: writing {} events",
-        spec.name, context.size.events
+        "{}: generating {} records",
+        spec.name, workload.records
     ));
-    scenario
-        .produce_with_invalid_share(context.size.events, context.seed, invalid_share)
-        .await?;
+    let generated = scenario.generate(workload).await?;
 
     progress.set_message(format!("{}: injecting {:?}", spec.name, spec.fault));
     let phase = inject_on_noida(spec, context, &scenario).await?;
+    let FaultPhase {
+        service,
+        faults,
+        process_restarts,
+        faults_ended,
+        injection,
+        others,
+        load,
+    } = phase;
+    if let Some(load) = load {
+        load.await.context("the background load failed")??;
+    }
 
     progress.set_message(format!("{}: catching up", spec.name));
-    let truth = scenario
-        .wait_caught_up_with_input(context.size.catch_up)
-        .await?;
-    let recover_seconds = phase.faults_ended.elapsed().as_secs_f64();
+    let catch_up = if spec.fault == Fault::LargeBacklog {
+        context.size.catch_up * 3
+    } else {
+        context.size.catch_up
+    };
+    let mut violations = scenario.liveness_violations(catch_up).await;
+    let recover_seconds = faults_ended.elapsed().as_secs_f64();
     let actor_restarts = actor_restarts(&scenario).await;
-    let mut service = phase.service;
-    if !service.is_running() {
-        bail!(
+    let mut service = service;
+    let running = service.is_running();
+    if !running {
+        violations.push(format!(
             "the instance exited before the end; log: {}",
             service.log_path.display()
-        );
+        ));
     }
-    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    for other in others {
+        let log = other.log_path.clone();
+        match other.terminate(Duration::from_secs(15)).await {
+            Ok((exit, _)) if exit.success() => {}
+            Ok((exit, _)) => violations.push(format!(
+                "another instance did not exit 0 on SIGTERM but {exit:?}; log: {}",
+                log.display()
+            )),
+            Err(error) => violations.push(format!("another instance: {error}")),
+        }
+    }
+    if running {
+        let log = service.log_path.clone();
+        let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+        if !exit.success() {
+            violations.push(format!(
+                "SIGTERM did not end in exit 0 but {exit:?}; log: {}",
+                log.display()
+            ));
+        }
+    }
     progress.set_message(format!("{}: judging", spec.name));
     let verdict = scenario.verdict().await?;
     let (lost, duplicated, dlq_exact) = numbers_of(&verdict);
-    let mut violations = verdict.violations.clone();
-    if !exit.success() {
-        violations.push(format!("SIGTERM did not end in exit 0 but {exit:?}"));
-    }
-    Ok(ScenarioOutcome {
+    violations.extend(verdict.violations.iter().cloned());
+    violations.extend(injection.violations());
+    let mut evidence = injection.evidence;
+    evidence.push(format!("generated: {}", summary_line(&generated)));
+    let outcome = ScenarioOutcome {
         scenario: spec.name.clone(),
-        faults_injected: phase.faults,
-        restarts_seen: actor_restarts + phase.process_restarts,
-        events_in: truth.records,
+        faults_injected: faults,
+        restarts_seen: actor_restarts + process_restarts,
+        events_in: verdict.truth.records,
         lost,
         duplicated,
         dlq_exact,
         recover_seconds,
+        evidence,
+        judged_by: JUDGED_BY_TRANSACTIONS.to_owned(),
         violations,
         error: None,
-    })
+    };
+    if outcome.passed() {
+        scenario.drop_database().await?;
+    }
+    Ok(outcome)
+}
+
+/// `12000 records: Plain 9000, valid/far-future 30, …`.
+fn summary_line(summary: &GeneratedSummary) -> String {
+    let kinds: Vec<String> = summary
+        .by_kind
+        .iter()
+        .map(|(kind, count)| format!("{kind} {count}"))
+        .collect();
+    format!("{} records: {}", summary.records, kinds.join(", "))
 }
 
 /// Sum of `onceflow_actor_restarts_total` of the running instance.
 async fn actor_restarts(scenario: &Scenario) -> u64 {
-    let Ok((_, body)) = scenario.http_get("/metrics").await else {
-        return 0;
-    };
-    body.lines()
-        .filter(|line| line.starts_with("onceflow_actor_restarts_total{"))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    scenario
+        .metric("onceflow_actor_restarts_total", &[])
+        .await
+        .map_or(0, |restarts| restarts as u64)
+}
+
+/// Restarts of one actor kind of the running instance.
+async fn restarts_of(service: &Service, actor: &str) -> f64 {
+    match service.metrics().await {
+        Ok(metrics) => metrics
+            .sum("onceflow_actor_restarts_total", &[("actor", actor)])
+            .unwrap_or(0.0),
+        Err(_) => 0.0,
+    }
+}
+
+/// Waits until `check` holds, at most `timeout`; whether it did.
+async fn seen_within<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rows of `consumer_offsets` owned by `instance`.
+async fn partitions_owned_by(scenario: &Scenario, instance: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM consumer_offsets WHERE owner_instance = $1")
+        .bind(instance)
+        .fetch_one(&scenario.pool)
+        .await
+        .unwrap_or(0)
 }
 
 async fn inject_on_noida(
@@ -308,162 +548,299 @@ async fn inject_on_noida(
     scenario: &Scenario,
 ) -> Result<FaultPhase> {
     let size = &context.size;
+    let mut injection = Injection::default();
+    let background = |share: u64| {
+        scenario.generate_in_background(
+            WorkloadSpec::mixed(
+                (size.events / share).max(100),
+                scenario.partitions,
+                context.seed.wrapping_add(1),
+            ),
+            BACKGROUND_RATE,
+        )
+    };
     match &spec.fault {
         Fault::ActorPanic(point) => {
             let failpoints = format!("{point}=1*off->1*panic->off");
             let service =
                 scenario.start(&with_instance_env(&[("FAILPOINTS", failpoints.as_str())]))?;
-            scenario
-                .wait_for("the actor restart", Duration::from_secs(60), async |s| {
-                    actor_restarts(s).await >= 1
-                })
-                .await
-                .with_context(|| {
-                    format!(
-                        "the panic at {point} was not seen; log: {}",
-                        service.log_path.display()
-                    )
-                })?;
-            Ok(FaultPhase {
-                service,
-                faults: 1,
-                process_restarts: 0,
-                faults_ended: Instant::now(),
+            let restarted = seen_within(Duration::from_secs(60), || async {
+                actor_restarts(scenario).await >= 1
             })
+            .await;
+            injection.require(
+                restarted,
+                format!("the panic at {point} was followed by an actor restart (onceflow_actor_restarts_total)"),
+            );
+            Ok(FaultPhase::new(service, 1, injection))
         }
         Fault::ProcessKill(point) => {
             let failpoints = format!("{point}=1*off->return(sigkill)");
             let doomed =
                 scenario.start(&with_instance_env(&[("FAILPOINTS", failpoints.as_str())]))?;
             let log = doomed.log_path.clone();
-            let exit = doomed.wait_exit(Duration::from_secs(60)).await?;
-            if exit.success() {
-                bail!(
-                    "the process was not killed at {point}; log: {}",
+            let exit = doomed.wait_exit(Duration::from_secs(60)).await;
+            let killed = exit.as_ref().is_ok_and(|exit| exit.signal() == Some(9));
+            injection.require(
+                killed,
+                format!(
+                    "the process hit {point} and died by signal 9 (exit {exit:?}; log {})",
                     log.display()
-                );
-            }
+                ),
+            );
             let service = scenario.start(&with_instance_env(&[]))?;
-            Ok(FaultPhase {
-                service,
-                faults: 1,
-                process_restarts: 1,
-                faults_ended: Instant::now(),
-            })
+            let mut phase = FaultPhase::new(service, 1, injection);
+            phase.process_restarts = 1;
+            Ok(phase)
         }
         Fault::DatabaseOutage => {
-            let service = scenario.start(&with_instance_env(&[]))?;
+            let load = background(2);
+            let service = scenario.start(&with_instance_env(&[(
+                "ONCEFLOW_DB_ACQUIRE_TIMEOUT_MS",
+                "500",
+            )]))?;
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
-            for _ in 0..2 {
+            let opened_count = async || {
+                scenario
+                    .metric(
+                        "onceflow_circuit_breaker_transitions_total",
+                        &[("to", "open")],
+                    )
+                    .await
+                    .unwrap_or(0.0)
+            };
+            for round in 0..2 {
+                injection.require(
+                    work_left(scenario).await,
+                    format!("input was left to consume when outage {round} began"),
+                );
+                let before = opened_count().await;
                 let outage = DatabaseOutage::begin(scenario).await?;
-                tokio::time::sleep(size.outage).await;
+                let started = Instant::now();
+                // At least the outage's length, and until the breaker opened
+                // (at most 30 s): the fault must meet the breaker.
+                let opened = seen_within(Duration::from_secs(30), || async {
+                    started.elapsed() >= size.outage && opened_count().await > before
+                })
+                .await;
                 outage.end().await?;
+                injection.require(
+                    opened,
+                    format!(
+                        "the circuit breaker opened during outage {round} \
+                         (onceflow_circuit_breaker_transitions_total{{to=\"open\"}})"
+                    ),
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Ok(FaultPhase {
-                service,
-                faults: 2,
-                process_restarts: 0,
-                faults_ended: Instant::now(),
-            })
+            let mut phase = FaultPhase::new(service, 2, injection);
+            phase.load = Some(load);
+            Ok(phase)
         }
         Fault::DatabaseSlow => {
+            let load = background(2);
             let service = scenario.start(&with_instance_env(&[(
                 "ONCEFLOW_DB_STATEMENT_TIMEOUT_MS",
                 "500",
             )]))?;
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
-            for _ in 0..2 {
-                block_table(&scenario.pool, "campaign_spend", size.outage).await?;
+            for round in 0..2 {
+                injection.require(
+                    work_left(scenario).await,
+                    format!("input was left to consume when slowdown {round} began"),
+                );
+                let waited =
+                    block_table_seeing_waiters(scenario, "campaign_spend", size.outage).await?;
+                injection.require(
+                    waited,
+                    format!(
+                        "a statement of the service waited on the locked table (round {round})"
+                    ),
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Ok(FaultPhase {
-                service,
-                faults: 2,
-                process_restarts: 0,
-                faults_ended: Instant::now(),
-            })
+            let mut phase = FaultPhase::new(service, 2, injection);
+            phase.load = Some(load);
+            Ok(phase)
         }
-        Fault::PoisonStorm => {
-            let service = scenario.start(&with_instance_env(&[]))?;
-            Ok(FaultPhase {
-                service,
-                faults: 1,
-                process_restarts: 0,
-                faults_ended: Instant::now(),
-            })
+        Fault::PoisonStorm | Fault::AwkwardRecords | Fault::LargeBacklog => {
+            // The "fault" is the input itself: it meets work if it is all
+            // still to consume when the service starts.
+            injection.require(
+                work_left(scenario).await,
+                "the input was not consumed yet when the service started",
+            );
+            // The large backlog runs with the default batch sizes (the issue's
+            // measurement): small batches would only make it slower.
+            let large = [
+                ("ONCEFLOW_MAX_BATCH_RECORDS", "5000"),
+                ("ONCEFLOW_MAX_BUFFERED_RECORDS", "20000"),
+            ];
+            let extra: &[(&str, &str)] = if spec.fault == Fault::LargeBacklog {
+                &large
+            } else {
+                &[]
+            };
+            let service = scenario.start(&with_instance_env(extra))?;
+            Ok(FaultPhase::new(service, 1, injection))
         }
         Fault::InstanceJoin => {
+            let load = background(2);
             let service = scenario.start(&with_instance_env(&[]))?;
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
             let second_id = unique("second");
-            let second_port = free_port()?;
-            let second =
-                scenario.start_instance(&second_id, second_port, &with_instance_env(&[]))?;
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            let second = scenario.start_instance(&second_id, &with_instance_env(&[]))?;
+            let owned = seen_within(Duration::from_secs(60), || async {
+                partitions_owned_by(scenario, &second_id).await > 0
+            })
+            .await;
+            injection.require(
+                owned,
+                "the second instance claimed partitions before its SIGKILL",
+            );
+            injection.require(
+                work_left(scenario).await,
+                "input was left to consume when the second instance was killed",
+            );
             second.sigkill().await?;
-            let mut second =
-                scenario.start_instance(&second_id, second_port, &with_instance_env(&[]))?;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            if !second.is_running() {
+            let mut second = scenario.start_instance(&second_id, &with_instance_env(&[]))?;
+            // Started: it serves its endpoint (or it died trying).
+            let serving = second.http_addr().await.is_ok();
+            if !serving || !second.is_running() {
                 bail!(
                     "the second instance stopped; log: {}",
                     second.log_path.display()
                 );
             }
             // A static member that leaves keeps its partitions on noida-db
-            // (members are never evicted), so the second instance stays
-            // until everything is caught up, and only then stops.
-            let faults_ended = Instant::now();
-            scenario.wait_caught_up_with_input(size.catch_up).await?;
-            let (exit, _) = second.terminate(Duration::from_secs(15)).await?;
-            if !exit.success() {
-                bail!("the second instance did not exit 0 on SIGTERM: {exit:?}");
-            }
-            Ok(FaultPhase {
-                service,
-                faults: 2,
-                process_restarts: 1,
-                faults_ended,
-            })
+            // (members are never evicted): it stays until the verdict.
+            let mut phase = FaultPhase::new(service, 2, injection);
+            phase.process_restarts = 1;
+            phase.others.push(second);
+            phase.load = Some(load);
+            Ok(phase)
         }
         Fault::FencedProducer => {
+            let load = background(2);
             let zombie = scenario.start(&with_instance_env(&[]))?;
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
             zombie.signal("STOP").await?;
-            let successor = scenario.start_instance(
-                &scenario.instance_id,
-                free_port()?,
-                &with_instance_env(&[]),
-            )?;
-            scenario
-                .wait_for(
-                    "the successor's claim",
-                    Duration::from_secs(60),
-                    async |s| {
-                        sqlx::query_scalar::<_, i64>(
-                            "SELECT min(owner_epoch) FROM consumer_offsets",
-                        )
-                        .fetch_one(&s.pool)
-                        .await
-                        .is_ok_and(|epoch| epoch >= 2)
-                    },
-                )
-                .await?;
+            let successor = scenario.start(&with_instance_env(&[]))?;
+            let claimed = seen_within(Duration::from_secs(60), || async {
+                sqlx::query_scalar::<_, i64>("SELECT min(owner_epoch) FROM consumer_offsets")
+                    .fetch_one(&scenario.pool)
+                    .await
+                    .is_ok_and(|epoch| epoch >= 2)
+            })
+            .await;
+            injection.require(
+                claimed,
+                "the successor claimed every partition (owner_epoch >= 2)",
+            );
             zombie.signal("CONT").await?;
             let exit = zombie.wait_exit(Duration::from_secs(30)).await?;
-            if exit.success() {
-                bail!("the fenced incarnation exited 0: it should have stopped as fenced");
-            }
-            Ok(FaultPhase {
-                service: successor,
-                faults: 1,
-                process_restarts: 1,
-                faults_ended: Instant::now(),
+            injection.require(
+                !exit.success(),
+                format!("the woken incarnation stopped as fenced (exit {exit:?})"),
+            );
+            let mut phase = FaultPhase::new(successor, 1, injection);
+            phase.process_restarts = 1;
+            phase.load = Some(load);
+            Ok(phase)
+        }
+        Fault::SupervisorRestart => {
+            let service = scenario.start(&with_instance_env(&[
+                ("ONCEFLOW_RESTART_BUDGET", "1"),
+                (
+                    "FAILPOINTS",
+                    "partition-consumer-mid-batch=5*off->2*panic->off",
+                ),
+            ]))?;
+            let restarted = seen_within(Duration::from_secs(60), || async {
+                restarts_of(&service, "consumer_supervisor").await >= 1.0
             })
+            .await;
+            injection.require(
+                restarted,
+                "the root supervisor restarted the consumer supervisor \
+                 (onceflow_actor_restarts_total{actor=\"consumer_supervisor\"})",
+            );
+            Ok(FaultPhase::new(service, 2, injection))
+        }
+        Fault::RepeatedPanics => {
+            let load = background(1);
+            let service = scenario.start(&with_instance_env(&[
+                ("ONCEFLOW_RESTART_BUDGET", "1000"),
+                (
+                    "FAILPOINTS",
+                    "coordinator-after-db-commit=3*off->10%panic;\
+                     db-writer-mid-statement=5*off->10%panic;\
+                     partition-consumer-mid-batch=100*off->0.5%panic",
+                ),
+            ]))?;
+            let restarted = seen_within(Duration::from_secs(90), || async {
+                actor_restarts(scenario).await >= 3
+            })
+            .await;
+            injection.require(restarted, "at least 3 actor restarts were counted");
+            let mut phase = FaultPhase::new(service, 3, injection);
+            phase.load = Some(load);
+            Ok(phase)
+        }
+        Fault::RebalanceWhileSlow => {
+            let load = scenario.generate_in_background(
+                WorkloadSpec::mixed(
+                    (size.events * 2).max(3_000),
+                    scenario.partitions,
+                    context.seed.wrapping_add(1),
+                ),
+                200,
+            );
+            let first = scenario.start(&with_instance_env(&[(
+                "FAILPOINTS",
+                "coordinator-after-db-commit=5*off->1*sleep(15000)->off",
+            )]))?;
+            wait_for_progress(scenario, Duration::from_secs(60)).await?;
+            // The stall: no new row for 2 s while input keeps arriving.
+            let stalled =
+                wait_for_stall(scenario, Duration::from_secs(2), Duration::from_secs(60)).await?;
+            injection.require(
+                stalled,
+                "instance A's cycle stalled (no new row for 2 s while input arrived)",
+            );
+            let second_id = unique("second");
+            let second = scenario.start_instance(&second_id, &with_instance_env(&[]))?;
+            let owned = seen_within(Duration::from_secs(60), || async {
+                partitions_owned_by(scenario, &second_id).await > 0
+            })
+            .await;
+            injection.require(owned, "instance B claimed partitions");
+            let mut phase = FaultPhase::new(first, 1, injection);
+            phase.others.push(second);
+            phase.load = Some(load);
+            Ok(phase)
         }
         other => bail!("{other:?} does not run on noida-db"),
     }
+}
+
+/// Waits until `ad_events` stops growing for `quiet` while the input topic
+/// still has unconsumed records; whether that happened within `timeout`.
+async fn wait_for_stall(scenario: &Scenario, quiet: Duration, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let mut last = scenario.table_counts().await?.0;
+    let mut since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = scenario.table_counts().await?.0;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet && work_left(scenario).await {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Holds an exclusive lock on `table` for `duration`, so statements that
@@ -478,6 +855,40 @@ pub(crate) async fn block_table(pool: &PgPool, table: &str, duration: Duration) 
     tokio::time::sleep(duration).await;
     transaction.rollback().await?;
     Ok(())
+}
+
+/// [`block_table`], and whether a session of the scenario's database was
+/// seen waiting on a lock meanwhile (the fault met a statement).
+async fn block_table_seeing_waiters(
+    scenario: &Scenario,
+    table: &str,
+    duration: Duration,
+) -> Result<bool> {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&scenario.pool)
+        .await?;
+    let blocker = block_table(&scenario.pool, table, duration);
+    tokio::pin!(blocker);
+    let mut waited = false;
+    loop {
+        tokio::select! {
+            result = &mut blocker => {
+                result?;
+                return Ok(waited);
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+                )
+                .bind(&database)
+                .fetch_one(&scenario.pool)
+                .await
+                .unwrap_or(0);
+                waited |= waiting > 0;
+            }
+        }
+    }
 }
 
 async fn run_on_mock(
@@ -514,88 +925,149 @@ async fn run_on_mock(
         cluster.apiversion(RDKafkaApiKey::Produce, None, Some(9))?;
     }
     progress.set_message(format!(
-        "{}: writing {} events",
+        "{}: generating {} records",
         spec.name, context.size.events
     ));
-    scenario.produce(context.size.events, context.seed).await?;
-    let mut service = scenario.start(&with_instance_env(&[(
+    let generated = scenario
+        .generate(WorkloadSpec::mixed(context.size.events, 3, context.seed))
+        .await?;
+    let load = scenario.generate_in_background(
+        WorkloadSpec::mixed(
+            (context.size.events / 2).max(100),
+            3,
+            context.seed.wrapping_add(1),
+        ),
+        BACKGROUND_RATE,
+    );
+    let service = scenario.start(&with_instance_env(&[(
         "ONCEFLOW_KAFKA_CALL_TIMEOUT_MS",
         "5000",
     )]))?;
     wait_for_progress(&scenario, Duration::from_secs(60)).await?;
 
     progress.set_message(format!("{}: injecting {:?}", spec.name, spec.fault));
-    let faults = inject_on_mock(&spec.fault, &cluster, &scenario).await?;
+    let mut injection = Injection::default();
+    injection.require(
+        work_left(&scenario).await,
+        "input was left to consume when the fault began",
+    );
+    let faults = inject_on_mock(&spec.fault, &cluster, &scenario, &mut injection).await?;
     let faults_ended = Instant::now();
+    load.await.context("the background load failed")??;
 
     progress.set_message(format!("{}: catching up", spec.name));
-    let deadline = Instant::now() + context.size.catch_up;
-    let judgement = loop {
-        let judgement = mock_judgement(&scenario, &service.log()).await?;
-        if judgement.holds() || Instant::now() > deadline {
-            break judgement;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let mut violations = scenario.liveness_violations(context.size.catch_up).await;
     let recover_seconds = faults_ended.elapsed().as_secs_f64();
     let restarts = actor_restarts(&scenario).await;
-    let truth = crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    if !service.is_running() {
-        bail!(
+    let mut service = service;
+    if service.is_running() {
+        let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+        if !exit.success() {
+            violations.push(format!("SIGTERM did not end in exit 0 but {exit:?}"));
+        }
+    } else {
+        violations.push(format!(
             "the instance exited before the end; log: {}",
             service.log_path.display()
-        );
+        ));
     }
-    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
-    let MockJudgement {
-        lost,
-        duplicated,
-        dlq_exact,
-        mut violations,
-        ..
-    } = judgement;
-    if !exit.success() {
-        violations.push(format!("SIGTERM did not end in exit 0 but {exit:?}"));
-    }
+    // Judged after the final stop: what the service left behind.
+    let judgement = mock_judgement(&scenario).await?;
+    violations.extend(judgement.violations.iter().cloned());
+    violations.extend(injection.violations());
+    let mut evidence = injection.evidence;
+    evidence.push(format!("generated: {}", summary_line(&generated)));
+    let truth = crate::harness::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
     drop(cluster);
-    Ok(ScenarioOutcome {
+    let outcome = ScenarioOutcome {
         scenario: spec.name.clone(),
         faults_injected: faults,
         restarts_seen: restarts,
         events_in: truth.records,
-        lost,
-        duplicated,
-        dlq_exact,
+        lost: judgement.lost,
+        duplicated: judgement.duplicated,
+        dlq_exact: judgement.dlq_exact,
         recover_seconds,
+        evidence,
+        judged_by: MOCK_JUDGED_BY.to_owned(),
         violations,
         error: None,
-    })
+    };
+    if outcome.passed() {
+        scenario.drop_database().await?;
+    }
+    Ok(outcome)
+}
+
+/// The leader of each partition of `topic`, from the cluster's metadata.
+fn leaders(bootstrap: &str, topic: &str) -> Result<Vec<(i32, i32)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("onceflow-harness-leaders"))
+        .create()?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .with_context(|| format!("cannot read the metadata of {topic}"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader())))
+        .collect())
 }
 
 async fn inject_on_mock(
     fault: &Fault,
     cluster: &MockCluster<'static, DefaultProducerContext>,
     scenario: &Scenario,
+    injection: &mut Injection,
 ) -> Result<u64> {
     use RDKafkaRespErr::*;
     match fault {
         Fault::LeaderChange => {
             let mut moves = 0;
+            let mut seen_moved = 0;
             for round in 0..10_i32 {
+                let mut wanted = Vec::new();
                 for partition in 0..3 {
                     let leader = 1 + (round + partition).rem_euclid(3);
                     cluster.partition_leader(&scenario.topics.input, partition, Some(leader))?;
                     cluster.partition_leader(&scenario.topics.output, partition, Some(leader))?;
+                    wanted.push((partition, leader));
                     moves += 2;
                 }
+                let bootstrap = scenario.bootstrap.clone();
+                let topic = scenario.topics.input.clone();
+                let now = tokio::task::spawn_blocking(move || leaders(&bootstrap, &topic))
+                    .await
+                    .context("the metadata task failed")??;
+                seen_moved += wanted.iter().filter(|w| now.contains(w)).count();
                 tokio::time::sleep(Duration::from_millis(400)).await;
             }
+            injection.require(
+                seen_moved >= 10,
+                format!("the metadata showed the requested leader {seen_moved} of 30 times"),
+            );
             Ok(moves)
         }
         Fault::BrokerDownUp => {
+            let third = scenario
+                .bootstrap
+                .split(',')
+                .nth(2)
+                .context("the mock has fewer than 3 brokers")?
+                .to_owned();
             cluster.broker_down(3)?;
+            let refused = seen_within(Duration::from_secs(2), || async {
+                tokio::net::TcpStream::connect(&third).await.is_err()
+            })
+            .await;
             tokio::time::sleep(Duration::from_secs(3)).await;
             cluster.broker_up(3)?;
+            injection.require(
+                refused,
+                format!("broker 3 ({third}) refused connections while down"),
+            );
             Ok(1)
         }
         Fault::KafkaErrors => {
@@ -629,6 +1101,14 @@ async fn inject_on_mock(
                 injected += errors.len() as u64;
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
+            let aborted = seen_within(Duration::from_secs(30), || async {
+                scenario
+                    .metric("onceflow_txn_aborts_total", &[])
+                    .await
+                    .is_ok_and(|aborts| aborts >= 1.0)
+            })
+            .await;
+            injection.require(aborted, "a transaction aborted (onceflow_txn_aborts_total)");
             Ok(injected)
         }
         other => bail!("{other:?} does not run on the mock cluster"),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use onceflow_actors::store::Store;
-use onceflow_chaos::harness::StoredLedger;
+use onceflow_chaos::harness::Tables;
 
 /// File name of the SQLite store inside the demo directory.
 const SQLITE_FILE: &str = "onceflow-demo.db";
@@ -126,12 +126,12 @@ impl DemoStore {
         }
     }
 
-    /// What the store holds now.
-    pub async fn ledger(&self) -> anyhow::Result<StoredLedger> {
-        Ok(match &self.store {
-            Store::Sqlite(sqlite) => StoredLedger::read_sqlite(sqlite.pool()).await?,
-            Store::Postgres(postgres) => StoredLedger::read_postgres(postgres.pool()).await?,
-        })
+    /// The store's tables, for the verdict's own SQL.
+    pub fn tables(&self) -> Tables<'_> {
+        match &self.store {
+            Store::Sqlite(sqlite) => Tables::Sqlite(sqlite.pool()),
+            Store::Postgres(postgres) => Tables::Postgres(postgres.pool()),
+        }
     }
 
     /// Makes the store refuse the pipeline's writes for `duration`: another

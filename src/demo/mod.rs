@@ -11,10 +11,10 @@
 //! stops the pipeline gracefully and prints a verdict.
 //!
 //! Guarantees: the verdict is reached from outside the pipeline (see
-//! [`demo_verdict`]); the mock cluster has no `read_committed`, so outputs
-//! count only inside the transactions the pipeline reported committed, as
-//! the chaos suite does on the mock, and the output says so. The exit code
-//! is 0 only if exactly-once held.
+//! [`demo_verdict`]); the mock cluster has no transactions, so it cannot
+//! show what committed: the store is judged exactly and the topics only for
+//! loss, as the chaos suite does on the mock, and the output says so. The
+//! exit code is 0 only if everything the mock can show held.
 
 mod committed_transactions;
 mod demo_progress;
@@ -30,7 +30,9 @@ use anyhow::{Context, bail};
 use onceflow_actors::actor_names::ActorNames;
 use onceflow_actors::store::{Store, StoreBackend};
 use onceflow_actors::{PipelineStatus, Settings, run_pipeline};
-use onceflow_chaos::harness::{input_truth, judge_on_mock, read_committed};
+use onceflow_chaos::harness::{
+    MockEvidence, PipelineTopics, high_watermarks, input_truth, judge_on_mock, read_committed,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -137,7 +139,7 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
         Ok(())
     } else {
         bail!(
-            "exactly-once violated: {} lost, {} duplicated, {} violations (reproduce: onceflow demo --seed {} --events {} --rate {})",
+            "the demo's verdict failed: {} lost, {} duplicated, {} violations (reproduce: onceflow demo --seed {} --events {} --rate {})",
             verdict.lost,
             verdict.duplicated,
             verdict.violation_count,
@@ -289,11 +291,28 @@ async fn run_on_store(
             ));
         }
     }
-    let ledger = store.ledger().await?;
     let outputs = read_committed(&bootstrap, &topics.output).await?;
     let dead_letters = read_committed(&bootstrap, &topics.dlq).await?;
+    let watermarks = high_watermarks(&bootstrap, &topics.input).await?;
+    let pipeline_topics = PipelineTopics {
+        input: topics.input.clone(),
+        output: topics.output.clone(),
+        dlq: topics.dlq.clone(),
+    };
+    let judgement = judge_on_mock(
+        MockEvidence {
+            truth: &truth,
+            topics: &pipeline_topics,
+            group_id: &group_id,
+            high_watermarks: &watermarks,
+            outputs: &outputs,
+            dead_letter_records: &dead_letters,
+        },
+        store.tables(),
+    )
+    .await?;
+    // Reported by the pipeline, shown for information only (never judged).
     let committed_txn_ids = committed.snapshot();
-    let judgement = judge_on_mock(&truth, &ledger, &outputs, &dead_letters, &committed_txn_ids);
     let verdict = DemoVerdict::new(
         &truth,
         judgement,

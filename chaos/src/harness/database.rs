@@ -9,10 +9,10 @@ use uuid::Uuid;
 
 /// A new empty database `onceflow_t_<uuid>` on the test server
 /// (`$CHAOS_ADMIN_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`):
-/// its URL and a pool on it. The database is left behind for inspection.
+/// its URL and a pool on it. It stays until [`drop_database`] (a test or
+/// scenario that passed drops it; a failed one leaves it for inspection).
 pub async fn fresh_database() -> Result<(String, PgPool)> {
-    let admin_url = std::env::var("CHAOS_ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let admin_url = admin_url();
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
@@ -54,4 +54,40 @@ fn with_database(url: &str, database: &str) -> Result<String> {
         out.push_str(query);
     }
     Ok(out)
+}
+
+/// `$CHAOS_ADMIN_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
+pub fn admin_url() -> String {
+    std::env::var("CHAOS_ADMIN_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Drops the database of `url` (made by [`fresh_database`]), ending its
+/// sessions first. Only `onceflow_t_*` databases are dropped.
+pub async fn drop_database(url: &str) -> Result<()> {
+    let name = url
+        .split('?')
+        .next()
+        .and_then(|base| base.rsplit('/').next())
+        .unwrap_or_default();
+    if !name.starts_with("onceflow_t_")
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        crate::bail!("refusing to drop {name:?}: not a database made by fresh_database");
+    }
+    let admin_url = admin_url();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&admin_url)
+        .await
+        .with_context(|| format!("cannot connect to the test postgres at {admin_url}"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .with_context(|| format!("cannot drop database {name}"))?;
+    admin.close().await;
+    Ok(())
 }

@@ -29,7 +29,11 @@ pub struct ValidEvent {
 }
 
 /// Applies the contract's validity rule to a record value; an invalid one
-/// gives the error kind the contract implies and a reason.
+/// gives the error kind the contract implies and a reason. Read from the
+/// contract's text: `event_id` a UUID; `campaign_id` and `ad_id` non-empty
+/// strings of at most 128 characters (Unicode scalar values) without NUL;
+/// `kind` `impression` or `click`; `cost_micros` an integer from 0 to
+/// 10^12; `occurred_at` RFC 3339; extra fields ignored.
 pub fn check_event(
     value: Option<&[u8]>,
 ) -> std::result::Result<ValidEvent, (&'static str, String)> {
@@ -51,6 +55,9 @@ pub fn check_event(
         let chars = value.chars().count();
         if chars == 0 || chars > 128 {
             return Err(bad(format!("{name} has {chars} characters")));
+        }
+        if value.contains('\u{0}') {
+            return Err(bad(format!("{name} contains NUL (U+0000)")));
         }
         Ok(value.to_owned())
     };
@@ -142,13 +149,17 @@ pub struct InputTruth {
     pub per_minute: BTreeMap<(String, i64), Totals>,
     /// Each distinct valid event (its first copy by partition, offset).
     pub events: HashMap<Uuid, ValidEvent>,
+    /// Every distinct content sent under each event id, first copy first:
+    /// one entry unless upstream sent conflicting repeats. The store keeps
+    /// whichever copy its first database commit held, so the verdict takes
+    /// the stored variant (it must be one of these) as the event.
+    pub variants: HashMap<Uuid, Vec<ValidEvent>>,
     /// Every input position `(partition, offset)` of each valid event.
     pub positions: HashMap<Uuid, Vec<(i32, i64)>>,
     /// Invalid records by `(partition, offset)`.
     pub invalid_records: BTreeMap<(i32, i64), InvalidRecord>,
-    /// Event ids sent more than once with different contents: their spend
-    /// depends on which copy onceflow saw first, so the per-campaign check
-    /// is skipped when this is not zero.
+    /// Repeats whose content differs from every earlier copy of their event
+    /// id (see [`InputTruth::variants`]).
     pub conflicting_repeats: u64,
 }
 
@@ -180,13 +191,16 @@ impl InputTruth {
                         .entry(event.event_id)
                         .or_default()
                         .push((record.partition, record.offset));
-                    if let Some(first) = truth.events.get(&event.event_id) {
+                    if truth.events.contains_key(&event.event_id) {
                         truth.repeats += 1;
-                        if *first != event {
+                        let variants = truth.variants.entry(event.event_id).or_default();
+                        if !variants.contains(&event) {
                             truth.conflicting_repeats += 1;
+                            variants.push(event);
                         }
                         continue;
                     }
+                    truth.variants.insert(event.event_id, vec![event.clone()]);
                     truth.distinct_events += 1;
                     if event.kind == "click" {
                         truth.clicks += 1;
@@ -217,4 +231,40 @@ pub async fn input_truth(bootstrap: &str, topic: &str) -> Result<InputTruth> {
     Ok(InputTruth::from_records(
         &read_committed(bootstrap, topic).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(campaign: &str, ad: &str) -> String {
+        serde_json::json!({
+            "event_id": "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b",
+            "campaign_id": campaign,
+            "ad_id": ad,
+            "kind": "click",
+            "cost_micros": 1,
+            "occurred_at": "9999-12-31T23:59:59Z",
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn the_128_character_boundary_counts_characters_not_bytes() {
+        let at_limit = "é".repeat(128);
+        let over = "é".repeat(129);
+        assert!(check_event(Some(event(&at_limit, "a").as_bytes())).is_ok());
+        let refused = check_event(Some(event(&over, "a").as_bytes()));
+        assert_eq!(refused.map_err(|(kind, _)| kind), Err(INVALID_EVENT));
+        assert!(check_event(Some(event("c", &"x".repeat(129)).as_bytes())).is_err());
+        assert!(check_event(Some(event("", "a").as_bytes())).is_err());
+    }
+
+    #[test]
+    fn a_nul_in_campaign_or_ad_id_is_an_invalid_event() {
+        for (campaign, ad) in [("c\u{0}1", "a"), ("c", "\u{0}")] {
+            let refused = check_event(Some(event(campaign, ad).as_bytes()));
+            assert_eq!(refused.map_err(|(kind, _)| kind), Err(INVALID_EVENT));
+        }
+    }
 }

@@ -3,6 +3,13 @@
 //! with [`Scenario::with_sqlite`]), unique topics and group, and helpers to
 //! produce input, start/kill/terminate/freeze instances, cut the database
 //! off, read metrics and wait until the pipeline has caught up.
+//!
+//! Every instance binds its HTTP endpoint on port 0 and the harness reads
+//! the bound address from the instance's own log (`http endpoint listening
+//! addr=…`), so no port is picked ahead of time and none is reused across
+//! restarts. Waiting for catch-up is a liveness check: when it times out,
+//! the error names every partition whose stored `next_offset` did not reach
+//! the partition's high watermark, and where it stopped.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -18,7 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
-use super::{Broker, PipelineTopics, Tables, Verdict};
+use super::{Broker, Metrics, PipelineTopics, Tables, Verdict};
 
 /// Everything one test needs, isolated from every other test.
 #[derive(Debug)]
@@ -30,6 +37,9 @@ pub struct Scenario {
     /// the noida-db broker, when the scenario owns one (not on the mock)
     pub broker: Option<Broker>,
     pub database_url: String,
+    /// the scenario's PostgreSQL database (also when the service writes to
+    /// SQLite): dropped by [`Scenario::drop_database`]
+    postgres_url: String,
     /// the scenario's PostgreSQL database (unused by the service when
     /// `sqlite` is set)
     pub pool: PgPool,
@@ -39,7 +49,9 @@ pub struct Scenario {
     pub group_id: String,
     pub instance_id: String,
     pub partitions: i32,
-    pub http_port: u16,
+    /// the log of the instance started last with [`Scenario::start`]: its
+    /// HTTP endpoint is the one [`Scenario::http_get`] asks
+    main_log: std::sync::Mutex<Option<PathBuf>>,
 }
 
 /// A running `onceflow run`.
@@ -90,6 +102,7 @@ impl Scenario {
             binary: binary.to_path_buf(),
             bootstrap,
             broker,
+            postgres_url: database_url.clone(),
             database_url,
             pool,
             sqlite: None,
@@ -97,7 +110,7 @@ impl Scenario {
             group_id: super::unique("group"),
             instance_id: super::unique("instance"),
             partitions,
-            http_port: free_port()?,
+            main_log: std::sync::Mutex::new(None),
         })
     }
 
@@ -137,10 +150,8 @@ impl Scenario {
             ("ONCEFLOW_INPUT_TOPIC", self.topics.input.clone()),
             ("ONCEFLOW_OUTPUT_TOPIC", self.topics.output.clone()),
             ("ONCEFLOW_DLQ_TOPIC", self.topics.dlq.clone()),
-            (
-                "ONCEFLOW_HTTP_ADDR",
-                format!("127.0.0.1:{}", self.http_port),
-            ),
+            // Any free port; the bound address is read from the log.
+            ("ONCEFLOW_HTTP_ADDR", "127.0.0.1:0".to_owned()),
             ("RUST_LOG", "info,onceflow_actors=debug".to_owned()),
             // Small batches: many cycles, so kill points and backpressure are
             // reached on a small workload.
@@ -195,19 +206,39 @@ impl Scenario {
         Ok(())
     }
 
+    /// Writes the harness's own generated workload (see [`super::Generator`])
+    /// to the input topic, as fast as the broker takes it.
+    pub async fn generate(&self, spec: super::WorkloadSpec) -> Result<super::GeneratedSummary> {
+        super::write_workload(&self.bootstrap, &self.topics.input, spec, 0).await
+    }
+
+    /// Writes a generated workload at `rate` records per second in the
+    /// background; await the handle for its summary.
+    pub fn generate_in_background(
+        &self,
+        spec: super::WorkloadSpec,
+        rate: u64,
+    ) -> tokio::task::JoinHandle<Result<super::GeneratedSummary>> {
+        let bootstrap = self.bootstrap.clone();
+        let topic = self.topics.input.clone();
+        tokio::task::spawn_blocking(move || {
+            super::write_workload_blocking(&bootstrap, &topic, spec, rate)
+        })
+    }
+
     /// Starts `onceflow run` with extra environment (for example `FAILPOINTS`).
     pub fn start(&self, extra_env: &[(&str, &str)]) -> Result<Service> {
-        self.start_instance(&self.instance_id, self.http_port, extra_env)
+        let service = self.start_instance(&self.instance_id, extra_env)?;
+        *self
+            .main_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(service.log_path.clone());
+        Ok(service)
     }
 
     /// Starts another instance of the same group, with its own instance id
-    /// and HTTP port.
-    pub fn start_instance(
-        &self,
-        instance_id: &str,
-        http_port: u16,
-        extra_env: &[(&str, &str)],
-    ) -> Result<Service> {
+    /// (its HTTP endpoint on a port of its own, see [`Service::http_addr`]).
+    pub fn start_instance(&self, instance_id: &str, extra_env: &[(&str, &str)]) -> Result<Service> {
         let log_path = std::env::temp_dir().join(format!(
             "{instance_id}-{}.log",
             uuid::Uuid::new_v4().simple()
@@ -217,7 +248,6 @@ impl Scenario {
             .arg("run")
             .envs(self.env())
             .env("ONCEFLOW_INSTANCE_ID", instance_id)
-            .env("ONCEFLOW_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -286,8 +316,16 @@ impl Scenario {
                 }
             }
             if Instant::now() > deadline {
+                let stalled = match self.stalled_partitions().await {
+                    Ok(stalled) if stalled.is_empty() => {
+                        "every partition's stored offset is at its end".to_owned()
+                    }
+                    Ok(stalled) => stalled.join("; "),
+                    Err(error) => format!("cannot read the offsets: {error}"),
+                };
                 bail!(
-                    "not caught up after {timeout:?}: {stored_events}/{events} events, {stored_dead}/{dead_letters} dead letters"
+                    "not caught up after {timeout:?}: {stored_events}/{events} events, \
+                     {stored_dead}/{dead_letters} dead letters; {stalled}"
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -303,47 +341,257 @@ impl Scenario {
         Ok(truth)
     }
 
-    /// GET a path of the service's HTTP endpoint: (status code, body).
-    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .context("no status line")?;
-        let body = response
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        Ok((status, body))
+    /// Per input partition: the high watermark (end of input), the
+    /// `consumer_offsets.next_offset` the store holds for this group (None:
+    /// no row or NULL) and the group's committed Kafka offset (None: none).
+    pub async fn partition_progress(&self) -> Result<Vec<PartitionProgress>> {
+        // Before the service's first migration there is no table: nothing
+        // is stored yet.
+        let stored = self.stored_offsets().await.unwrap_or_default();
+        let bootstrap = self.bootstrap.clone();
+        let group = self.group_id.clone();
+        let topic = self.topics.input.clone();
+        let partitions = self.partitions;
+        let kafka = tokio::task::spawn_blocking(move || {
+            kafka_progress(&bootstrap, &group, &topic, partitions)
+        })
+        .await
+        .context("the watermark task failed")??;
+        Ok(kafka
+            .into_iter()
+            .map(
+                |(partition, high_watermark, group_offset)| PartitionProgress {
+                    partition,
+                    high_watermark,
+                    stored_next_offset: stored.get(&partition).copied().flatten(),
+                    group_offset,
+                },
+            )
+            .collect())
     }
 
-    /// The value of a metric line (`name` with its labels, exactly as printed).
-    pub async fn metric(&self, series: &str) -> Result<f64> {
+    /// `consumer_offsets.next_offset` per partition of the input topic.
+    async fn stored_offsets(&self) -> Result<std::collections::HashMap<i32, Option<i64>>> {
+        self.tables()
+            .consumer_offsets(&self.group_id, &self.topics.input)
+            .await
+    }
+
+    /// The liveness check, in words: every partition whose stored offset has
+    /// not reached its high watermark, and where it is.
+    pub async fn stalled_partitions(&self) -> Result<Vec<String>> {
+        Ok(self
+            .partition_progress()
+            .await?
+            .iter()
+            .filter(|progress| !progress.caught_up())
+            .map(PartitionProgress::describe)
+            .collect())
+    }
+
+    /// Waits until every partition's stored offset reached its high
+    /// watermark; on timeout, one violation per stalled partition
+    /// (`liveness: partition P stalled at …`). Empty when every partition
+    /// caught up.
+    pub async fn liveness_violations(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let result = self.stalled_partitions().await;
+            match result {
+                Ok(stalled) if stalled.is_empty() => return Vec::new(),
+                Ok(stalled) if Instant::now() > deadline => {
+                    return stalled
+                        .into_iter()
+                        .map(|stall| format!("liveness: {stall} after {timeout:?}"))
+                        .collect();
+                }
+                Err(error) if Instant::now() > deadline => {
+                    return vec![format!("liveness: cannot read the offsets: {error}")];
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The HTTP address of the instance started last with [`Scenario::start`].
+    pub async fn http_addr(&self) -> Result<std::net::SocketAddr> {
+        let log = self
+            .main_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .context("no instance was started")?;
+        http_addr_in_log(&log, Duration::from_secs(30)).await
+    }
+
+    /// GET a path of the service's HTTP endpoint: (status code, body).
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.http_addr().await?, path).await
+    }
+
+    /// The `/metrics` of the instance started last, parsed.
+    pub async fn metrics(&self) -> Result<Metrics> {
         let (_, body) = self.http_get("/metrics").await?;
-        body.lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == series)
-                    .then(|| value.parse::<f64>().ok())
-                    .flatten()
-            })
-            .with_context(|| format!("metric {series} not found"))
+        Metrics::parse(&body)
+    }
+
+    /// The sum of the samples of `name` (e.g. `onceflow_txn_aborts_total`)
+    /// whose labels include `labels`; see [`Metrics::sum`].
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        self.metrics().await?.sum(name, labels)
     }
 
     /// The exactly-once verdict, independent of onceflow's code.
     pub async fn verdict(&self) -> Result<Verdict> {
         super::check_exactly_once_in(&self.bootstrap, self.tables(), &self.topics).await
     }
+
+    /// Drops the scenario's PostgreSQL database (call it when the test or
+    /// scenario passed; a failed one keeps its database for inspection).
+    pub async fn drop_database(&self) -> Result<()> {
+        self.pool.close().await;
+        if let Some(sqlite) = &self.sqlite {
+            sqlite.close().await;
+        }
+        super::drop_database(&self.postgres_url).await
+    }
+}
+
+/// Where one input partition is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProgress {
+    pub partition: i32,
+    /// the end of the input
+    pub high_watermark: i64,
+    /// `consumer_offsets.next_offset` for this group (None: not yet stored)
+    pub stored_next_offset: Option<i64>,
+    /// the group's committed Kafka offset (None: none)
+    pub group_offset: Option<i64>,
+}
+
+impl PartitionProgress {
+    /// Whether the stored offset reached the end of the input (an empty
+    /// partition is caught up without a row).
+    pub fn caught_up(&self) -> bool {
+        self.high_watermark == 0 || self.stored_next_offset >= Some(self.high_watermark)
+    }
+
+    /// `partition 1 stalled at stored next_offset 1234 of 5000 (group offset 1200)`.
+    pub fn describe(&self) -> String {
+        let stored = self
+            .stored_next_offset
+            .map_or("no stored offset".to_owned(), |o| {
+                format!("stored next_offset {o}")
+            });
+        let group = self.group_offset.map_or("no group offset".to_owned(), |o| {
+            format!("group offset {o}")
+        });
+        format!(
+            "partition {} stalled at {stored} of high watermark {} ({group})",
+            self.partition, self.high_watermark
+        )
+    }
+}
+
+/// (partition, high watermark, group committed offset) of every partition.
+fn kafka_progress(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<(i32, i64, Option<i64>)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    let mut out = Vec::new();
+    for partition in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        let offset = committed
+            .find_partition(topic, partition)
+            .and_then(|element| match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            });
+        out.push((partition, high, offset));
+    }
+    Ok(out)
+}
+
+/// The address after the last `http endpoint listening addr=` of a log,
+/// waiting at most `timeout` for it to appear.
+pub async fn http_addr_in_log(log: &Path, timeout: Duration) -> Result<std::net::SocketAddr> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text
+            .lines()
+            .rev()
+            .filter(|line| line.contains("http endpoint listening"))
+            .filter_map(|line| {
+                let start = line.find("addr=")? + "addr=".len();
+                line[start..].split_whitespace().next()?.parse().ok()
+            })
+            .next();
+        if let Some(addr) = found {
+            return Ok(addr);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no `http endpoint listening` line in {} within {timeout:?}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET `path` from `addr`: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("no status line")?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, body))
 }
 
 impl Service {
+    /// The address this instance's HTTP endpoint bound (from its log).
+    pub async fn http_addr(&self) -> Result<std::net::SocketAddr> {
+        http_addr_in_log(&self.log_path, Duration::from_secs(30)).await
+    }
+
+    /// GET a path of this instance's HTTP endpoint.
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.http_addr().await?, path).await
+    }
+
+    /// This instance's `/metrics`, parsed.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let (_, body) = self.http_get("/metrics").await?;
+        Metrics::parse(&body)
+    }
+
     /// Sends SIGTERM and waits for the exit, at most `timeout`.
     pub async fn terminate(mut self, timeout: Duration) -> Result<(ExitStatus, Duration)> {
         let pid = self.child.id().context("service already exited")?;

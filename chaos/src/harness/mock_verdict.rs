@@ -1,278 +1,291 @@
 //! The verdict on librdkafka's mock cluster, which has no transaction
-//! semantics (aborted records stay visible, group offsets are discarded):
-//! exactly-once is judged by the database and by the transaction ids the
-//! service reported as committed. Outputs and dead letters count only inside
-//! those transactions, and each distinct event must appear in exactly one.
+//! semantics: aborted records stay visible to a `read_committed` reader,
+//! transactional group offsets are discarded, producers do not fence each
+//! other. So the mock cannot show which transactions committed, and this
+//! verdict does not pretend it can (it never reads the pipeline's own
+//! "cycle committed" reports). It judges only what the mock can show:
 //!
-//! [`judge_on_mock`] is a pure function of the ground truth, the stored
-//! ledger and the topics, so the chaos scenarios (service in another
-//! process, PostgreSQL) and `onceflow demo` (in process, SQLite or
-//! PostgreSQL) reach their verdicts the same way.
+//! - the database, exactly: each distinct valid event exactly one
+//!   `ad_events` row holding one of its input copies at one of its input
+//!   positions; `campaign_spend` equal, cell by cell (campaign, minute), to
+//!   the totals of the events as stored; each invalid record exactly one
+//!   `dead_letters` row at its (partition, offset) with the kind the
+//!   contract implies; every partition's stored `next_offset` at the end of
+//!   the input;
+//! - the topics, for loss only: at least one output record per distinct
+//!   event and at least one DLQ record per invalid position, and nothing
+//!   for an unknown event or a valid position. Never "exactly once": that
+//!   verdict needs a broker with transactions (see [`super::check_exactly_once`]).
+//!
+//! [`judge_on_mock`] takes the tables and the topics as read, so the chaos
+//! scenarios (service in another process) and `onceflow demo` (in process,
+//! SQLite or PostgreSQL) reach their verdicts the same way.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
 
-use super::{InputTruth, Scenario, TopicRecord};
+use super::{InputTruth, PipelineTopics, Scenario, Tables, TopicRecord};
 use crate::error::Result;
 
-/// Rows of `ad_events` (one per stored event).
-const COUNT_EVENTS: &str = "SELECT count(*) FROM ad_events";
-/// Rows of `dead_letters` (one per invalid input position).
-const COUNT_DEAD_LETTERS: &str = "SELECT count(*) FROM dead_letters";
-/// Spend per campaign; valid in both PostgreSQL and SQLite.
-const SPEND_PER_CAMPAIGN: &str = "SELECT campaign_id, CAST(sum(impressions) AS BIGINT), \
-     CAST(sum(clicks) AS BIGINT), CAST(sum(spend_micros) AS BIGINT) \
-     FROM campaign_spend GROUP BY campaign_id";
-
-/// Transaction ids the service reported as committed, from its log.
-pub fn committed_txn_ids(log: &str) -> HashSet<String> {
-    log.lines()
-        .filter(|line| line.contains("cycle committed"))
-        .filter_map(|line| {
-            let start = line.find("txn_id=")? + "txn_id=".len();
-            line.get(start..start + 36).map(str::to_owned)
-        })
-        .collect()
-}
-
-/// What the store holds, as far as the verdict needs it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredLedger {
-    /// rows of `ad_events`
-    pub events: i64,
-    /// rows of `dead_letters`
-    pub dead_letters: i64,
-    /// impressions, clicks and spend (micros) per campaign
-    pub spend_per_campaign: BTreeMap<String, (i64, i64, i64)>,
-}
-
-impl StoredLedger {
-    /// Reads the ledger from a PostgreSQL database.
-    pub async fn read_postgres(pool: &PgPool) -> Result<StoredLedger> {
-        StoredLedger::read(pool).await
-    }
-
-    /// Reads the ledger from a SQLite database.
-    pub async fn read_sqlite(pool: &SqlitePool) -> Result<StoredLedger> {
-        StoredLedger::read(pool).await
-    }
-
-    /// The same three queries on either database.
-    async fn read<DB>(pool: &sqlx::Pool<DB>) -> Result<StoredLedger>
-    where
-        DB: sqlx::Database,
-        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-        DB::Arguments: sqlx::IntoArguments<DB>,
-        i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-        (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
-        (String, i64, i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
-    {
-        let events: i64 = sqlx::query_scalar(COUNT_EVENTS).fetch_one(pool).await?;
-        let dead_letters: i64 = sqlx::query_scalar(COUNT_DEAD_LETTERS)
-            .fetch_one(pool)
-            .await?;
-        let spend: Vec<(String, i64, i64, i64)> =
-            sqlx::query_as(SPEND_PER_CAMPAIGN).fetch_all(pool).await?;
-        Ok(StoredLedger::from_rows(events, dead_letters, spend))
-    }
-
-    fn from_rows(
-        events: i64,
-        dead_letters: i64,
-        spend: Vec<(String, i64, i64, i64)>,
-    ) -> StoredLedger {
-        StoredLedger {
-            events,
-            dead_letters,
-            spend_per_campaign: spend
-                .into_iter()
-                .map(|(campaign, impressions, clicks, micros)| {
-                    (campaign, (impressions, clicks, micros))
-                })
-                .collect(),
-        }
-    }
-}
+/// How a verdict on the mock is reached, said in every report of one.
+pub const MOCK_JUDGED_BY: &str = "librdkafka's mock cluster has no transactions (aborted records \
+     stay visible, group offsets are discarded), so it cannot show what committed: the store's \
+     tables are judged exactly (one row per distinct event, spend per campaign and minute, one \
+     dead letter per invalid position, offsets at the end of the input), the output and DLQ \
+     topics only for loss (at least one record each); exactly-once on the topics is judged on a \
+     broker with transactions";
 
 /// The judgement of one run on the mock cluster.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MockJudgement {
-    /// output records inside committed transactions
-    pub committed_outputs: u64,
+    /// output records read (aborted ones included: the mock keeps them)
+    pub outputs: u64,
     /// distinct event ids among them
     pub distinct_outputs: u64,
-    /// dead-letter records inside committed transactions
-    pub committed_dead_letters: u64,
-    /// distinct valid input events with no committed output
+    /// DLQ records read (aborted ones included)
+    pub dlq_records: u64,
+    /// distinct valid input events without their row or without any output
     pub lost: u64,
-    /// distinct valid input events with more than one committed output
+    /// `ad_events` rows beyond one per distinct event (the only duplicates
+    /// the mock can show)
     pub duplicated: u64,
-    /// every invalid input position has exactly one committed dead letter
-    /// and one `dead_letters` row
+    /// every invalid position has exactly one `dead_letters` row of the
+    /// right kind and at least one DLQ record
     pub dlq_exact: bool,
-    /// campaigns whose stored spend was compared with the truth
-    pub campaigns_checked: u64,
+    /// `(campaign, minute)` cells of `campaign_spend` compared
+    pub spend_cells_checked: u64,
     /// every violation, in words
     pub violations: Vec<String>,
 }
 
 impl MockJudgement {
-    /// Whether every guarantee holds.
+    /// Whether everything the mock can show holds.
     pub fn holds(&self) -> bool {
         self.violations.is_empty()
     }
 }
 
-/// Judges exactly-once from the truth of the input, the stored ledger, the
-/// output and DLQ topics as read (aborted records included, since the mock
-/// keeps them) and the transaction ids reported as committed.
-pub fn judge_on_mock(
-    truth: &InputTruth,
-    ledger: &StoredLedger,
-    outputs: &[TopicRecord],
-    dead_letter_records: &[TopicRecord],
-    committed: &HashSet<String>,
-) -> MockJudgement {
-    let mut judgement = MockJudgement {
-        dlq_exact: true,
-        ..MockJudgement::default()
-    };
-    let violations = &mut judgement.violations;
-    if ledger.events != truth.distinct_events as i64 {
-        violations.push(format!(
-            "ad_events has {} rows, truth {}",
-            ledger.events, truth.distinct_events
-        ));
-    }
-    if ledger.dead_letters != truth.invalid as i64 {
-        judgement.dlq_exact = false;
-        violations.push(format!(
-            "dead_letters has {} rows, truth {}",
-            ledger.dead_letters, truth.invalid
-        ));
-    }
-    for (campaign, totals) in &truth.per_campaign {
-        let expected = (
-            totals.impressions as i64,
-            totals.clicks as i64,
-            totals.spend_micros,
-        );
-        let stored = ledger.spend_per_campaign.get(campaign);
-        if stored != Some(&expected) {
+/// What the mock verdict reads besides the tables.
+#[derive(Debug, Clone, Copy)]
+pub struct MockEvidence<'a> {
+    /// the truth of the input topic
+    pub truth: &'a InputTruth,
+    /// the pipeline's topics
+    pub topics: &'a PipelineTopics,
+    /// the pipeline's consumer group (its `consumer_offsets` rows)
+    pub group_id: &'a str,
+    /// the high watermark of each input partition
+    pub high_watermarks: &'a BTreeMap<i32, i64>,
+    /// the output topic as read (aborted records included)
+    pub outputs: &'a [TopicRecord],
+    /// the DLQ topic as read (aborted records included)
+    pub dead_letter_records: &'a [TopicRecord],
+}
+
+/// Judges a run on the mock: the tables exactly, the topics for loss.
+pub async fn judge_on_mock(
+    evidence: MockEvidence<'_>,
+    tables: Tables<'_>,
+) -> Result<MockJudgement> {
+    let truth = evidence.truth;
+    let mut violations = Vec::new();
+    let (rows, resolved) = super::check_ad_events(truth, tables, &mut violations).await?;
+    let distinct_rows = rows
+        .iter()
+        .map(|row| row.event_id)
+        .collect::<std::collections::HashSet<_>>();
+    let duplicated = (rows.len() - distinct_rows.len()) as u64;
+    let spend_cells_checked =
+        super::check_campaign_spend(&resolved, &rows, tables, &mut violations).await?;
+    let dead_letter_violations_before = violations.len();
+    super::check_dead_letters(truth, &evidence.topics.input, tables, &mut violations).await?;
+    let mut dlq_exact = violations.len() == dead_letter_violations_before;
+
+    let stored_offsets = tables
+        .consumer_offsets(evidence.group_id, &evidence.topics.input)
+        .await?;
+    judge_offsets(evidence.high_watermarks, &stored_offsets, &mut violations);
+
+    let topics = judge_topics_for_loss(
+        truth,
+        &evidence.topics.input,
+        evidence.outputs,
+        evidence.dead_letter_records,
+        &mut violations,
+    );
+    dlq_exact &= topics.dlq_complete;
+    let lost = truth
+        .events
+        .keys()
+        .filter(|id| !distinct_rows.contains(id) || !topics.output_ids.contains_key(id))
+        .count() as u64;
+    Ok(MockJudgement {
+        outputs: evidence.outputs.len() as u64,
+        distinct_outputs: topics.output_ids.len() as u64,
+        dlq_records: evidence.dead_letter_records.len() as u64,
+        lost,
+        duplicated,
+        dlq_exact,
+        spend_cells_checked,
+        violations,
+    })
+}
+
+/// Every partition's stored `next_offset` must equal its high watermark.
+pub fn judge_offsets(
+    high_watermarks: &BTreeMap<i32, i64>,
+    stored: &HashMap<i32, Option<i64>>,
+    violations: &mut Vec<String>,
+) {
+    for (partition, high) in high_watermarks {
+        let next = stored.get(partition).copied().flatten();
+        if *high > 0 && next != Some(*high) {
             violations.push(format!(
-                "campaign_spend {campaign}: {stored:?}, truth {expected:?}"
+                "consumer_offsets of partition {partition}: next_offset {next:?}, the input \
+                 ends at {high}"
             ));
         }
-        judgement.campaigns_checked += 1;
     }
-    for campaign in ledger.spend_per_campaign.keys() {
-        if !truth.per_campaign.contains_key(campaign) {
-            violations.push(format!("campaign_spend has {campaign}, not in the input"));
+    for partition in stored.keys() {
+        if !high_watermarks.contains_key(partition) {
+            violations.push(format!(
+                "consumer_offsets has partition {partition}, which the input topic has not"
+            ));
         }
     }
+}
 
-    let in_committed = |record: &TopicRecord| {
-        record
-            .header_str("onceflow-txn-id")
-            .is_some_and(|txn| committed.contains(txn))
+/// What the topics showed.
+#[derive(Debug, Default)]
+pub struct TopicsForLoss {
+    /// output records per event id
+    pub output_ids: HashMap<Uuid, u32>,
+    /// every invalid position has at least one DLQ record
+    pub dlq_complete: bool,
+}
+
+/// The topics on a broker without transactions: at least one output per
+/// distinct event (an unknown event id is a violation), at least one DLQ
+/// record per invalid position (a valid or unknown position is one).
+pub fn judge_topics_for_loss(
+    truth: &InputTruth,
+    input_topic: &str,
+    outputs: &[TopicRecord],
+    dead_letter_records: &[TopicRecord],
+    violations: &mut Vec<String>,
+) -> TopicsForLoss {
+    let mut found = TopicsForLoss {
+        dlq_complete: true,
+        ..TopicsForLoss::default()
     };
-    let mut outputs_per_event: HashMap<Uuid, u32> = HashMap::new();
-    for record in outputs.iter().filter(|record| in_committed(record)) {
-        judgement.committed_outputs += 1;
+    for record in outputs {
         let event_id = record
             .value
             .as_deref()
             .and_then(|value| serde_json::from_slice::<serde_json::Value>(value).ok())
             .and_then(|json| {
-                json["event_id"]
-                    .as_str()
+                json.get("event_id")
+                    .and_then(serde_json::Value::as_str)
                     .and_then(|id| Uuid::parse_str(id).ok())
             });
         match event_id {
-            Some(event_id) => *outputs_per_event.entry(event_id).or_default() += 1,
+            Some(event_id) if truth.events.contains_key(&event_id) => {
+                *found.output_ids.entry(event_id).or_default() += 1;
+            }
+            Some(event_id) => violations.push(format!(
+                "output {}/{}: event {event_id} is not a valid input event",
+                record.partition, record.offset
+            )),
             None => violations.push(format!(
-                "output record {}:{} has no event id",
+                "output {}/{}: no uuid event_id",
                 record.partition, record.offset
             )),
         }
     }
-    judgement.distinct_outputs = outputs_per_event.len() as u64;
-    for event_id in truth.events.keys() {
-        match outputs_per_event.get(event_id).copied().unwrap_or(0) {
-            1 => {}
-            0 => {
-                judgement.lost += 1;
-                violations.push(format!("event {event_id}: 0 committed outputs"));
-            }
-            count => {
-                judgement.duplicated += 1;
-                violations.push(format!("event {event_id}: {count} committed outputs"));
+    let mut missing: Vec<&Uuid> = truth
+        .events
+        .keys()
+        .filter(|id| !found.output_ids.contains_key(id))
+        .collect();
+    missing.sort();
+    for event_id in missing {
+        violations.push(format!("event {event_id} has no output record at all"));
+    }
+
+    let mut dead_lettered: HashMap<(i32, i64), u32> = HashMap::new();
+    for record in dead_letter_records {
+        let at = format!("dlq {}/{}", record.partition, record.offset);
+        let partition = record
+            .header_str("onceflow-source-partition")
+            .and_then(|p| p.parse::<i32>().ok());
+        let offset = record
+            .header_str("onceflow-source-offset")
+            .and_then(|o| o.parse::<i64>().ok());
+        let (Some(partition), Some(offset)) = (partition, offset) else {
+            violations.push(format!("{at}: source partition or offset is not a number"));
+            continue;
+        };
+        if record.header_str("onceflow-source-topic") != Some(input_topic) {
+            violations.push(format!("{at}: source topic is not {input_topic}"));
+            continue;
+        }
+        match truth.invalid_records.get(&(partition, offset)) {
+            None => violations.push(format!(
+                "{at}: source {partition}/{offset} is not an invalid input record"
+            )),
+            Some(invalid) => {
+                if record.header_str("onceflow-error-kind") != Some(invalid.error_kind) {
+                    violations.push(format!(
+                        "{at}: error kind {:?} for source {partition}/{offset}, the contract \
+                         implies {}",
+                        record.header_str("onceflow-error-kind"),
+                        invalid.error_kind
+                    ));
+                }
+                *dead_lettered.entry((partition, offset)).or_default() += 1;
             }
         }
     }
-    let unknown = outputs_per_event
-        .keys()
-        .filter(|event_id| !truth.events.contains_key(event_id))
-        .count();
-    if unknown > 0 {
-        violations.push(format!(
-            "{unknown} output events are not valid input events"
-        ));
+    for (partition, offset) in truth.invalid_records.keys() {
+        if !dead_lettered.contains_key(&(*partition, *offset)) {
+            found.dlq_complete = false;
+            violations.push(format!(
+                "invalid input {partition}/{offset} has no dlq record at all"
+            ));
+        }
     }
-
-    let mut dead_letters: HashMap<(String, String), u32> = HashMap::new();
-    for record in dead_letter_records
-        .iter()
-        .filter(|record| in_committed(record))
-    {
-        judgement.committed_dead_letters += 1;
-        let position = (
-            record
-                .header_str("onceflow-source-partition")
-                .unwrap_or_default()
-                .to_owned(),
-            record
-                .header_str("onceflow-source-offset")
-                .unwrap_or_default()
-                .to_owned(),
-        );
-        *dead_letters.entry(position).or_default() += 1;
-    }
-    if dead_letters.len() as u64 != truth.invalid || dead_letters.values().any(|count| *count != 1)
-    {
-        judgement.dlq_exact = false;
-        violations.push(format!(
-            "{} dead-letter positions in committed transactions (truth {}), {} of them more than once",
-            dead_letters.len(),
-            truth.invalid,
-            dead_letters.values().filter(|count| **count != 1).count()
-        ));
-    }
-    judgement
+    found
 }
 
-/// Judges a chaos scenario on the mock: its PostgreSQL database, its topics
-/// and the transaction ids in the service's log.
-pub async fn mock_judgement(scenario: &Scenario, service_log: &str) -> Result<MockJudgement> {
-    let truth = super::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    let ledger = StoredLedger::read_postgres(&scenario.pool).await?;
-    let outputs = super::read_committed(&scenario.bootstrap, &scenario.topics.output).await?;
-    let dead_letters = super::read_committed(&scenario.bootstrap, &scenario.topics.dlq).await?;
-    Ok(judge_on_mock(
-        &truth,
-        &ledger,
-        &outputs,
-        &dead_letters,
-        &committed_txn_ids(service_log),
-    ))
+/// Judges a chaos scenario on the mock: its database and its topics.
+pub async fn mock_judgement(scenario: &Scenario) -> Result<MockJudgement> {
+    let (input, outputs, dead_letters) = tokio::try_join!(
+        super::read_committed(&scenario.bootstrap, &scenario.topics.input),
+        super::read_committed(&scenario.bootstrap, &scenario.topics.output),
+        super::read_committed(&scenario.bootstrap, &scenario.topics.dlq),
+    )?;
+    let truth = InputTruth::from_records(&input);
+    let high_watermarks =
+        super::high_watermarks(&scenario.bootstrap, &scenario.topics.input).await?;
+    judge_on_mock(
+        MockEvidence {
+            truth: &truth,
+            topics: &scenario.topics,
+            group_id: &scenario.group_id,
+            high_watermarks: &high_watermarks,
+            outputs: &outputs,
+            dead_letter_records: &dead_letters,
+        },
+        scenario.tables(),
+    )
+    .await
 }
 
-/// Every violation of exactly-once in a chaos scenario on the mock.
-pub async fn mock_violations(scenario: &Scenario, service_log: &str) -> Result<Vec<String>> {
-    Ok(mock_judgement(scenario, service_log).await?.violations)
+/// Every violation found on the mock (see [`mock_judgement`]).
+pub async fn mock_violations(scenario: &Scenario) -> Result<Vec<String>> {
+    Ok(mock_judgement(scenario).await?.violations)
 }
 
 #[cfg(test)]
@@ -301,7 +314,7 @@ mod tests {
     const A: &str = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
     const B: &str = "2b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
 
-    /// Two distinct events (one sent twice) and one invalid record.
+    /// Two distinct events (one sent twice) and one invalid record at 1/1.
     fn truth() -> InputTruth {
         InputTruth::from_records(&[
             record(0, 0, &event_json(A), &[]),
@@ -311,86 +324,78 @@ mod tests {
         ])
     }
 
-    fn ledger() -> StoredLedger {
-        StoredLedger {
-            events: 2,
-            dead_letters: 1,
-            spend_per_campaign: BTreeMap::from([("c-1".to_owned(), (0, 2, 10))]),
-        }
-    }
-
-    fn output(offset: i64, event_id: &str, txn: &str) -> TopicRecord {
-        record(
-            0,
-            offset,
-            &event_json(event_id),
-            &[("onceflow-txn-id", txn)],
-        )
-    }
-
-    fn dead_letter(txn: &str) -> TopicRecord {
+    fn dead_letter(partition: &str, offset: &str, kind: &str) -> TopicRecord {
         record(
             0,
             0,
             "{",
             &[
-                ("onceflow-txn-id", txn),
-                ("onceflow-source-partition", "1"),
-                ("onceflow-source-offset", "1"),
+                ("onceflow-error-kind", kind),
+                ("onceflow-source-topic", "in"),
+                ("onceflow-source-partition", partition),
+                ("onceflow-source-offset", offset),
             ],
         )
     }
 
     #[test]
-    fn only_committed_transactions_count_and_each_event_once() {
-        let committed = HashSet::from(["t1".to_owned(), "t2".to_owned()]);
-        let exact = judge_on_mock(
+    fn the_topics_are_judged_for_loss_only() {
+        let mut violations = Vec::new();
+        // A twice (a replay of an aborted transaction is visible on the mock).
+        let outputs = [
+            record(0, 0, &event_json(A), &[]),
+            record(0, 1, &event_json(A), &[]),
+            record(0, 2, &event_json(B), &[]),
+        ];
+        let found = judge_topics_for_loss(
             &truth(),
-            &ledger(),
-            // B also sits in an aborted transaction t9: not counted.
-            &[output(0, A, "t1"), output(1, B, "t9"), output(2, B, "t2")],
-            &[dead_letter("t1")],
-            &committed,
+            "in",
+            &outputs,
+            &[dead_letter("1", "1", "invalid-json")],
+            &mut violations,
         );
-        assert!(exact.holds(), "{:?}", exact.violations);
-        assert_eq!(
-            (exact.committed_outputs, exact.lost, exact.duplicated),
-            (2, 0, 0)
-        );
-        assert!(exact.dlq_exact);
+        assert!(violations.is_empty(), "{violations:?}");
+        assert!(found.dlq_complete);
 
-        let lost_and_duplicated = judge_on_mock(
+        let mut violations = Vec::new();
+        let found = judge_topics_for_loss(
             &truth(),
-            &ledger(),
-            &[output(0, A, "t1"), output(1, A, "t2"), output(2, B, "t9")],
-            &[dead_letter("t1")],
-            &committed,
+            "in",
+            &outputs[..2],
+            &[dead_letter("0", "1", "invalid-json")],
+            &mut violations,
         );
-        assert_eq!(
-            (lost_and_duplicated.lost, lost_and_duplicated.duplicated),
-            (1, 1)
-        );
-        assert!(!lost_and_duplicated.holds());
+        assert!(!found.dlq_complete);
+        for needle in [
+            &format!("event {B} has no output record"),
+            "source 0/1 is not an invalid input record",
+            "invalid input 1/1 has no dlq record",
+        ] {
+            assert!(
+                violations
+                    .iter()
+                    .any(|violation| violation.contains(needle)),
+                "no violation says {needle:?}: {violations:?}"
+            );
+        }
+    }
 
-        let mut wrong_spend = ledger();
-        wrong_spend
-            .spend_per_campaign
-            .insert("c-1".to_owned(), (0, 2, 15));
-        let no_dead_letter = judge_on_mock(
-            &truth(),
-            &wrong_spend,
-            &[output(0, A, "t1"), output(2, B, "t2")],
-            &[dead_letter("t9")],
-            &committed,
+    #[test]
+    fn every_stored_offset_must_be_at_the_end_of_its_partition() {
+        let high = BTreeMap::from([(0, 2), (1, 2), (2, 0)]);
+        let mut violations = Vec::new();
+        judge_offsets(
+            &high,
+            &HashMap::from([(0, Some(2)), (1, Some(2))]),
+            &mut violations,
         );
-        assert!(!no_dead_letter.dlq_exact);
-        assert!(
-            no_dead_letter
-                .violations
-                .iter()
-                .any(|violation| violation.starts_with("campaign_spend c-1")),
-            "{:?}",
-            no_dead_letter.violations
+        assert!(violations.is_empty(), "{violations:?}");
+        judge_offsets(
+            &high,
+            &HashMap::from([(0, Some(2)), (1, Some(1))]),
+            &mut violations,
         );
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("partition 1"), "{violations:?}");
     }
 }

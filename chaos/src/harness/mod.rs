@@ -1,12 +1,16 @@
 //! The verification toolkit, independent of the code under test: a broker
 //! per run, a database per run, a `read_committed` topic reader, the
-//! contract's validity rule written anew, and the exactly-once verdict.
+//! contract's validity rule written anew, a seeded input generator of its
+//! own, a `/metrics` parser, and the verdicts (exactly-once on a broker
+//! with transactions, the database and loss on the mock cluster).
 //! The integration tests use it too (`tests/common`).
 
 mod broker;
 mod database;
+mod generator;
 mod ground_truth;
 mod instance;
+mod metrics;
 mod mock_verdict;
 mod polling;
 mod topic_reader;
@@ -14,8 +18,10 @@ mod verdict;
 
 pub use broker::*;
 pub use database::*;
+pub use generator::*;
 pub use ground_truth::*;
 pub use instance::*;
+pub use metrics::*;
 pub use mock_verdict::*;
 pub use polling::*;
 pub use topic_reader::*;

@@ -143,6 +143,38 @@ fn read_committed_blocking(
     Ok(records)
 }
 
+/// The high watermark (end) of every partition of `topic`.
+pub async fn high_watermarks(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<i32, i64>> {
+    let partitions = match partition_count(bootstrap, topic).await? {
+        Some(count) => count,
+        None => bail!("topic {topic} does not exist"),
+    };
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", unique("onceflow-harness-watermarks"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("cannot create the watermark reader")?;
+        let mut out = std::collections::BTreeMap::new();
+        for partition in 0..partitions {
+            let partition = i32::try_from(partition).context("too many partitions")?;
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                .with_context(|| format!("cannot read the watermarks of {topic}/{partition}"))?;
+            out.insert(partition, high);
+        }
+        Ok(out)
+    })
+    .await
+    .context("the watermark task failed")?
+}
+
 /// The reader asks for end-of-partition events; librdkafka also reports
 /// them as "global errors", which are not errors here.
 #[derive(Debug, Clone, Copy)]

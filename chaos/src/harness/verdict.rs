@@ -120,6 +120,43 @@ impl Tables<'_> {
         }
     }
 
+    /// `consumer_offsets.next_offset` per partition of `topic` for `group_id`.
+    pub async fn consumer_offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+    ) -> Result<HashMap<i32, Option<i64>>> {
+        let rows: Vec<(i64, Option<i64>)> = match self {
+            Tables::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT partition::int8, next_offset FROM consumer_offsets \
+                     WHERE group_id = $1 AND topic = $2",
+                )
+                .bind(group_id)
+                .bind(topic)
+                .fetch_all(*pool)
+                .await?
+            }
+            Tables::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT partition, next_offset FROM consumer_offsets \
+                     WHERE group_id = $1 AND topic = $2",
+                )
+                .bind(group_id)
+                .bind(topic)
+                .fetch_all(*pool)
+                .await?
+            }
+        };
+        rows.into_iter()
+            .map(|(partition, next)| {
+                let partition = i32::try_from(partition)
+                    .with_context(|| format!("consumer_offsets partition {partition}"))?;
+                Ok((partition, next))
+            })
+            .collect()
+    }
+
     /// `dead_letters` rows: topic, partition, offset, error kind.
     async fn dead_letters(&self) -> Result<Vec<(String, i64, i64, String)>> {
         Ok(match self {
@@ -366,16 +403,16 @@ pub async fn check_exactly_once_in(
     let mut notes = Vec::new();
     if truth.conflicting_repeats > 0 {
         notes.push(format!(
-            "{} repeats carry different contents than their first copy: \
-             campaign_spend is checked against ad_events only",
+            "{} repeats carry different contents than the earlier copies of their event id: \
+             each is judged by the copy its ad_events row holds",
             truth.conflicting_repeats
         ));
     }
 
-    let output_distinct = check_output(&truth, &output, &mut violations);
-    let ad_events = check_ad_events(&truth, tables, &mut violations).await?;
+    let (ad_events, resolved) = check_ad_events(&truth, tables, &mut violations).await?;
+    let output_distinct = check_output(&truth, &resolved, &output, &mut violations);
     let campaign_spend_rows =
-        check_campaign_spend(&truth, &ad_events, tables, &mut violations).await?;
+        check_campaign_spend(&resolved, &ad_events, tables, &mut violations).await?;
     check_dlq(&truth, &topics.input, &dlq, &mut violations);
     let dead_letter_rows =
         check_dead_letters(&truth, &topics.input, tables, &mut violations).await?;
@@ -395,7 +432,15 @@ pub async fn check_exactly_once_in(
 
 /// Output topic: one record per distinct valid event, with the contract's
 /// key, value fields and headers. Returns the number of distinct event ids.
-fn check_output(truth: &InputTruth, output: &[TopicRecord], violations: &mut Vec<String>) -> u64 {
+///
+/// `resolved` holds, per event id, the input copy the store kept (the first
+/// copy when there is no row): the output must carry that same copy.
+fn check_output(
+    truth: &InputTruth,
+    resolved: &HashMap<Uuid, ValidEvent>,
+    output: &[TopicRecord],
+    violations: &mut Vec<String>,
+) -> u64 {
     let mut seen: HashMap<Uuid, (i32, i64)> = HashMap::new();
     for record in output {
         let at = format!("output {}/{}", record.partition, record.offset);
@@ -420,7 +465,7 @@ fn check_output(truth: &InputTruth, output: &[TopicRecord], violations: &mut Vec
                 "{at}: event {event_id} output twice (also at {p}/{o})"
             ));
         }
-        let Some(event) = truth.events.get(&event_id) else {
+        let Some(event) = resolved.get(&event_id) else {
             violations.push(format!("{at}: event {event_id} is not a valid input event"));
             continue;
         };
@@ -489,18 +534,24 @@ fn check_output(truth: &InputTruth, output: &[TopicRecord], violations: &mut Vec
 
 /// One `ad_events` row.
 #[derive(Debug, Clone)]
-struct AdEventRow {
+pub(super) struct AdEventRow {
+    pub(super) event_id: Uuid,
     campaign_id: String,
     kind: String,
     cost_micros: i64,
     minute: i64,
 }
 
-async fn check_ad_events(
+/// Every `ad_events` row must hold one of the input copies of its event id
+/// (at one of that id's input positions). Returns the rows and, per
+/// distinct event, the copy the store kept (the first input copy for an
+/// event without a row or whose row matches no copy, both violations).
+pub(super) async fn check_ad_events(
     truth: &InputTruth,
     tables: Tables<'_>,
     violations: &mut Vec<String>,
-) -> Result<Vec<AdEventRow>> {
+) -> Result<(Vec<AdEventRow>, HashMap<Uuid, ValidEvent>)> {
+    let mut resolved: HashMap<Uuid, ValidEvent> = truth.events.clone();
     let rows = tables.ad_events().await.context("cannot read ad_events")?;
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut out = Vec::with_capacity(rows.len());
@@ -520,26 +571,40 @@ async fn check_ad_events(
         if !seen.insert(event_id) {
             violations.push(format!("{at}: event stored twice"));
         }
-        match truth.events.get(&event_id) {
+        match truth.variants.get(&event_id) {
             None => violations.push(format!("{at}: not a valid input event")),
-            Some(event) => {
-                if (
-                    campaign_id.as_str(),
-                    ad_id.as_str(),
-                    kind.as_str(),
-                    cost_micros,
-                    occurred_micros,
-                ) != (
-                    event.campaign_id.as_str(),
-                    event.ad_id.as_str(),
-                    event.kind.as_str(),
-                    event.cost_micros,
-                    event.occurred_at_micros,
-                ) {
-                    violations.push(format!(
-                        "{at}: stored ({campaign_id}, {ad_id}, {kind}, {cost_micros}, \
-                             {occurred_micros} µs) differs from the input {event:?}"
-                    ));
+            Some(variants) => {
+                let stored = variants.iter().find(|event| {
+                    (
+                        campaign_id.as_str(),
+                        ad_id.as_str(),
+                        kind.as_str(),
+                        cost_micros,
+                        occurred_micros,
+                    ) == (
+                        event.campaign_id.as_str(),
+                        event.ad_id.as_str(),
+                        event.kind.as_str(),
+                        event.cost_micros,
+                        event.occurred_at_micros,
+                    )
+                });
+                match stored {
+                    Some(event) => {
+                        if event.minute != minute {
+                            violations.push(format!(
+                                "{at}: stored occurred_at falls in minute {minute}, \
+                                 the input's in {}",
+                                event.minute
+                            ));
+                        }
+                        resolved.insert(event_id, event.clone());
+                    }
+                    None => violations.push(format!(
+                        "{at}: stored ({campaign_id:?}, {ad_id:?}, {kind}, {cost_micros}, \
+                         {occurred_micros} µs) is none of the {} input copies {variants:?}",
+                        variants.len()
+                    )),
                 }
                 let position = i32::try_from(partition).ok().map(|p| (p, offset));
                 let known = truth.positions.get(&event_id);
@@ -552,6 +617,7 @@ async fn check_ad_events(
             }
         }
         out.push(AdEventRow {
+            event_id,
             campaign_id,
             kind,
             cost_micros,
@@ -567,11 +633,14 @@ async fn check_ad_events(
     for event_id in missing {
         violations.push(format!("event {event_id} has no ad_events row"));
     }
-    Ok(out)
+    Ok((out, resolved))
 }
 
-async fn check_campaign_spend(
-    truth: &InputTruth,
+/// `campaign_spend`, cell by cell (campaign, minute): equal to the totals
+/// of the stored rows and to the totals of the input events as the store
+/// kept them (`resolved`). Never skipped.
+pub(super) async fn check_campaign_spend(
+    resolved: &HashMap<Uuid, ValidEvent>,
     ad_events: &[AdEventRow],
     tables: Tables<'_>,
     violations: &mut Vec<String>,
@@ -595,7 +664,6 @@ async fn check_campaign_spend(
         totals.spend_micros += spend_micros;
     }
     per_minute.retain(|_, totals| !totals.is_zero());
-    let per_campaign = roll_up(&per_minute);
 
     // Counted once: campaign_spend equals the totals of the stored events.
     let mut from_rows: BTreeMap<(String, i64), Totals> = BTreeMap::new();
@@ -613,22 +681,20 @@ async fn check_campaign_spend(
         violations,
     );
 
-    if truth.conflicting_repeats == 0 {
-        compare_totals(
-            "campaign_spend per campaign vs input",
-            &per_campaign,
-            &truth.per_campaign,
-            |campaign| campaign.clone(),
-            violations,
-        );
-        compare_totals(
-            "campaign_spend per minute vs input",
-            &per_minute,
-            &truth.per_minute,
-            describe_minute,
-            violations,
-        );
+    let mut from_input: BTreeMap<(String, i64), Totals> = BTreeMap::new();
+    for event in resolved.values() {
+        from_input
+            .entry((event.campaign_id.clone(), event.minute))
+            .or_default()
+            .add(&event.kind, event.cost_micros);
     }
+    compare_totals(
+        "campaign_spend per minute vs input",
+        &per_minute,
+        &from_input,
+        describe_minute,
+        violations,
+    );
     Ok(row_count)
 }
 
@@ -641,17 +707,6 @@ fn describe_minute((campaign_id, minute): &(String, i64)) -> String {
         ),
         None => format!("{campaign_id} at epoch second {minute}"),
     }
-}
-
-fn roll_up(per_minute: &BTreeMap<(String, i64), Totals>) -> BTreeMap<String, Totals> {
-    let mut per_campaign: BTreeMap<String, Totals> = BTreeMap::new();
-    for ((campaign_id, _), totals) in per_minute {
-        let sum = per_campaign.entry(campaign_id.clone()).or_default();
-        sum.impressions += totals.impressions;
-        sum.clicks += totals.clicks;
-        sum.spend_micros += totals.spend_micros;
-    }
-    per_campaign
 }
 
 fn compare_totals<K: Ord>(
@@ -760,7 +815,7 @@ fn check_dlq(
     }
 }
 
-async fn check_dead_letters(
+pub(super) async fn check_dead_letters(
     truth: &InputTruth,
     input_topic: &str,
     tables: Tables<'_>,
