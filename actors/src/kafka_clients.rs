@@ -185,14 +185,6 @@ pub fn create_input_consumer(
     if !settings.kafka.contains_key("session.timeout.ms") {
         config.set("session.timeout.ms", "10000");
     }
-    // librdkafka prefetches up to `queued.max.messages.kbytes` per partition
-    // (64 MiB by default) before onceflow sees a record, outside the count
-    // of `max_buffered_records`: under a backlog that alone reached ~190 MiB
-    // for three partitions. 8 MiB per partition keeps fetching ahead (eight
-    // 1 MiB fetches) with memory bounded whatever the backlog.
-    if !settings.kafka.contains_key("queued.max.messages.kbytes") {
-        config.set("queued.max.messages.kbytes", "8192");
-    }
     // Eager round-robin by default. `cooperative-sticky` works with onceflow
     // (revoked partitions are drained first, see `drain_before_revocation`)
     // and can be chosen under `[kafka]`; it is not the default because on the
