@@ -22,17 +22,24 @@ use service::Scenario;
 
 const CATCH_UP: Duration = Duration::from_secs(180);
 
-/// Waits until `series` of the service's `/metrics` reaches `at_least`.
-async fn wait_for_metric(scenario: &Scenario, series: &str, at_least: f64, within: Duration) {
+/// Waits until the sum of `name{labels}` of the service's `/metrics`
+/// reaches `at_least`.
+async fn wait_for_metric(
+    scenario: &Scenario,
+    name: &str,
+    labels: &[(&str, &str)],
+    at_least: f64,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     loop {
-        let value = scenario.metric(series).await.unwrap_or(0.0);
+        let value = scenario.metric(name, labels).await.unwrap_or(0.0);
         if value >= at_least {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{series} stayed at {value} (< {at_least}) for {within:?}"
+            "{name}{labels:?} stayed at {value} (< {at_least}) for {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -55,7 +62,8 @@ async fn a_consumer_supervisor_restarted_under_a_backlog_loses_nothing() -> anyh
     ])?;
     wait_for_metric(
         &scenario,
-        r#"onceflow_actor_restarts_total{actor="consumer_supervisor"}"#,
+        "onceflow_actor_restarts_total",
+        &[("actor", "consumer_supervisor")],
         1.0,
         Duration::from_secs(90),
     )
@@ -145,7 +153,7 @@ async fn an_instance_joining_during_a_stalled_cycle_doubles_nothing() -> anyhow:
         let mut last = (-1.0, Instant::now());
         loop {
             let commits = scenario
-                .metric("onceflow_txn_commits_total")
+                .metric("onceflow_txn_commits_total", &[])
                 .await
                 .unwrap_or(0.0);
             if commits != last.0 {
@@ -158,11 +166,11 @@ async fn an_instance_joining_during_a_stalled_cycle_doubles_nothing() -> anyhow:
         }
     };
     let second_id = common::unique("second");
-    let second = scenario.start_instance(&second_id, service::free_port()?, &[])?;
+    let second = scenario.start_instance(&second_id, &[])?;
     assert!(producer.wait().await?.success());
     scenario.wait_caught_up_with_input(CATCH_UP).await?;
     assert!(
-        scenario.metric("onceflow_txn_commits_total").await? > stalled_at,
+        scenario.metric("onceflow_txn_commits_total", &[]).await? > stalled_at,
         "instance A never committed again after its stall"
     );
     let (exit, _) = second.terminate(Duration::from_secs(15)).await?;

@@ -74,7 +74,7 @@ pub fn output_value(event: &AdEvent) -> Vec<u8> {
         "ad_id": event.ad_id,
         "kind": event.kind.as_str(),
         "cost_micros": event.cost_micros,
-        "occurred_at": event.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "occurred_at": event.occurred_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         "billed_minute": event.billed_minute().to_rfc3339_opts(SecondsFormat::Secs, true),
     });
     value.to_string().into_bytes()
@@ -128,6 +128,23 @@ mod tests {
         assert_eq!(json["billed_minute"], "2026-11-26T08:15:00Z");
         assert_eq!(json["occurred_at"], "2026-11-26T08:15:30.123Z");
         assert_eq!(json["kind"], "impression");
+    }
+
+    #[test]
+    fn the_output_keeps_the_input_instant_to_the_nanosecond() {
+        let processed = process_record(ConsumedRecord {
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: Some(br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-1","ad_id":"a","kind":"click","cost_micros":5,"occurred_at":"2026-11-26T10:15:59.999999999Z"}"#.to_vec()),
+            traceparent: None,
+        });
+        let RecordEffect::Event { output_value, .. } = processed.effect else {
+            panic!("expected an event");
+        };
+        let json: serde_json::Value = serde_json::from_slice(&output_value).expect("json");
+        assert_eq!(json["occurred_at"], "2026-11-26T10:15:59.999999999Z");
+        assert_eq!(json["billed_minute"], "2026-11-26T10:15:00Z");
     }
 
     #[test]
