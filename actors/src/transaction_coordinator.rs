@@ -557,12 +557,19 @@ async fn take_batches(state: &mut CoordinatorState) -> Vec<Arc<PartitionBatch>> 
         {
             Ok(CallResult::Success(Some(batch))) => batches.push(batch),
             Ok(CallResult::Success(None)) => {}
-            Ok(_) | Err(_) => {
+            Ok(CallResult::Timeout) => {
                 // Nothing is lost: the batch, if one was taken, stays in
                 // flight and is handed over again at the next cycle.
                 tracing::warn!(
                     partition,
                     "partition consumer did not hand over its batch in time; asking again next cycle"
+                );
+            }
+            Ok(CallResult::SenderError) | Err(_) => {
+                // Its supervisor restarts it and announces the successor.
+                tracing::debug!(
+                    partition,
+                    "partition consumer gone; waiting for its successor"
                 );
             }
         }

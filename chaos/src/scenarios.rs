@@ -594,7 +594,17 @@ async fn inject_on_noida(
             Ok(phase)
         }
         Fault::DatabaseOutage => {
-            let load = background(2);
+            // Long enough to outlast both outages (each at least `outage`
+            // plus the time the breaker takes to open): the second one must
+            // meet unconsumed input too.
+            let load = scenario.generate_in_background(
+                WorkloadSpec::mixed(
+                    (size.events * 2).max(100),
+                    scenario.partitions,
+                    context.seed.wrapping_add(1),
+                ),
+                BACKGROUND_RATE,
+            );
             let service = scenario.start(&with_instance_env(&[(
                 "ONCEFLOW_DB_ACQUIRE_TIMEOUT_MS",
                 "500",
@@ -769,13 +779,20 @@ async fn inject_on_noida(
         }
         Fault::RepeatedPanics => {
             let load = background(1);
+            // A partition consumer holds up to `ONCEFLOW_MAX_BUFFERED_RECORDS`
+            // (800 here) between two commits, and a restart replays them: a
+            // per-record panic rate must leave a run of 800 records a fair
+            // chance (0.05 %: two in three), or no schedule could make
+            // progress (at 0.5 %, under 2 % of the runs get through and the
+            // partition never commits: a livelock of the schedule, not a
+            // loss).
             let service = scenario.start(&with_instance_env(&[
                 ("ONCEFLOW_RESTART_BUDGET", "1000"),
                 (
                     "FAILPOINTS",
                     "coordinator-after-db-commit=3*off->10%panic;\
                      db-writer-mid-statement=5*off->10%panic;\
-                     partition-consumer-mid-batch=100*off->0.5%panic",
+                     partition-consumer-mid-batch=100*off->0.05%panic",
                 ),
             ]))?;
             let restarted = seen_within(Duration::from_secs(90), || async {
