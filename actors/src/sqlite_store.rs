@@ -520,24 +520,6 @@ async fn insert_dead_letters(
     Ok(stored)
 }
 
-#[cfg(test)]
-mod tests {
-    use chrono::TimeZone;
-
-    use super::*;
-
-    #[test]
-    fn timestamps_have_one_fixed_width_format() {
-        let minute = Utc
-            .with_ymd_and_hms(2026, 11, 26, 10, 15, 0)
-            .single()
-            .expect("valid time");
-        assert_eq!(timestamp(minute), "2026-11-26T10:15:00.000000Z");
-        let precise = minute + chrono::Duration::microseconds(30_123_456);
-        assert_eq!(timestamp(precise), "2026-11-26T10:15:30.123456Z");
-    }
-}
-
 impl SqliteStore {
     /// Who holds a partition's claim: its owner epoch and owner instance.
     pub async fn partition_owner(
@@ -562,5 +544,23 @@ impl SqliteStore {
             })
         })
         .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn timestamps_have_one_fixed_width_format() {
+        let minute = Utc
+            .with_ymd_and_hms(2026, 11, 26, 10, 15, 0)
+            .single()
+            .expect("valid time");
+        assert_eq!(timestamp(minute), "2026-11-26T10:15:00.000000Z");
+        let precise = minute + chrono::Duration::microseconds(30_123_456);
+        assert_eq!(timestamp(precise), "2026-11-26T10:15:30.123456Z");
     }
 }
