@@ -357,6 +357,30 @@ pub async fn run_scenario(
 }
 
 /// Whether some input is not consumed yet: a fault that begins now meets work.
+/// Input written while one fault round lasts (its own seed per `round`):
+/// a round must meet work, and the scenario's first load can be consumed
+/// before a later round begins. Returns once there is input left to
+/// consume (or after 10 s); await the handle when the round is over.
+async fn load_for_round(
+    scenario: &Scenario,
+    context: &ScenarioContext,
+    round: u64,
+) -> tokio::task::JoinHandle<Result<crate::harness::GeneratedSummary>> {
+    let load = scenario.generate_in_background(
+        WorkloadSpec::mixed(
+            (context.size.events / 2).max(100),
+            scenario.partitions,
+            context.seed.wrapping_add(1_000 + round),
+        ),
+        BACKGROUND_RATE,
+    );
+    let _ = seen_within(Duration::from_secs(10), || async {
+        work_left(scenario).await
+    })
+    .await;
+    load
+}
+
 async fn work_left(scenario: &Scenario) -> bool {
     scenario
         .stalled_partitions()
@@ -620,6 +644,7 @@ async fn inject_on_noida(
                     .unwrap_or(0.0)
             };
             for round in 0..2 {
+                let round_load = load_for_round(scenario, context, round).await;
                 injection.require(
                     work_left(scenario).await,
                     format!("input was left to consume when outage {round} began"),
@@ -641,7 +666,7 @@ async fn inject_on_noida(
                          (onceflow_circuit_breaker_transitions_total{{to=\"open\"}})"
                     ),
                 );
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                round_load.await.context("the round's load failed")??;
             }
             let mut phase = FaultPhase::new(service, 2, injection);
             phase.load = Some(load);
@@ -655,6 +680,7 @@ async fn inject_on_noida(
             )]))?;
             wait_for_progress(scenario, Duration::from_secs(60)).await?;
             for round in 0..2 {
+                let round_load = load_for_round(scenario, context, round).await;
                 injection.require(
                     work_left(scenario).await,
                     format!("input was left to consume when slowdown {round} began"),
@@ -667,7 +693,7 @@ async fn inject_on_noida(
                         "a statement of the service waited on the locked table (round {round})"
                     ),
                 );
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                round_load.await.context("the round's load failed")??;
             }
             let mut phase = FaultPhase::new(service, 2, injection);
             phase.load = Some(load);
