@@ -5,10 +5,11 @@
 #  - the PostgreSQL server and client from Debian's packages, a cluster
 #    started on 127.0.0.1:5432, trust on loopback for the test user
 #    `postgres`, and the database `test` the harness connects to
-#  - noida-db (a Kafka-compatible broker) in ./.venv
+#  - Java 17 and Maven from Debian's packages, and the jars of Apache Kafka
+#    from Maven Central, cached once (scripts/kafka-cluster.sh fetch): the
+#    tests run a real three-node Kafka cluster
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export NOIDA_DB="${NOIDA_DB:-$repo_root/.venv/bin/noida-db}"
 
 sudo_cmd=""
 [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
@@ -81,8 +82,5 @@ if ! psql -w -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_databas
   psql -w -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
 fi
 
-if [ ! -x "$NOIDA_DB" ]; then
-  echo "installing noida-db 0.2.3 into $repo_root/.venv" >&2
-  python3 -m venv "$repo_root/.venv"
-  "$repo_root/.venv/bin/pip" install -q noida-db==0.2.3
-fi
+# Java, Maven and the Kafka jars (installed and fetched only when missing).
+"$repo_root/scripts/kafka-cluster.sh" fetch >/dev/null

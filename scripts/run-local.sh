@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on one machine: starts a local noida-db broker, creates the
+# The main job on one machine: starts a local three-node Apache Kafka
+# cluster (scripts/kafka-cluster.sh, left running), creates the
 # `onceflow` database, writes EVENTS ad events (3 % invalid, 5 % repeats)
 # over 3 partitions, and runs `onceflow run` against them until Ctrl-C.
 # Metrics: http://127.0.0.1:9464/metrics
@@ -8,23 +9,16 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo_root/scripts/dev-env.sh"
 cd "$repo_root"
 
-broker_port="${BROKER_PORT:-19092}"
+kafka_dir="${KAFKA_DIR:-$repo_root/target/kafka-local}"
 events="${EVENTS:-20000}"
-data_dir="$repo_root/target/noida-data"
-export ONCEFLOW_KAFKA_BROKERS="127.0.0.1:$broker_port"
 export ONCEFLOW_DATABASE_URL="${ONCEFLOW_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/onceflow}"
 export ONCEFLOW_INSTANCE_ID="${ONCEFLOW_INSTANCE_ID:-local-1}"
 
 cargo build --release --quiet
-mkdir -p "$data_dir"
-if ! (exec 3<>"/dev/tcp/127.0.0.1/$broker_port") 2>/dev/null; then
-  echo "starting noida-db on 127.0.0.1:$broker_port" >&2
-  "$NOIDA_DB" start --only kafka --host 127.0.0.1 --kafka-port "$broker_port" \
-    --data-dir "$data_dir" >"$data_dir/noida.log" 2>&1 &
-  broker_pid=$!
-  trap 'kill $broker_pid 2>/dev/null || true' EXIT
-  for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$broker_port") 2>/dev/null && break; sleep 0.2; done
-fi
+# Idempotent: a cluster already running in $kafka_dir is reused.
+ONCEFLOW_KAFKA_BROKERS="$(scripts/kafka-cluster.sh start --dir "$kafka_dir" | tail -n1)"
+export ONCEFLOW_KAFKA_BROKERS
+echo "kafka: $ONCEFLOW_KAFKA_BROKERS (stop it with scripts/kafka-cluster.sh stop --dir $kafka_dir)" >&2
 psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'onceflow'" | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE onceflow"
 

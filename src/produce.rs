@@ -590,8 +590,8 @@ async fn topic_partitions(
     let client = Arc::clone(admin);
     let name = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        // All topics: asking for one by name makes some brokers (noida-db)
-        // create it with their default partition count.
+        // All topics: asking for one by name makes a broker that creates
+        // topics on demand create it with its default partition count.
         let metadata = client
             .inner()
             .fetch_metadata(None, Duration::from_secs(5))?;

@@ -11,9 +11,18 @@
 //!   the load generator writes to onceflow's input topic;
 //! - addresses agree: the HTTP port with the published port, the Prometheus
 //!   target and the image's EXPOSE and HEALTHCHECK; the OTLP endpoint with
-//!   Jaeger; the bootstrap servers with Kafka's in-network listener; the
+//!   Jaeger; the bootstrap servers with Kafka's in-network listeners; the
 //!   database URL with the PostgreSQL service;
-//! - the single Kafka node is configured so that transactions can run;
+//! - Kafka is replicated as in production: three KRaft nodes, each broker and
+//!   controller, with distinct node ids, one cluster id, every node a voter
+//!   in every node's quorum list and a data volume of its own; replication
+//!   factor 3 and min ISR 2 for every topic (the offsets and transaction
+//!   state topics included), unclean leader election and automatic topic
+//!   creation off; kafka-init creates onceflow's topics with replication
+//!   factor 3 once every node is healthy; onceflow and the load generator
+//!   bootstrap from every node;
+//! - published ports are bound to 127.0.0.1 only, and each Kafka listener
+//!   advertised to the host is published where it is advertised;
 //! - the Grafana dashboard uses only metrics onceflow registers, through the
 //!   provisioned data source.
 
@@ -41,6 +50,60 @@ const ONCEFLOW_SERVICE: &str = "onceflow";
 const LOAD_GENERATOR_SERVICE: &str = "load-generator";
 const KAFKA_INIT_SERVICE: &str = "kafka-init";
 const DASHBOARD_FILE: &str = "deploy/grafana/dashboards/onceflow.json";
+
+/// The image of the Kafka nodes: a service running it that sets
+/// KAFKA_PROCESS_ROLES is a node (kafka-init runs it too, as a client).
+const KAFKA_IMAGE: &str = "apache/kafka:";
+/// Kafka nodes of the stack, as in production.
+const KAFKA_NODE_COUNT: usize = 3;
+/// Copies of every partition: one on each node.
+const REPLICATION_FACTOR: u32 = 3;
+/// Copies an `acks=all` write needs before it is acknowledged: one node may
+/// be lost without losing an acknowledged write or stopping writes.
+const MIN_INSYNC_REPLICAS: u32 = 2;
+/// The only address published ports may be bound to.
+const PUBLISHED_HOST_IP: &str = "127.0.0.1";
+
+/// The production rule, as the apache/kafka image reads it (KAFKA_FOO_BAR is
+/// foo.bar): variable, required value, why.
+const PRODUCTION_RULE: &[(&str, &str, &str)] = &[
+    (
+        "KAFKA_DEFAULT_REPLICATION_FACTOR",
+        "3",
+        "a topic created without an explicit factor must be on every node too",
+    ),
+    (
+        "KAFKA_MIN_INSYNC_REPLICAS",
+        "2",
+        "an acks=all write is acknowledged only once two nodes have it, so it survives the loss of one",
+    ),
+    (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "3",
+        "the group's committed offsets, which onceflow commits inside its transactions, must survive the loss \
+         of a node",
+    ),
+    (
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "3",
+        "the transaction coordinators' state must survive the loss of a node",
+    ),
+    (
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+        "2",
+        "a transaction's state change must be on two nodes before it counts",
+    ),
+    (
+        "KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE",
+        "false",
+        "a replica that missed acknowledged writes must never become leader",
+    ),
+    (
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE",
+        "false",
+        "topics come from kafka-init only: a misspelt topic name must fail, not create a topic",
+    ),
+];
 
 // ---------------------------------------------------------------------------
 // The checks
@@ -149,7 +212,9 @@ fn topics_created_are_the_topics_onceflow_uses() {
         settings.input_topic
     );
     if let Some(partitions) = flag_value(&command, "--partitions") {
-        let created_partitions = created.get(&settings.input_topic).copied().flatten();
+        let created_partitions = created
+            .get(&settings.input_topic)
+            .and_then(|topic| topic.partitions);
         assert_eq!(
             Some(partitions.as_str()),
             created_partitions.map(|count| count.to_string()).as_deref(),
@@ -160,23 +225,244 @@ fn topics_created_are_the_topics_onceflow_uses() {
 }
 
 #[test]
-fn single_kafka_node_can_run_transactions() {
+fn three_kafka_nodes_form_one_kraft_quorum() {
+    let deployment = Deployment::load();
+    let nodes = deployment.kafka_nodes();
+    assert_eq!(
+        nodes.len(),
+        KAFKA_NODE_COUNT,
+        "{COMPOSE_FILE}: expected {KAFKA_NODE_COUNT} Kafka nodes (services running `{KAFKA_IMAGE}…` that set \
+         KAFKA_PROCESS_ROLES), found {nodes:?}"
+    );
+
+    // Node id → service; service → cluster id.
+    let mut ids: BTreeMap<u32, String> = BTreeMap::new();
+    let mut cluster_ids: BTreeMap<String, String> = BTreeMap::new();
+    for node in &nodes {
+        let environment = deployment.compose_environment(node);
+        let roles = environment
+            .get("KAFKA_PROCESS_ROLES")
+            .map(String::as_str)
+            .unwrap_or_default();
+        let role_set: BTreeSet<&str> = roles.split(',').map(str::trim).collect();
+        assert_eq!(
+            role_set,
+            BTreeSet::from(["broker", "controller"]),
+            "{COMPOSE_FILE}: Kafka node `{node}` has KAFKA_PROCESS_ROLES={roles}: every node must be both broker \
+             and controller"
+        );
+        let id = kafka_node_id(&environment, node);
+        if let Some(other) = ids.insert(id, node.clone()) {
+            panic!(
+                "{COMPOSE_FILE}: Kafka nodes `{other}` and `{node}` both have KAFKA_NODE_ID={id}"
+            );
+        }
+        let cluster_id = environment.get("CLUSTER_ID").unwrap_or_else(|| {
+            panic!(
+                "{COMPOSE_FILE}: Kafka node `{node}` does not set CLUSTER_ID (the apache/kafka image formats its \
+                 storage with it)"
+            )
+        });
+        cluster_ids.insert(node.clone(), cluster_id.clone());
+    }
+    let distinct: BTreeSet<&String> = cluster_ids.values().collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "{COMPOSE_FILE}: the Kafka nodes must share one CLUSTER_ID, but have {cluster_ids:?}"
+    );
+
+    let node_ids: BTreeSet<u32> = ids.keys().copied().collect();
+    for node in &nodes {
+        let environment = deployment.compose_environment(node);
+        let voters = quorum_voters(&environment, node);
+        let voter_ids: BTreeSet<u32> = voters.keys().copied().collect();
+        assert_eq!(
+            voter_ids, node_ids,
+            "{COMPOSE_FILE}: Kafka node `{node}` has KAFKA_CONTROLLER_QUORUM_VOTERS with ids {voter_ids:?}, but the \
+             nodes' ids are {node_ids:?}: every node must name every node as a voter"
+        );
+        for (id, (host, port)) in &voters {
+            let voter = deployment.service_named_by_host(host);
+            assert_eq!(
+                Some(&voter),
+                ids.get(id),
+                "{COMPOSE_FILE}: Kafka node `{node}` names voter {id} at {host}:{port}, which is service `{voter}`, \
+                 but KAFKA_NODE_ID={id} is `{}`",
+                ids.get(id).map_or("no node", String::as_str)
+            );
+            let controller_port = deployment.kafka_controller_port(&voter);
+            assert_eq!(
+                *port, controller_port,
+                "{COMPOSE_FILE}: Kafka node `{node}` names voter {id} at {host}:{port}, but `{voter}` binds its \
+                 controller listener on port {controller_port}"
+            );
+        }
+    }
+
+    // Each node keeps its log on a volume of its own.
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    for node in &nodes {
+        let environment = deployment.compose_environment(node);
+        let log_dirs = environment.get("KAFKA_LOG_DIRS").unwrap_or_else(|| {
+            panic!("{COMPOSE_FILE}: Kafka node `{node}` does not set KAFKA_LOG_DIRS")
+        });
+        let mounts = deployment.mounts(node);
+        for log_dir in log_dirs.split(',').map(str::trim) {
+            let source = mounts.get(log_dir).unwrap_or_else(|| {
+                panic!(
+                    "{COMPOSE_FILE}: Kafka node `{node}` keeps its log in {log_dir}, where no volume is mounted \
+                     (mounts: {mounts:?}): its data would not outlive the container"
+                )
+            });
+            if let Some(other) = owners.insert(source.clone(), node.clone()) {
+                panic!(
+                    "{COMPOSE_FILE}: Kafka nodes `{other}` and `{node}` both keep their log in `{source}`: every \
+                     node needs a volume of its own"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kafka_nodes_follow_the_production_rule() {
+    let deployment = Deployment::load();
+    let nodes = deployment.kafka_nodes();
+    assert!(
+        !nodes.is_empty(),
+        "{COMPOSE_FILE}: no Kafka node (a service running `{KAFKA_IMAGE}…` that sets KAFKA_PROCESS_ROLES)"
+    );
+    for node in &nodes {
+        let environment = deployment.compose_environment(node);
+        for (variable, required, why) in PRODUCTION_RULE {
+            assert_eq!(
+                environment.get(*variable).map(String::as_str),
+                Some(*required),
+                "{COMPOSE_FILE}: Kafka node `{node}` must set {variable}={required}: {why}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kafka_init_creates_replicated_topics_once_every_node_is_healthy() {
     let deployment = Deployment::load();
     let settings = deployment.onceflow_settings();
-    let (kafka_service, _) =
-        deployment.kafka_listener_for(&settings.kafka_brokers, ONCEFLOW_SERVICE);
-    let environment = deployment.compose_environment(&kafka_service);
-    for (variable, required) in [
-        ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1"),
-        ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1"),
-        ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1"),
+    let created = deployment.created_topics();
+    for topic in [
+        &settings.input_topic,
+        &settings.output_topic,
+        &settings.dlq_topic,
     ] {
+        let spec = created.get(topic).unwrap_or_else(|| {
+            panic!("{COMPOSE_FILE}: the `{KAFKA_INIT_SERVICE}` service does not create onceflow's topic `{topic}`")
+        });
         assert_eq!(
-            environment.get(variable).map(String::as_str),
-            Some(required),
-            "{COMPOSE_FILE}: service `{kafka_service}` must set {variable}={required}: with the broker defaults \
-             (replication factor 3, min ISR 2) a single node cannot run transactions or consumer groups"
+            spec.replication_factor,
+            Some(REPLICATION_FACTOR),
+            "{COMPOSE_FILE}: `{KAFKA_INIT_SERVICE}` creates `{topic}` with replication factor {:?}: it must pass \
+             --replication-factor {REPLICATION_FACTOR}, a copy on every node",
+            spec.replication_factor
         );
+        if let Some(min_isr) = spec.configs.get("min.insync.replicas") {
+            assert_eq!(
+                min_isr,
+                &MIN_INSYNC_REPLICAS.to_string(),
+                "{COMPOSE_FILE}: `{KAFKA_INIT_SERVICE}` creates `{topic}` with min.insync.replicas={min_isr}, which \
+                 overrides the brokers' {MIN_INSYNC_REPLICAS}"
+            );
+        }
+    }
+
+    // Creating a topic with replication factor 3 fails while a node is not up.
+    for node in deployment.kafka_nodes() {
+        let condition = deployment.depends_on_condition(KAFKA_INIT_SERVICE, &node);
+        assert_eq!(
+            condition.as_deref(),
+            Some("service_healthy"),
+            "{COMPOSE_FILE}: `{KAFKA_INIT_SERVICE}` must wait for Kafka node `{node}` with `condition: \
+             service_healthy` (it has {condition:?}): a topic with replication factor {REPLICATION_FACTOR} cannot \
+             be created while a node is not up"
+        );
+    }
+}
+
+#[test]
+fn clients_bootstrap_from_every_kafka_node() {
+    let deployment = Deployment::load();
+    let settings = deployment.onceflow_settings();
+    let nodes: BTreeSet<String> = deployment.kafka_nodes().into_iter().collect();
+    for (client, bootstrap) in [
+        (ONCEFLOW_SERVICE, settings.kafka_brokers.clone()),
+        (LOAD_GENERATOR_SERVICE, deployment.load_generator_brokers()),
+    ] {
+        let reached: BTreeSet<String> = deployment
+            .kafka_listener_for(&bootstrap, client)
+            .into_iter()
+            .map(|(service, _)| service)
+            .collect();
+        assert_eq!(
+            reached, nodes,
+            "{COMPOSE_FILE}: `{client}` bootstraps from `{bootstrap}`, which reaches {reached:?}: name every Kafka \
+             node {nodes:?} at its in-network listener, so that it can (re)start while any one node is down"
+        );
+    }
+}
+
+#[test]
+fn published_ports_are_bound_to_localhost_only() {
+    let deployment = Deployment::load();
+    let services = deployment.compose["services"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{COMPOSE_FILE} has no `services` mapping"));
+    for (name, service) in services {
+        assert_ne!(
+            service["network_mode"].as_str(),
+            Some("host"),
+            "{COMPOSE_FILE}: service `{name}` uses the host's network: its ports would be on every interface"
+        );
+        for (entry, published) in published_ports(service) {
+            assert_eq!(
+                published.host_ip.as_deref(),
+                Some(PUBLISHED_HOST_IP),
+                "{COMPOSE_FILE}: service `{name}` publishes `{entry}` on {}: bind it to {PUBLISHED_HOST_IP} \
+                 (`{PUBLISHED_HOST_IP}:HOST_PORT:CONTAINER_PORT`), nothing here has real credentials",
+                published
+                    .host_ip
+                    .as_deref()
+                    .map_or("every interface".to_owned(), |ip| format!("`{ip}`"))
+            );
+        }
+    }
+
+    // A listener advertised to clients on the host must be reachable there:
+    // published on the advertised port, to the port the listener binds.
+    for node in deployment.kafka_nodes() {
+        let environment = deployment.compose_environment(&node);
+        let advertised = listeners(&environment, "KAFKA_ADVERTISED_LISTENERS", &node);
+        let bound = listeners(&environment, "KAFKA_LISTENERS", &node);
+        let published: Vec<PublishedPort> = published_ports(deployment.service(&node))
+            .into_iter()
+            .map(|(_, published)| published)
+            .collect();
+        for (listener, (host, port)) in &advertised {
+            if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1") {
+                continue;
+            }
+            let bound_port = bound.get(listener).map(|(_, port)| *port);
+            let wanted = PublishedPort {
+                host_ip: Some(PUBLISHED_HOST_IP.to_owned()),
+                host_port: Some(*port),
+                container_port: bound_port,
+            };
+            assert!(
+                published.contains(&wanted),
+                "{COMPOSE_FILE}: Kafka node `{node}` advertises listener {listener} at {host}:{port} to clients on \
+                 the host, but does not publish {PUBLISHED_HOST_IP}:{port}:{} (it publishes {published:?})",
+                bound_port.map_or("?".to_owned(), |port| port.to_string())
+            );
+        }
     }
 }
 
@@ -238,23 +524,9 @@ fn addresses_and_ports_agree() {
         );
     }
 
-    // Kafka: every client bootstraps through the broker's in-network listener.
+    // Kafka: every client bootstraps through the brokers' in-network listeners.
     deployment.kafka_listener_for(&settings.kafka_brokers, ONCEFLOW_SERVICE);
-    let produce_brokers = deployment
-        .compose_environment(LOAD_GENERATOR_SERVICE)
-        .get("ONCEFLOW_KAFKA_BROKERS")
-        .cloned()
-        .or_else(|| {
-            flag_value(
-                &command_of(
-                    deployment.service(LOAD_GENERATOR_SERVICE),
-                    &deployment.dockerfile,
-                ),
-                "--brokers",
-            )
-        })
-        .unwrap_or_else(|| produce_default("ONCEFLOW_KAFKA_BROKERS"));
-    deployment.kafka_listener_for(&produce_brokers, LOAD_GENERATOR_SERVICE);
+    deployment.kafka_listener_for(&deployment.load_generator_brokers(), LOAD_GENERATOR_SERVICE);
     for bootstrap in deployment.kafka_init_bootstrap_servers() {
         deployment.kafka_listener_for(&bootstrap, KAFKA_INIT_SERVICE);
     }
@@ -461,6 +733,13 @@ impl Deployment {
 
     /// The service called `host`, also found by its `hostname`.
     fn service_named_by_host(&self, host: &str) -> String {
+        self.service_reachable_as(host).unwrap_or_else(|| {
+            panic!("{COMPOSE_FILE}: no service is reachable as `{host}` (no such service name or hostname)")
+        })
+    }
+
+    /// The service called `host`, also found by its `hostname`, if any.
+    fn service_reachable_as(&self, host: &str) -> Option<String> {
         let services = self.compose["services"]
             .as_object()
             .unwrap_or_else(|| panic!("{COMPOSE_FILE} has no `services` mapping"));
@@ -468,9 +747,6 @@ impl Deployment {
             .iter()
             .find(|(name, service)| *name == host || service["hostname"].as_str() == Some(host))
             .map(|(name, _)| name.clone())
-            .unwrap_or_else(|| {
-                panic!("{COMPOSE_FILE}: no service is reachable as `{host}` (no such service name or hostname)")
-            })
     }
 
     fn image_of(&self, host: &str) -> String {
@@ -579,8 +855,8 @@ impl Deployment {
         loaded.unwrap_or_else(|| panic!("the settings of `{ONCEFLOW_SERVICE}` were not loaded"))
     }
 
-    /// Topics the kafka-init service creates, with their partition counts.
-    fn created_topics(&self) -> BTreeMap<String, Option<u32>> {
+    /// Topics the kafka-init service creates, as it creates them.
+    fn created_topics(&self) -> BTreeMap<String, CreatedTopic> {
         let script = command_of(self.service(KAFKA_INIT_SERVICE), &self.dockerfile).join("\n");
         let mut topics = BTreeMap::new();
         for line in script.lines().filter(|line| line.contains("--create")) {
@@ -588,12 +864,28 @@ impl Deployment {
             let topic = flag_value(&words, "--topic").unwrap_or_else(|| {
                 panic!("{COMPOSE_FILE}: `{KAFKA_INIT_SERVICE}` creates a topic without --topic: `{line}`")
             });
-            let partitions = flag_value(&words, "--partitions").map(|count| {
-                count.parse::<u32>().unwrap_or_else(|_| {
-                    panic!("{COMPOSE_FILE}: `{KAFKA_INIT_SERVICE}`: --partitions `{count}` is not a number")
+            let number = |flag: &str| {
+                flag_value(&words, flag).map(|count| {
+                    count.parse::<u32>().unwrap_or_else(|_| {
+                        panic!("{COMPOSE_FILE}: `{KAFKA_INIT_SERVICE}`: {flag} `{count}` is not a number")
+                    })
                 })
-            });
-            topics.insert(topic, partitions);
+            };
+            let configs = flag_values(&words, "--config")
+                .iter()
+                .map(|config| {
+                    let (name, value) = config.split_once('=').unwrap_or_else(|| {
+                        panic!("{COMPOSE_FILE}: `{KAFKA_INIT_SERVICE}`: --config `{config}` is not name=value")
+                    });
+                    (name.to_owned(), value.to_owned())
+                })
+                .collect();
+            let created = CreatedTopic {
+                partitions: number("--partitions"),
+                replication_factor: number("--replication-factor"),
+                configs,
+            };
+            topics.insert(topic, created);
         }
         assert!(
             !topics.is_empty(),
@@ -616,18 +908,97 @@ impl Deployment {
         servers
     }
 
+    /// The bootstrap servers of the load generator: its environment, else its
+    /// `--brokers` flag, else the flag's default.
+    fn load_generator_brokers(&self) -> String {
+        self.compose_environment(LOAD_GENERATOR_SERVICE)
+            .get("ONCEFLOW_KAFKA_BROKERS")
+            .cloned()
+            .or_else(|| {
+                flag_value(
+                    &command_of(self.service(LOAD_GENERATOR_SERVICE), &self.dockerfile),
+                    "--brokers",
+                )
+            })
+            .unwrap_or_else(|| produce_default("ONCEFLOW_KAFKA_BROKERS"))
+    }
+
+    /// The Kafka nodes: services running [`KAFKA_IMAGE`] that set
+    /// KAFKA_PROCESS_ROLES.
+    fn kafka_nodes(&self) -> Vec<String> {
+        let services = self.compose["services"].as_object().into_iter().flatten();
+        services
+            .filter(|(_, service)| {
+                service["image"]
+                    .as_str()
+                    .is_some_and(|image| image.starts_with(KAFKA_IMAGE))
+            })
+            .map(|(name, _)| name.clone())
+            .filter(|name| {
+                self.compose_environment(name)
+                    .contains_key("KAFKA_PROCESS_ROLES")
+            })
+            .collect()
+    }
+
+    /// The port a Kafka node binds its (first) controller listener on.
+    fn kafka_controller_port(&self, node: &str) -> u16 {
+        let environment = self.compose_environment(node);
+        let names = environment
+            .get("KAFKA_CONTROLLER_LISTENER_NAMES")
+            .unwrap_or_else(|| {
+                panic!(
+                    "{COMPOSE_FILE}: Kafka node `{node}` does not set KAFKA_CONTROLLER_LISTENER_NAMES (mandatory \
+                     from Kafka 4.2)"
+                )
+            });
+        let name = names.split(',').next().unwrap_or_default().trim();
+        let bound = listeners(&environment, "KAFKA_LISTENERS", node);
+        bound.get(name).map(|(_, port)| *port).unwrap_or_else(|| {
+            panic!(
+                "{COMPOSE_FILE}: Kafka node `{node}`: controller listener {name} is not among KAFKA_LISTENERS \
+                 {bound:?}"
+            )
+        })
+    }
+
+    /// The `condition` with which `service` waits for `other`: compose's
+    /// default `service_started` for the list form, `None` if it does not
+    /// wait for it.
+    fn depends_on_condition(&self, service: &str, other: &str) -> Option<String> {
+        match &self.service(service)["depends_on"] {
+            Value::Array(names) => names
+                .iter()
+                .any(|name| name.as_str() == Some(other))
+                .then(|| "service_started".to_owned()),
+            Value::Object(map) => map.get(other).map(|entry| {
+                entry["condition"]
+                    .as_str()
+                    .unwrap_or("service_started")
+                    .to_owned()
+            }),
+            _ => None,
+        }
+    }
+
     /// Checks that every server of `bootstrap` (as used by `client`) is the
-    /// in-network listener of a Kafka service; returns that service and the
-    /// listener's name.
-    fn kafka_listener_for(&self, bootstrap: &str, client: &str) -> (String, String) {
-        let mut found = None;
+    /// in-network listener of a Kafka service; returns, per server, that
+    /// service and the listener's name.
+    fn kafka_listener_for(&self, bootstrap: &str, client: &str) -> Vec<(String, String)> {
+        let mut found = Vec::new();
         for server in bootstrap.split(',').map(str::trim) {
             let (host, port) = host_port(server).unwrap_or_else(|| {
                 panic!(
                     "{COMPOSE_FILE}: `{client}` bootstraps from `{server}`, which is not host:port"
                 )
             });
-            let service = self.service_named_by_host(&host);
+            let service = self.service_reachable_as(&host).unwrap_or_else(|| {
+                panic!(
+                    "{COMPOSE_FILE}: `{client}` bootstraps from `{server}`, but no service is reachable as `{host}`: \
+                     inside the compose network a broker is reached by its service name or hostname, at its \
+                     in-network listener"
+                )
+            });
             let environment = self.compose_environment(&service);
             let advertised = listeners(&environment, "KAFKA_ADVERTISED_LISTENERS", &service);
             let bound = listeners(&environment, "KAFKA_LISTENERS", &service);
@@ -664,13 +1035,27 @@ impl Deployment {
                 "{COMPOSE_FILE}: `{client}` bootstraps from `{server}`, listener {listener} of `{service}`, which \
                  speaks {protocol}, while the client sets no security protocol"
             );
-            found = Some((service, listener.clone()));
+            found.push((service, listener.clone()));
         }
-        found.unwrap_or_else(|| panic!("{COMPOSE_FILE}: `{client}` names no bootstrap server"))
+        assert!(
+            !found.is_empty(),
+            "{COMPOSE_FILE}: `{client}` names no bootstrap server"
+        );
+        found
     }
 
     /// Bind mounts of a service: container path → host path (repo-relative).
     fn bind_mounts(&self, service: &str) -> BTreeMap<String, String> {
+        self.mounts(service)
+            .into_iter()
+            .filter(|(_, source)| source.starts_with("./") || source.starts_with('/'))
+            .map(|(target, source)| (target, source.trim_start_matches("./").to_owned()))
+            .collect()
+    }
+
+    /// Every mount of a service, named volumes included: container path →
+    /// source as written.
+    fn mounts(&self, service: &str) -> BTreeMap<String, String> {
         let mut mounts = BTreeMap::new();
         for volume in self.service(service)["volumes"]
             .as_array()
@@ -694,9 +1079,7 @@ impl Deployment {
                 },
                 _ => continue,
             };
-            if source.starts_with("./") || source.starts_with('/') {
-                mounts.insert(target, source.trim_start_matches("./").to_owned());
-            }
+            mounts.insert(target, source);
         }
         mounts
     }
@@ -984,6 +1367,128 @@ fn listeners(
         .collect()
 }
 
+/// KAFKA_NODE_ID of a Kafka node.
+fn kafka_node_id(environment: &BTreeMap<String, String>, node: &str) -> u32 {
+    let id = environment.get("KAFKA_NODE_ID").unwrap_or_else(|| {
+        panic!("{COMPOSE_FILE}: Kafka node `{node}` does not set KAFKA_NODE_ID")
+    });
+    id.parse().unwrap_or_else(|_| {
+        panic!("{COMPOSE_FILE}: Kafka node `{node}`: KAFKA_NODE_ID `{id}` is not a number")
+    })
+}
+
+/// Voter id → (host, port) of a node's KAFKA_CONTROLLER_QUORUM_VOTERS
+/// (`id@host:port,…`).
+fn quorum_voters(
+    environment: &BTreeMap<String, String>,
+    node: &str,
+) -> BTreeMap<u32, (String, u16)> {
+    let value = environment
+        .get("KAFKA_CONTROLLER_QUORUM_VOTERS")
+        .unwrap_or_else(|| {
+            panic!(
+                "{COMPOSE_FILE}: Kafka node `{node}` does not set KAFKA_CONTROLLER_QUORUM_VOTERS"
+            )
+        });
+    let mut voters = BTreeMap::new();
+    for voter in value.split(',').map(str::trim) {
+        let malformed = || {
+            format!(
+                "{COMPOSE_FILE}: Kafka node `{node}` KAFKA_CONTROLLER_QUORUM_VOTERS: `{voter}` is not id@host:port"
+            )
+        };
+        let (id, address) = voter
+            .split_once('@')
+            .unwrap_or_else(|| panic!("{}", malformed()));
+        let id: u32 = id.parse().unwrap_or_else(|_| panic!("{}", malformed()));
+        let address = host_port(address).unwrap_or_else(|| panic!("{}", malformed()));
+        assert!(
+            voters.insert(id, address).is_none(),
+            "{COMPOSE_FILE}: Kafka node `{node}` names voter {id} twice in KAFKA_CONTROLLER_QUORUM_VOTERS"
+        );
+    }
+    voters
+}
+
+/// A port a service publishes on the host.
+#[derive(Debug, PartialEq, Eq)]
+struct PublishedPort {
+    /// `None`: every interface of the host.
+    host_ip: Option<String>,
+    /// `None`: a port Docker picks.
+    host_port: Option<u16>,
+    container_port: Option<u16>,
+}
+
+/// The `ports` of a service, each as written and as understood: short syntax
+/// `[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/PROTOCOL]` (an IPv6 host address
+/// in brackets) or long syntax (`host_ip`, `published`, `target`).
+fn published_ports(service: &Value) -> Vec<(String, PublishedPort)> {
+    let port = |text: &str| text.parse::<u16>().ok();
+    service["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            let published = match entry {
+                Value::Object(long) => PublishedPort {
+                    host_ip: long.get("host_ip").and_then(scalar_text),
+                    host_port: long
+                        .get("published")
+                        .and_then(scalar_text)
+                        .and_then(|text| port(&text)),
+                    container_port: long
+                        .get("target")
+                        .and_then(scalar_text)
+                        .and_then(|text| port(&text)),
+                },
+                other => {
+                    let short = scalar_text(other).unwrap_or_default();
+                    let short = short.split('/').next().unwrap_or_default();
+                    let (host_ip, ports) = match short.strip_prefix('[') {
+                        Some(bracketed) => match bracketed.split_once("]:") {
+                            Some((ip, ports)) => (Some(ip.to_owned()), ports.to_owned()),
+                            None => (None, short.to_owned()),
+                        },
+                        None => {
+                            let parts: Vec<&str> = short.split(':').collect();
+                            if parts.len() > 2 {
+                                let ip = parts[..parts.len() - 2].join(":");
+                                (Some(ip), parts[parts.len() - 2..].join(":"))
+                            } else {
+                                (None, short.to_owned())
+                            }
+                        }
+                    };
+                    let (host_port, container_port) = match ports.split_once(':') {
+                        Some((host, container)) => (port(host), port(container)),
+                        None => (None, port(&ports)),
+                    };
+                    PublishedPort {
+                        host_ip: host_ip.filter(|ip| !ip.is_empty()),
+                        host_port,
+                        container_port,
+                    }
+                }
+            };
+            let written = match entry {
+                Value::Object(_) => entry.to_string(),
+                other => scalar_text(other).unwrap_or_default(),
+            };
+            (written, published)
+        })
+        .collect()
+}
+
+/// A topic as kafka-init creates it.
+#[derive(Debug)]
+struct CreatedTopic {
+    partitions: Option<u32>,
+    replication_factor: Option<u32>,
+    /// The `--config name=value` overrides.
+    configs: BTreeMap<String, String>,
+}
+
 /// A PostgreSQL URL, split: `postgres://user[:password]@host[:port]/name[?…]`.
 #[derive(Debug)]
 struct DatabaseUrl {
@@ -1263,16 +1768,25 @@ fn shell_words(line: &str) -> Vec<String> {
     words
 }
 
-/// The value of `--flag value` or `--flag=value`.
+/// The value of `--flag value` or `--flag=value` (the first, if repeated).
 fn flag_value(words: &[String], flag: &str) -> Option<String> {
+    flag_values(words, flag).into_iter().next()
+}
+
+/// Every value of a repeated `--flag value` or `--flag=value`.
+fn flag_values(words: &[String], flag: &str) -> Vec<String> {
     let with_equals = format!("{flag}=");
-    words.iter().enumerate().find_map(|(index, word)| {
-        if word == flag {
-            words.get(index + 1).cloned()
-        } else {
-            word.strip_prefix(&with_equals).map(str::to_owned)
-        }
-    })
+    words
+        .iter()
+        .enumerate()
+        .filter_map(|(index, word)| {
+            if word == flag {
+                words.get(index + 1).cloned()
+            } else {
+                word.strip_prefix(&with_equals).map(str::to_owned)
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -1319,5 +1833,43 @@ fn small_parsers_read_what_they_should() {
             &serde_json::json!({"ports": ["127.0.0.1:1:2", "3:4/tcp", 5, {"target": 6}]})
         ),
         [2, 4, 5, 6]
+    );
+    let published = |ip: Option<&str>, host: Option<u16>, container: u16| PublishedPort {
+        host_ip: ip.map(str::to_owned),
+        host_port: host,
+        container_port: Some(container),
+    };
+    assert_eq!(
+        published_ports(&serde_json::json!({"ports": [
+            "127.0.0.1:1:2", "3:4/tcp", 5, "[::1]:6:7", "127.0.0.1::8",
+            {"host_ip": "127.0.0.1", "published": "9", "target": 10}
+        ]}))
+        .into_iter()
+        .map(|(_, port)| port)
+        .collect::<Vec<_>>(),
+        [
+            published(Some("127.0.0.1"), Some(1), 2),
+            published(None, Some(3), 4),
+            published(None, None, 5),
+            published(Some("::1"), Some(6), 7),
+            published(Some("127.0.0.1"), None, 8),
+            published(Some("127.0.0.1"), Some(9), 10),
+        ]
+    );
+    let words = shell_words("kafka-topics.sh --config a=1 --config=b=2 --topic t");
+    assert_eq!(flag_values(&words, "--config"), ["a=1", "b=2"]);
+    let voters = quorum_voters(
+        &BTreeMap::from([(
+            "KAFKA_CONTROLLER_QUORUM_VOTERS".to_owned(),
+            "1@kafka-1:9093, 2@kafka-2:9093".to_owned(),
+        )]),
+        "test",
+    );
+    assert_eq!(
+        voters,
+        BTreeMap::from([
+            (1, ("kafka-1".to_owned(), 9093)),
+            (2, ("kafka-2".to_owned(), 9093))
+        ])
     );
 }

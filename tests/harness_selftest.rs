@@ -1,5 +1,7 @@
-//! Self-test of the integration-test harness (`tests/common`): the broker
-//! starts and stops, the `read_committed` reader returns exactly the
+//! Self-test of the integration-test harness (`tests/common`): the shared
+//! Kafka cluster runs; a cluster of a test's own replicates 3 times, moves a
+//! leader where it is told, takes a node kill and restart, and is gone after
+//! drop; the `read_committed` reader returns exactly the
 //! committed records (not aborted ones, not an open transaction, not control
 //! records), fresh databases are distinct, and the exactly-once checker
 //! accepts a correct pipeline outcome and names each kind of violation.
@@ -9,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Broker, PipelineTopics, check_exactly_once, create_topic, fresh_database, read_committed,
-    unique, wait_for_catch_up, wait_until,
+    KafkaCluster, NODES, PipelineTopics, check_exactly_once, create_topic, fresh_database,
+    process_alive, read_committed, unique, wait_for_catch_up, wait_until,
 };
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -102,7 +104,9 @@ fn bytes(text: &str) -> Option<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_committed_returns_exactly_the_committed_records() {
-    let broker = Broker::start().await.expect("broker starts");
+    let broker = KafkaCluster::shared()
+        .await
+        .expect("the shared cluster runs");
     let topic = unique("selftest");
     create_topic(&broker.bootstrap, &topic, 2)
         .await
@@ -199,21 +203,78 @@ async fn read_committed_returns_exactly_the_committed_records() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_is_gone_after_drop() {
-    let broker = Broker::start().await.expect("broker starts");
-    let bootstrap = broker.bootstrap.clone();
-    assert!(tokio::net::TcpStream::connect(&bootstrap).await.is_ok());
-    drop(broker);
+async fn an_own_cluster_survives_a_node_kill_moves_leaders_and_is_gone_after_drop() {
+    let cluster = KafkaCluster::start_own()
+        .await
+        .expect("a cluster of our own starts");
+    let bootstrap = cluster.bootstrap.clone();
+    let brokers: Vec<String> = bootstrap.split(',').map(str::to_owned).collect();
+    assert_eq!(brokers.len(), 3, "three brokers in {bootstrap}");
+    for broker in &brokers {
+        assert!(
+            tokio::net::TcpStream::connect(broker).await.is_ok(),
+            "{broker} serves"
+        );
+    }
+    let topic = unique("placement");
+    create_topic(&bootstrap, &topic, 3).await.expect("topic");
+    let placements = cluster.placements(&topic).await.expect("placements");
+    assert_eq!(placements.len(), 3);
+    for placement in &placements {
+        assert_eq!(placement.replicas.len(), 3, "replication 3: {placement:?}");
+    }
+
+    // A leader moves where it is told, and the metadata shows it.
+    let first = &placements[0];
+    let target = first
+        .replicas
+        .iter()
+        .copied()
+        .find(|node| *node != first.leader)
+        .expect("another replica");
+    cluster
+        .move_leader(&topic, 0, target)
+        .await
+        .expect("leader moves");
+    let moved = cluster.placements(&topic).await.expect("placements");
+    assert_eq!(moved[0].leader, target, "{moved:?}");
+
+    // A SIGKILLed node's port refuses connections; restarted, it serves and
+    // is back in sync.
+    cluster.kill_node(2).await.expect("node 2 killed");
+    assert!(tokio::net::TcpStream::connect(&brokers[1]).await.is_err());
+    cluster.restart_node(2).await.expect("node 2 restarts");
+    assert!(tokio::net::TcpStream::connect(&brokers[1]).await.is_ok());
     wait_until(
-        Duration::from_secs(10),
-        "the broker port refuses connections",
-        || {
-            let bootstrap = bootstrap.clone();
-            async move { Ok(tokio::net::TcpStream::connect(&bootstrap).await.is_err()) }
+        Duration::from_secs(60),
+        "node 2 is back in sync",
+        || async {
+            Ok(cluster
+                .placements(&topic)
+                .await?
+                .iter()
+                .all(|placement| placement.in_sync.contains(&2)))
         },
     )
     .await
-    .expect("the broker process tree was killed");
+    .expect("node 2 in sync again");
+
+    // Dropped, every node is gone.
+    let pids: Vec<u32> = NODES
+        .iter()
+        .map(|node| cluster.node_pid(*node).expect("pid"))
+        .collect();
+    drop(cluster);
+    wait_until(
+        Duration::from_secs(10),
+        "every node of the cluster is gone",
+        || {
+            let pids = pids.clone();
+            async move { Ok(pids.iter().all(|pid| !process_alive(*pid))) }
+        },
+    )
+    .await
+    .expect("the cluster stops with its owner");
 }
 
 #[tokio::test]
@@ -315,7 +376,9 @@ fn event_json(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checker_accepts_a_correct_outcome_and_names_each_violation() {
-    let broker = Broker::start().await.expect("broker starts");
+    let broker = KafkaCluster::shared()
+        .await
+        .expect("the shared cluster runs");
     let (url, pool) = fresh_database().await.expect("database");
     let topics = PipelineTopics {
         input: unique("in"),
@@ -610,7 +673,9 @@ async fn the_checker_accepts_a_correct_outcome_and_names_each_violation() {
 /// check off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_repeat_is_judged_by_the_copy_the_store_kept() {
-    let broker = Broker::start().await.expect("broker starts");
+    let broker = KafkaCluster::shared()
+        .await
+        .expect("the shared cluster runs");
     let (url, pool) = fresh_database().await.expect("database");
     let topics = PipelineTopics {
         input: unique("in"),

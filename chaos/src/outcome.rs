@@ -67,7 +67,7 @@ impl ScenarioOutcome {
 }
 
 /// Judged by a broker with transactions: topics read with `read_committed`.
-pub const JUDGED_BY_TRANSACTIONS: &str = "noida-db (transactions): input, output and DLQ topics \
+pub const JUDGED_BY_TRANSACTIONS: &str = "Apache Kafka, 3 nodes (transactions): input, output and DLQ topics \
      read with read_committed, and the tables; exactly once on both sides";
 
 /// Evidence that a fault met work, gathered while it was injected.

@@ -1,7 +1,8 @@
 //! The seeded random mode: a schedule of mixed faults (SIGKILLs, actor
 //! panics, supervisor restarts past the budget, repeated panics, slow cycles,
-//! database outages and slowdowns, a second instance joining and dying) over
-//! a run of a given length, while the harness's own generated load (awkward
+//! database outages and slowdowns, a second instance joining and dying,
+//! brokers of its own three-node Kafka cluster SIGKILLed or SIGSTOPped and
+//! brought back, leaders moved) over a run of a given length, while the harness's own generated load (awkward
 //! records included) keeps arriving.
 //!
 //! Guarantees: the schedule is a pure function of the seed and the length,
@@ -17,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::{Context, Result};
-use crate::harness::{DatabaseOutage, Scenario, Service, WorkloadSpec, unique};
+use crate::harness::{DatabaseOutage, KafkaCluster, Scenario, Service, WorkloadSpec, unique};
 use crate::outcome::{JUDGED_BY_TRANSACTIONS, ScenarioOutcome, numbers_of};
 use crate::scenarios::{INSTANCE_ENV, ScenarioContext, block_table};
 
@@ -41,6 +42,12 @@ pub enum ScheduledFault {
     RepeatedPanics,
     /// restart the main instance sleeping 15 s after a database commit
     SlowCycle,
+    /// SIGKILL this broker node, restart it after this many milliseconds
+    KillBroker(u32, u64),
+    /// SIGSTOP this broker node for this many milliseconds, then SIGCONT
+    PauseBroker(u32, u64),
+    /// move the leader of every input and output partition to another replica
+    MoveLeaders,
 }
 
 /// A fault at a time from the start of the run.
@@ -59,7 +66,7 @@ pub fn schedule(seed: u64, duration: Duration, failpoints: bool) -> Vec<Schedule
     let mut at_ms = rng.random_range(1_000..3_000_u64);
     let end_ms = duration.as_millis() as u64;
     while at_ms < end_ms {
-        let fault = match rng.random_range(0..8) {
+        let fault = match rng.random_range(0..11) {
             0 => ScheduledFault::KillProcess,
             1 if failpoints => {
                 let points = onceflow_actors::failpoints::ALL_POINTS;
@@ -69,6 +76,14 @@ pub fn schedule(seed: u64, duration: Duration, failpoints: bool) -> Vec<Schedule
             6 if failpoints => ScheduledFault::RepeatedPanics,
             7 if failpoints => ScheduledFault::SlowCycle,
             1 | 5 | 6 | 7 => ScheduledFault::KillProcess,
+            8 => {
+                ScheduledFault::KillBroker(rng.random_range(1..=3), rng.random_range(1_000..8_000))
+            }
+            9 => ScheduledFault::PauseBroker(
+                rng.random_range(1..=3),
+                rng.random_range(1_000..14_000),
+            ),
+            10 => ScheduledFault::MoveLeaders,
             2 => ScheduledFault::DatabaseOutage(rng.random_range(1_000..5_000)),
             3 => ScheduledFault::DatabaseSlow(rng.random_range(1_000..3_000)),
             _ => ScheduledFault::SecondInstance,
@@ -103,7 +118,9 @@ async fn run(
         context.seed,
         serde_json::to_string(&plan)?
     ));
-    let scenario = Scenario::new(&context.binary, 3).await?;
+    // Brokers are hurt: a cluster of the run's own.
+    let cluster = KafkaCluster::start_own().await?;
+    let scenario = Scenario::on_cluster(&context.binary, cluster, 3).await?;
     let rate = (context.size.events * 1_000 / duration.as_millis().max(1) as u64).max(50);
     let load = scenario.generate_in_background(
         WorkloadSpec {
@@ -177,6 +194,37 @@ async fn run(
             ScheduledFault::DatabaseSlow(ms) => {
                 block_table(&scenario.pool, "campaign_spend", Duration::from_millis(*ms)).await?;
             }
+            ScheduledFault::KillBroker(node, ms) => {
+                let cluster = cluster_of(&scenario)?;
+                cluster.kill_node(*node).await?;
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
+                cluster.restart_node(*node).await?;
+            }
+            ScheduledFault::PauseBroker(node, ms) => {
+                let cluster = cluster_of(&scenario)?;
+                cluster.signal_node(*node, "STOP").await?;
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
+                cluster.signal_node(*node, "CONT").await?;
+            }
+            ScheduledFault::MoveLeaders => {
+                let cluster = cluster_of(&scenario)?;
+                for topic in [&scenario.topics.input, &scenario.topics.output] {
+                    for placement in cluster.placements(topic).await? {
+                        // The next replica in the list that is in sync (a
+                        // node just restarted may still be catching up).
+                        let target = placement
+                            .in_sync
+                            .iter()
+                            .copied()
+                            .find(|node| *node != placement.leader);
+                        if let Some(target) = target {
+                            cluster
+                                .move_leader(topic, placement.partition, target)
+                                .await?;
+                        }
+                    }
+                }
+            }
             ScheduledFault::SecondInstance => match second.take() {
                 None => {
                     let id = unique("second");
@@ -238,6 +286,13 @@ async fn run(
     Ok(outcome)
 }
 
+fn cluster_of(scenario: &Scenario) -> Result<&KafkaCluster> {
+    scenario
+        .cluster
+        .as_ref()
+        .context("the random mode runs on a Kafka cluster of its own")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +312,27 @@ mod tests {
         );
         assert!(a.iter().all(|event| event.at_ms < 60_000));
         assert!(a.len() >= 8, "a minute holds many faults: {}", a.len());
+        // Over a long run every kind of fault comes up.
+        let long = schedule(11, Duration::from_secs(1_800), true);
+        for kind in [
+            "KillProcess",
+            "PanicAt",
+            "DatabaseOutage",
+            "DatabaseSlow",
+            "SecondInstance",
+            "SupervisorRestart",
+            "RepeatedPanics",
+            "SlowCycle",
+            "KillBroker",
+            "PauseBroker",
+            "MoveLeaders",
+        ] {
+            assert!(
+                long.iter()
+                    .any(|event| format!("{:?}", event.fault).starts_with(kind)),
+                "{kind} never scheduled"
+            );
+        }
     }
 
     #[test]

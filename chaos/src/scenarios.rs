@@ -1,10 +1,12 @@
 //! The chaos scenarios: each one runs the real `onceflow` binary against a
-//! fresh broker and a fresh database, writes the harness's own generated
+//! real three-node Apache Kafka cluster (the run's shared one, with topics
+//! and a group of its own; a cluster of its own when the scenario hurts
+//! brokers) and a fresh database, writes the harness's own generated
 //! input (never `onceflow produce`), injects its faults, lets the pipeline
 //! catch up, and judges the result independently of the code under test.
 //!
 //! Guarantees:
-//! - on noida-db (transactions) the verdict is exactly-once, read with
+//! - on the real cluster the verdict is exactly-once, read with
 //!   `read_committed`; on librdkafka's mock cluster (no transactions) it is
 //!   the database exactly and the topics for loss only, and the outcome
 //!   says so (`judged_by`);
@@ -33,20 +35,22 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use sqlx::PgPool;
 
 use crate::bail;
+use crate::cluster_faults::{BrokerRole, ClusterFault, inject_cluster_fault};
 use crate::error::{Context, Result};
 use crate::harness::{
-    DatabaseOutage, GeneratedSummary, MOCK_JUDGED_BY, Scenario, Service, WorkloadSpec,
-    mock_judgement, unique, wait_for_progress,
+    DatabaseOutage, GeneratedSummary, KafkaCluster, MOCK_JUDGED_BY, Scenario, Service,
+    WorkloadSpec, mock_judgement, unique, wait_for_progress,
 };
 use crate::outcome::{Injection, JUDGED_BY_TRANSACTIONS, ScenarioOutcome, numbers_of};
 
 /// Where a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// a noida-db broker: real transactions, verdict by `read_committed`
-    Noida,
-    /// a noida-db broker, the service writing to a SQLite file
-    NoidaSqlite,
+    /// a real three-node Kafka cluster: transactions, verdict by
+    /// `read_committed`
+    Kafka,
+    /// the real cluster, the service writing to a SQLite file
+    KafkaSqlite,
     /// librdkafka's mock cluster: broker faults, verdict by the database
     /// and for loss on the topics
     Mock,
@@ -87,6 +91,9 @@ pub enum Fault {
     BrokerDownUp,
     /// errors injected on EndTxn, Produce, AddPartitionsToTxn, TxnOffsetCommit
     KafkaErrors,
+    /// a fault only a real cluster has (broker kills and pauses, leader
+    /// moves, transaction timeouts, rebalance storms)
+    Cluster(ClusterFault),
 }
 
 /// One scenario of the catalog.
@@ -128,7 +135,7 @@ pub fn catalog() -> Vec<ScenarioSpec> {
         specs.push(ScenarioSpec {
             name: format!("actor-panic/{point}"),
             description: format!("the actor at `{point}` dies (panic); its supervisor restarts it"),
-            backend: Backend::Noida,
+            backend: Backend::Kafka,
             fault: Fault::ActorPanic(point),
             full_only: false,
         });
@@ -137,7 +144,7 @@ pub fn catalog() -> Vec<ScenarioSpec> {
         specs.push(ScenarioSpec {
             name: format!("process-kill/{point}"),
             description: format!("the process is SIGKILLed at `{point}`, then restarted"),
-            backend: Backend::Noida,
+            backend: Backend::Kafka,
             fault: Fault::ProcessKill(point),
             full_only: false,
         });
@@ -146,35 +153,35 @@ pub fn catalog() -> Vec<ScenarioSpec> {
         (
             "database-outage",
             "the database refuses connections and its sessions are terminated, twice, under load",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::DatabaseOutage,
             false,
         ),
         (
             "database-slow",
             "statements are blocked past their timeout, twice, under load",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::DatabaseSlow,
             false,
         ),
         (
             "poison-storm",
             "half of the input is malformed records",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::PoisonStorm,
             false,
         ),
         (
             "instance-join",
             "a second instance joins, is SIGKILLed and rejoins",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::InstanceJoin,
             false,
         ),
         (
             "fenced-producer",
             "a frozen incarnation is replaced and woken: it must be fenced",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::FencedProducer,
             false,
         ),
@@ -182,28 +189,28 @@ pub fn catalog() -> Vec<ScenarioSpec> {
             "supervisor/consumer-budget-spent",
             "restart budget 1, a partition consumer panics twice: the root supervisor restarts \
              the consumer supervisor",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::SupervisorRestart,
             false,
         ),
         (
             "repeated-panics",
             "the coordinator and the writers panic at random (10 %) through the whole run",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::RepeatedPanics,
             false,
         ),
         (
             "large-backlog",
             "500,000 records on 3 partitions written before the start",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::LargeBacklog,
             true,
         ),
         (
             "rebalance-while-slow",
             "instance B joins while instance A sleeps 15 s after a database commit, input flowing",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::RebalanceWhileSlow,
             false,
         ),
@@ -211,16 +218,87 @@ pub fn catalog() -> Vec<ScenarioSpec> {
             "awkward-records/postgres",
             "the generator's awkward set (NUL, far dates, 128-char ids, fan-out repeats, …) on \
              PostgreSQL",
-            Backend::Noida,
+            Backend::Kafka,
             Fault::AwkwardRecords,
             false,
         ),
         (
             "awkward-records/sqlite",
             "the generator's awkward set on the SQLite store",
-            Backend::NoidaSqlite,
+            Backend::KafkaSqlite,
             Fault::AwkwardRecords,
             false,
+        ),
+        (
+            "kafka/kill-input-leader",
+            "the broker leading input partition 0 is SIGKILLed under load, then restarted",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::KillBroker(BrokerRole::InputLeader)),
+            false,
+        ),
+        (
+            "kafka/kill-output-leader",
+            "the broker leading output partition 0 is SIGKILLed under load, then restarted",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::KillBroker(BrokerRole::OutputLeader)),
+            true,
+        ),
+        (
+            "kafka/kill-transaction-coordinator",
+            "the broker coordinating onceflow's transactions is SIGKILLed, then restarted",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::KillBroker(BrokerRole::TransactionCoordinator)),
+            true,
+        ),
+        (
+            "kafka/kill-group-coordinator",
+            "the broker coordinating onceflow's consumer group is SIGKILLed, then restarted",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::KillBroker(BrokerRole::GroupCoordinator)),
+            true,
+        ),
+        (
+            "kafka/pause-broker",
+            "the input leader is SIGSTOPped past its session timeout, then SIGCONTed",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::PauseBroker),
+            true,
+        ),
+        (
+            "kafka/rolling-restart",
+            "all three brokers are stopped and restarted one after the other under load",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::RollingRestart),
+            true,
+        ),
+        (
+            "kafka/leader-moves",
+            "every input and output leader moves three times (reassignment + preferred election)",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::LeaderMoves),
+            false,
+        ),
+        (
+            "kafka/two-brokers-down",
+            "two brokers are SIGKILLed together (the ISR below min.insync.replicas), then restarted",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::TwoBrokersDown),
+            true,
+        ),
+        (
+            "kafka/frozen-past-transaction-timeout",
+            "onceflow is SIGSTOPped past its transaction timeout, so the broker aborts its \
+             transaction, then woken",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::FrozenPastTransactionTimeout),
+            false,
+        ),
+        (
+            "kafka/rebalance-storm",
+            "instances join and leave again and again (SIGTERM and SIGKILL) under load",
+            Backend::Kafka,
+            Fault::Cluster(ClusterFault::RebalanceStorm),
+            true,
         ),
         (
             "mock/leader-change",
@@ -307,30 +385,30 @@ pub const INSTANCE_ENV: [(&str, &str); 4] = [
     ("ONCEFLOW_BREAKER_MAX_COOLDOWN_MS", "1500"),
 ];
 
-fn with_instance_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn with_instance_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env: Vec<(&str, &str)> = INSTANCE_ENV.to_vec();
     env.extend_from_slice(extra);
     env
 }
 
 /// Records per second of the load that keeps arriving during faults.
-const BACKGROUND_RATE: u64 = 150;
+pub(crate) const BACKGROUND_RATE: u64 = 150;
 
 /// What the fault phase left behind.
-struct FaultPhase {
-    service: Service,
-    faults: u64,
-    process_restarts: u64,
-    faults_ended: Instant,
-    injection: Injection,
+pub(crate) struct FaultPhase {
+    pub(crate) service: Service,
+    pub(crate) faults: u64,
+    pub(crate) process_restarts: u64,
+    pub(crate) faults_ended: Instant,
+    pub(crate) injection: Injection,
     /// other instances still running, stopped (SIGTERM) before the verdict
-    others: Vec<Service>,
+    pub(crate) others: Vec<Service>,
     /// load still being written
-    load: Option<tokio::task::JoinHandle<Result<GeneratedSummary>>>,
+    pub(crate) load: Option<tokio::task::JoinHandle<Result<GeneratedSummary>>>,
 }
 
 impl FaultPhase {
-    fn new(service: Service, faults: u64, injection: Injection) -> FaultPhase {
+    pub(crate) fn new(service: Service, faults: u64, injection: Injection) -> FaultPhase {
         FaultPhase {
             service,
             faults,
@@ -350,7 +428,7 @@ pub async fn run_scenario(
     progress: &ProgressBar,
 ) -> ScenarioOutcome {
     let result = match spec.backend {
-        Backend::Noida | Backend::NoidaSqlite => run_on_noida(spec, context, progress).await,
+        Backend::Kafka | Backend::KafkaSqlite => run_on_kafka(spec, context, progress).await,
         Backend::Mock => run_on_mock(spec, context, progress).await,
     };
     result.unwrap_or_else(|error| ScenarioOutcome::failed_to_run(&spec.name, error.to_string()))
@@ -361,7 +439,7 @@ pub async fn run_scenario(
 /// a round must meet work, and the scenario's first load can be consumed
 /// before a later round begins. Returns once there is input left to
 /// consume (or after 10 s); await the handle when the round is over.
-async fn load_for_round(
+pub(crate) async fn load_for_round(
     scenario: &Scenario,
     context: &ScenarioContext,
     round: u64,
@@ -381,7 +459,7 @@ async fn load_for_round(
     load
 }
 
-async fn work_left(scenario: &Scenario) -> bool {
+pub(crate) async fn work_left(scenario: &Scenario) -> bool {
     scenario
         .stalled_partitions()
         .await
@@ -403,7 +481,7 @@ fn backlog_spec(spec: &ScenarioSpec, context: &ScenarioContext, partitions: i32)
     }
 }
 
-async fn run_on_noida(
+async fn run_on_kafka(
     spec: &ScenarioSpec,
     context: &ScenarioContext,
     progress: &ProgressBar,
@@ -414,9 +492,23 @@ async fn run_on_noida(
         Fault::RebalanceWhileSlow => 4,
         _ => 3,
     };
-    let mut scenario = Scenario::new(&context.binary, partitions).await?;
+    let mut scenario = match spec.fault {
+        Fault::Cluster(fault) if fault.needs_own_cluster() => {
+            progress.set_message(format!(
+                "{}: starting a Kafka cluster of its own",
+                spec.name
+            ));
+            Scenario::on_cluster(
+                &context.binary,
+                KafkaCluster::start_own().await?,
+                partitions,
+            )
+            .await?
+        }
+        _ => Scenario::new(&context.binary, partitions).await?,
+    };
     let _sqlite_dir;
-    if spec.backend == Backend::NoidaSqlite {
+    if spec.backend == Backend::KafkaSqlite {
         let directory = tempfile::tempdir()?;
         let file = directory.path().join("onceflow.db");
         scenario = scenario.with_sqlite(&file);
@@ -432,7 +524,7 @@ async fn run_on_noida(
     let generated = scenario.generate(workload).await?;
 
     progress.set_message(format!("{}: injecting {:?}", spec.name, spec.fault));
-    let phase = inject_on_noida(spec, context, &scenario).await?;
+    let phase = inject_on_kafka(spec, context, &scenario).await?;
     let FaultPhase {
         service,
         faults,
@@ -522,7 +614,7 @@ fn summary_line(summary: &GeneratedSummary) -> String {
 }
 
 /// Sum of `onceflow_actor_restarts_total` of the running instance.
-async fn actor_restarts(scenario: &Scenario) -> u64 {
+pub(crate) async fn actor_restarts(scenario: &Scenario) -> u64 {
     scenario
         .metric("onceflow_actor_restarts_total", &[])
         .await
@@ -540,7 +632,7 @@ async fn restarts_of(service: &Service, actor: &str) -> f64 {
 }
 
 /// Waits until `check` holds, at most `timeout`; whether it did.
-async fn seen_within<F, Fut>(timeout: Duration, mut check: F) -> bool
+pub(crate) async fn seen_within<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -558,7 +650,7 @@ where
 }
 
 /// Rows of `consumer_offsets` owned by `instance`.
-async fn partitions_owned_by(scenario: &Scenario, instance: &str) -> i64 {
+pub(crate) async fn partitions_owned_by(scenario: &Scenario, instance: &str) -> i64 {
     sqlx::query_scalar::<_, i64>("SELECT count(*) FROM consumer_offsets WHERE owner_instance = $1")
         .bind(instance)
         .fetch_one(&scenario.pool)
@@ -566,11 +658,14 @@ async fn partitions_owned_by(scenario: &Scenario, instance: &str) -> i64 {
         .unwrap_or(0)
 }
 
-async fn inject_on_noida(
+async fn inject_on_kafka(
     spec: &ScenarioSpec,
     context: &ScenarioContext,
     scenario: &Scenario,
 ) -> Result<FaultPhase> {
+    if let Fault::Cluster(fault) = spec.fault {
+        return inject_cluster_fault(fault, context, scenario).await;
+    }
     let size = &context.size;
     let mut injection = Injection::default();
     let background = |share: u64| {
@@ -748,8 +843,7 @@ async fn inject_on_noida(
                     second.log_path.display()
                 );
             }
-            // A static member that leaves keeps its partitions on noida-db
-            // (members are never evicted): it stays until the verdict.
+            // The rejoined second instance shares the work until the verdict.
             let mut phase = FaultPhase::new(service, 2, injection);
             phase.process_restarts = 1;
             phase.others.push(second);
@@ -863,7 +957,7 @@ async fn inject_on_noida(
             phase.load = Some(load);
             Ok(phase)
         }
-        other => bail!("{other:?} does not run on noida-db"),
+        other => bail!("{other:?} does not run on the real cluster"),
     }
 }
 

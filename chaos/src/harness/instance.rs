@@ -1,5 +1,5 @@
-//! Runs the real `onceflow` binary: one scenario is a fresh broker (or a
-//! broker the caller runs), a fresh database (PostgreSQL, or a SQLite file
+//! Runs the real `onceflow` binary: one scenario is the run's shared Kafka
+//! cluster (or a cluster of its own, or a broker the caller runs), a fresh database (PostgreSQL, or a SQLite file
 //! with [`Scenario::with_sqlite`]), unique topics and group, and helpers to
 //! produce input, start/kill/terminate/freeze instances, cut the database
 //! off, read metrics and wait until the pipeline has caught up.
@@ -25,7 +25,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
-use super::{Broker, Metrics, PipelineTopics, Tables, Verdict};
+use super::{
+    KafkaCluster, LiveReader, LiveTarget, Metrics, OwnedTables, PipelineTopics, Tables, Verdict,
+};
 
 /// Everything one test needs, isolated from every other test.
 #[derive(Debug)]
@@ -34,8 +36,8 @@ pub struct Scenario {
     pub binary: PathBuf,
     /// `bootstrap.servers` of the broker under test
     pub bootstrap: String,
-    /// the noida-db broker, when the scenario owns one (not on the mock)
-    pub broker: Option<Broker>,
+    /// the Kafka cluster under test (none on the mock, which the caller runs)
+    pub cluster: Option<KafkaCluster>,
     pub database_url: String,
     /// the scenario's PostgreSQL database (also when the service writes to
     /// SQLite): dropped by [`Scenario::drop_database`]
@@ -52,6 +54,10 @@ pub struct Scenario {
     /// the log of the instance started last with [`Scenario::start`]: its
     /// HTTP endpoint is the one [`Scenario::http_get`] asks
     main_log: std::sync::Mutex<Option<PathBuf>>,
+    /// the `read_committed` reader that runs during the scenario (from the
+    /// first instance's start; on a real cluster only), finished by
+    /// [`Scenario::verdict`]
+    live: std::sync::Mutex<Option<LiveReader>>,
 }
 
 /// A running `onceflow run`.
@@ -67,16 +73,25 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl Scenario {
-    /// A noida-db broker, a database and an input topic with `partitions`
-    /// partitions.
+    /// The run's shared Kafka cluster, a database and an input topic with
+    /// `partitions` partitions.
     pub async fn new(binary: &Path, partitions: i32) -> Result<Scenario> {
-        let broker = Broker::start().await?;
-        let bootstrap = broker.bootstrap.clone();
+        Scenario::on_cluster(binary, KafkaCluster::shared().await?, partitions).await
+    }
+
+    /// A scenario on `cluster` (the shared one, or one of its own for faults
+    /// that hurt brokers): its topics, replicated 3 times, and a database.
+    pub async fn on_cluster(
+        binary: &Path,
+        cluster: KafkaCluster,
+        partitions: i32,
+    ) -> Result<Scenario> {
+        let bootstrap = cluster.bootstrap.clone();
         let topics = Scenario::unique_topics();
         super::create_topic(&bootstrap, &topics.input, partitions).await?;
         super::create_topic(&bootstrap, &topics.output, 3).await?;
         super::create_topic(&bootstrap, &topics.dlq, 1).await?;
-        Scenario::with_broker(binary, bootstrap, Some(broker), topics, partitions).await
+        Scenario::with_broker(binary, bootstrap, Some(cluster), topics, partitions).await
     }
 
     /// Fresh unique topic names.
@@ -93,7 +108,7 @@ impl Scenario {
     pub async fn with_broker(
         binary: &Path,
         bootstrap: String,
-        broker: Option<Broker>,
+        cluster: Option<KafkaCluster>,
         topics: PipelineTopics,
         partitions: i32,
     ) -> Result<Scenario> {
@@ -101,7 +116,7 @@ impl Scenario {
         Ok(Scenario {
             binary: binary.to_path_buf(),
             bootstrap,
-            broker,
+            cluster,
             postgres_url: database_url.clone(),
             database_url,
             pool,
@@ -111,6 +126,7 @@ impl Scenario {
             instance_id: super::unique("instance"),
             partitions,
             main_log: std::sync::Mutex::new(None),
+            live: std::sync::Mutex::new(None),
         })
     }
 
@@ -239,6 +255,7 @@ impl Scenario {
     /// Starts another instance of the same group, with its own instance id
     /// (its HTTP endpoint on a port of its own, see [`Service::http_addr`]).
     pub fn start_instance(&self, instance_id: &str, extra_env: &[(&str, &str)]) -> Result<Service> {
+        self.start_live_reader();
         let log_path = std::env::temp_dir().join(format!(
             "{instance_id}-{}.log",
             uuid::Uuid::new_v4().simple()
@@ -444,7 +461,46 @@ impl Scenario {
 
     /// The exactly-once verdict, independent of onceflow's code.
     pub async fn verdict(&self) -> Result<Verdict> {
-        super::check_exactly_once_in(&self.bootstrap, self.tables(), &self.topics).await
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let observed = match live {
+            Some(reader) => Some(reader.finish().await?),
+            None => None,
+        };
+        super::check_exactly_once_observed(
+            &self.bootstrap,
+            self.tables(),
+            &self.topics,
+            observed.as_ref(),
+        )
+        .await
+    }
+
+    /// Starts the live `read_committed` reader once, on a real cluster.
+    fn start_live_reader(&self) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if live.is_none() {
+            let tables = match &self.sqlite {
+                Some(pool) => OwnedTables::Sqlite(pool.clone()),
+                None => OwnedTables::Postgres(self.pool.clone()),
+            };
+            *live = Some(LiveReader::start(LiveTarget {
+                bootstrap: self.bootstrap.clone(),
+                topics: self.topics.clone(),
+                group_id: self.group_id.clone(),
+                input_partitions: self.partitions,
+                tables,
+            }));
+        }
     }
 
     /// Drops the scenario's PostgreSQL database (call it when the test or

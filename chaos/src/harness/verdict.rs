@@ -392,6 +392,18 @@ pub async fn check_exactly_once_in(
     tables: Tables<'_>,
     topics: &PipelineTopics,
 ) -> Result<Verdict> {
+    check_exactly_once_observed(bootstrap, tables, topics, None).await
+}
+
+/// [`check_exactly_once_in`], plus what a `read_committed` reader saw during
+/// the run (see [`super::LiveReader`]): aborted reads, duplicates visible at
+/// any moment, offsets that moved backwards.
+pub async fn check_exactly_once_observed(
+    bootstrap: &str,
+    tables: Tables<'_>,
+    topics: &PipelineTopics,
+    live: Option<&super::LiveObservations>,
+) -> Result<Verdict> {
     let (input, output, dlq) = tokio::try_join!(
         read_committed(bootstrap, &topics.input),
         read_committed(bootstrap, &topics.output),
@@ -410,7 +422,16 @@ pub async fn check_exactly_once_in(
     }
 
     let (ad_events, resolved) = check_ad_events(&truth, tables, &mut violations).await?;
-    let output_distinct = check_output(&truth, &resolved, &output, &mut violations);
+    let stored: HashSet<Uuid> = ad_events.iter().map(|row| row.event_id).collect();
+    let output_distinct = check_output(&truth, &resolved, &stored, &output, &mut violations);
+    if let Some(live) = live {
+        violations.extend(super::live_anomalies(live, topics, &output, &dlq));
+        notes.push(format!(
+            "a read_committed reader ran during the run: {} records seen, {} offset samples",
+            live.records.len(),
+            live.samples
+        ));
+    }
     let campaign_spend_rows =
         check_campaign_spend(&resolved, &ad_events, tables, &mut violations).await?;
     check_dlq(&truth, &topics.input, &dlq, &mut violations);
@@ -438,6 +459,7 @@ pub async fn check_exactly_once_in(
 fn check_output(
     truth: &InputTruth,
     resolved: &HashMap<Uuid, ValidEvent>,
+    stored: &HashSet<Uuid>,
     output: &[TopicRecord],
     violations: &mut Vec<String>,
 ) -> u64 {
@@ -462,7 +484,7 @@ fn check_output(
         };
         if let Some((p, o)) = seen.insert(event_id, (record.partition, record.offset)) {
             violations.push(format!(
-                "{at}: event {event_id} output twice (also at {p}/{o})"
+                "duplicate: {at}: event {event_id} output twice (also at {p}/{o})"
             ));
         }
         let Some(event) = resolved.get(&event_id) else {
@@ -526,8 +548,18 @@ fn check_output(
         .filter(|id| !seen.contains_key(id))
         .collect();
     missing.sort();
+    // Jepsen's names: committed in the database but never visible in Kafka
+    // is `unseen`; nowhere at all is `lost`.
     for event_id in missing {
-        violations.push(format!("event {event_id} has no output record"));
+        if stored.contains(event_id) {
+            violations.push(format!(
+                "unseen: event {event_id} is committed in ad_events but has no output record"
+            ));
+        } else {
+            violations.push(format!(
+                "lost: event {event_id} has no output record and no ad_events row"
+            ));
+        }
     }
     seen.len() as u64
 }

@@ -1,0 +1,409 @@
+//! A real Apache Kafka cluster for the tests and the chaos suite: three KRaft
+//! nodes (broker + controller each, static voters) on loopback, run as three
+//! JVMs by `scripts/kafka-cluster.sh` from the jars Maven Central serves.
+//!
+//! Two kinds:
+//! - [`KafkaCluster::shared`]: one cluster per test run, shared by every test
+//!   process (each test has its own topics, group and transactional ids).
+//!   `CHAOS_KAFKA_DIR` names a running one (`scripts/test.sh` starts it);
+//!   without it the first caller starts one in `target/kafka-shared` and
+//!   leaves it running for the next run.
+//! - [`KafkaCluster::start_own`]: a cluster of the caller's own, in a
+//!   temporary directory on free ports, for scenarios that hurt brokers
+//!   (kills, pauses, restarts); stopped and removed when dropped.
+//!
+//! Node faults act on the JVM itself (its PID file): SIGKILL, SIGSTOP,
+//! SIGCONT, and a restart that waits until the node serves again. Leader
+//! moves and coordinator look-ups go through Kafka's own Admin API
+//! (`scripts/kafka/ClusterAdmin.java`), which librdkafka does not offer.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::bail;
+use crate::error::{Context, Result};
+
+/// The node ids of every cluster: 1, 2 and 3.
+pub const NODES: [u32; 3] = [1, 2, 3];
+
+/// Ports a cluster takes from its base: 3 broker and 3 controller ports.
+const PORTS_PER_CLUSTER: u16 = 6;
+
+/// Base port of the shared cluster when the harness starts it itself.
+const SHARED_BASE_PORT: u16 = 18_092;
+
+/// Shared clusters live below 20000 and clusters of a scenario's own
+/// between 20000 and 32000 (see [`free_port_range`]).
+
+/// How long starting a whole cluster or one node may take.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A three-node cluster, shared or the caller's own.
+#[derive(Debug)]
+pub struct KafkaCluster {
+    /// `127.0.0.1:P,127.0.0.1:P+1,127.0.0.1:P+2`, for `bootstrap.servers`
+    pub bootstrap: String,
+    dir: PathBuf,
+    /// set for a cluster of the caller's own: stopped and removed on drop
+    own: Option<tempfile::TempDir>,
+}
+
+/// Where one partition's replicas are, per the cluster's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPlacement {
+    pub partition: i32,
+    /// the leader's node id, -1 while there is none
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    pub in_sync: Vec<i32>,
+}
+
+impl KafkaCluster {
+    /// The run's shared cluster (see the module doc).
+    pub async fn shared() -> Result<KafkaCluster> {
+        if let Some(dir) = std::env::var_os("CHAOS_KAFKA_DIR") {
+            let dir = PathBuf::from(dir);
+            let bootstrap = run_script(&["bootstrap", "--dir", &path_text(&dir)]).await?;
+            return Ok(KafkaCluster {
+                bootstrap: last_line(&bootstrap)?,
+                dir,
+                own: None,
+            });
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kafka-shared");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // `start` is idempotent and serialised by the script's own lock on
+        // the directory: the first test process starts the cluster, the
+        // others wait and find it running. (No `flock` around the script:
+        // the brokers it starts would inherit that lock and hold it.)
+        let output = run_script(&[
+            "start",
+            "--dir",
+            &path_text(&dir),
+            "--base-port",
+            &SHARED_BASE_PORT.to_string(),
+        ])
+        .await?;
+        Ok(KafkaCluster {
+            bootstrap: last_line(&output)?,
+            dir,
+            own: None,
+        })
+    }
+
+    /// A cluster of the caller's own on free loopback ports.
+    pub async fn start_own() -> Result<KafkaCluster> {
+        let temp = tempfile::Builder::new()
+            .prefix("onceflow-kafka-")
+            .tempdir()
+            .context("cannot create a directory for a kafka cluster")?;
+        let mut last_error = None;
+        // Ports free a moment ago can be taken before the JVMs bind them.
+        for _ in 0..3 {
+            let base = free_port_range(PORTS_PER_CLUSTER)?;
+            let started = run_script(&[
+                "start",
+                "--dir",
+                &path_text(temp.path()),
+                "--base-port",
+                &base.to_string(),
+            ])
+            .await;
+            match started {
+                Ok(output) => {
+                    return Ok(KafkaCluster {
+                        bootstrap: last_line(&output)?,
+                        dir: temp.path().to_path_buf(),
+                        own: Some(temp),
+                    });
+                }
+                Err(error) => {
+                    let _ = run_script(&["stop", "--dir", &path_text(temp.path())]).await;
+                    let _ = std::fs::remove_dir_all(temp.path().join("node-1"));
+                    let _ = std::fs::remove_dir_all(temp.path().join("node-2"));
+                    let _ = std::fs::remove_dir_all(temp.path().join("node-3"));
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| crate::ChaosError::Step("no cluster started".into())))
+    }
+
+    /// The directory of the cluster (a folder per node with its log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The PID of node `node`'s JVM, if it runs.
+    pub fn node_pid(&self, node: u32) -> Result<u32> {
+        let path = self.dir.join(format!("node-{node}/pid"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("node {node} has no pid file ({})", path.display()))?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("bad pid in {}", path.display()))
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, `TERM`) to node `node`'s JVM.
+    pub async fn signal_node(&self, node: u32, signal: &str) -> Result<()> {
+        let pid = self.node_pid(node)?;
+        run_command(
+            "kill",
+            &[&format!("-{signal}"), &pid.to_string()],
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// SIGKILLs node `node` and waits until its process is gone.
+    pub async fn kill_node(&self, node: u32) -> Result<()> {
+        let pid = self.node_pid(node)?;
+        self.signal_node(node, "KILL").await?;
+        super::wait_until(
+            Duration::from_secs(10),
+            &format!("node {node} (pid {pid}) is gone"),
+            || async move { Ok(!process_alive(pid)) },
+        )
+        .await
+    }
+
+    /// Starts node `node` again from its configuration and waits until it
+    /// serves.
+    pub async fn restart_node(&self, node: u32) -> Result<()> {
+        run_script(&[
+            "start-node",
+            &node.to_string(),
+            "--dir",
+            &path_text(&self.dir),
+        ])
+        .await
+        .map(|_| ())
+    }
+
+    /// Where the partitions of `topic` are, per a fresh metadata request.
+    pub async fn placements(&self, topic: &str) -> Result<Vec<PartitionPlacement>> {
+        let output = self.admin(&["leaders", &self.bootstrap, topic]).await?;
+        output.lines().map(parse_placement).collect()
+    }
+
+    /// Moves the leadership of `topic`/`partition` to `node` (reassignment
+    /// with `node` first, then a preferred election) and waits until it
+    /// leads.
+    pub async fn move_leader(&self, topic: &str, partition: i32, node: i32) -> Result<()> {
+        self.admin(&[
+            "move-leader",
+            &self.bootstrap,
+            topic,
+            &partition.to_string(),
+            &node.to_string(),
+        ])
+        .await
+        .map(|_| ())
+    }
+
+    /// The node coordinating `transactional_id`'s transactions.
+    pub async fn transaction_coordinator(&self, transactional_id: &str) -> Result<u32> {
+        let output = self
+            .admin(&["txn-coordinator", &self.bootstrap, transactional_id])
+            .await?;
+        last_line(&output)?
+            .parse()
+            .with_context(|| format!("bad coordinator id in {output:?}"))
+    }
+
+    /// The node coordinating consumer group `group_id`.
+    pub async fn group_coordinator(&self, group_id: &str) -> Result<u32> {
+        let output = self
+            .admin(&["group-coordinator", &self.bootstrap, group_id])
+            .await?;
+        last_line(&output)?
+            .parse()
+            .with_context(|| format!("bad coordinator id in {output:?}"))
+    }
+
+    async fn admin(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["admin"];
+        all.extend_from_slice(args);
+        run_script(&all).await
+    }
+
+    /// The last 4 KiB of node `node`'s server log (for error messages).
+    pub fn log_tail(&self, node: u32) -> String {
+        let path = self.dir.join(format!("node-{node}/server.log"));
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let start = bytes.len().saturating_sub(4096);
+                String::from_utf8_lossy(&bytes[start..]).into_owned()
+            }
+            Err(error) => format!("(cannot read {}: {error})", path.display()),
+        }
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        if let Some(temp) = &self.own {
+            // A cluster of our own dies with us, whatever state its nodes are
+            // in (a SIGSTOPped JVM ignores SIGTERM until woken).
+            for node in NODES {
+                if let Ok(pid) = self.node_pid(node) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+            let _ = std::fs::remove_dir_all(temp.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie (a detached JVM's
+/// parent may be slow to reap it).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) state ...": comm may hold spaces and parens.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// `scripts/kafka-cluster.sh`: `$CHAOS_KAFKA_SCRIPT`, else the one of the
+/// source tree this crate was built from.
+fn script_path() -> PathBuf {
+    match std::env::var_os("CHAOS_KAFKA_SCRIPT") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-cluster.sh"),
+    }
+}
+
+async fn run_script(args: &[&str]) -> Result<String> {
+    let script = script_path();
+    let timeout = if args.first() == Some(&"admin") {
+        Duration::from_secs(90)
+    } else {
+        START_TIMEOUT
+    };
+    run_command(&path_text(&script), args, timeout).await
+}
+
+/// Runs `program` with `args`; its stdout, or an error with its stderr.
+async fn run_command(program: &str, args: &[&str], timeout: Duration) -> Result<String> {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .with_context(|| {
+            format!(
+                "{program} {} did not finish within {} s",
+                args.join(" "),
+                timeout.as_secs()
+            )
+        })?
+        .with_context(|| format!("cannot wait for {program}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let start = stderr.len().saturating_sub(4096);
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            stderr.get(start..).unwrap_or(&stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn last_line(output: &str) -> Result<String> {
+    output
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .map(|line| line.trim().to_owned())
+        .with_context(|| "the cluster script printed nothing".to_owned())
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// `"0 2 2,3,1 2,3"` → partition 0, leader 2, replicas [2,3,1], in sync [2,3].
+fn parse_placement(line: &str) -> Result<PartitionPlacement> {
+    let ids = |field: &str| -> Result<Vec<i32>> {
+        field
+            .split(',')
+            .filter(|id| !id.is_empty())
+            .map(|id| {
+                id.parse()
+                    .with_context(|| format!("bad node id in {line:?}"))
+            })
+            .collect()
+    };
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    match fields.as_slice() {
+        [partition, leader, replicas, rest @ ..] => Ok(PartitionPlacement {
+            partition: partition
+                .parse()
+                .with_context(|| format!("bad partition in {line:?}"))?,
+            leader: leader
+                .parse()
+                .with_context(|| format!("bad leader in {line:?}"))?,
+            replicas: ids(replicas)?,
+            in_sync: ids(rest.first().copied().unwrap_or(""))?,
+        }),
+        _ => bail!("cannot read a partition placement from {line:?}"),
+    }
+}
+
+/// A base port whose `count` consecutive ports were all free a moment ago,
+/// below the kernel's range for outgoing ports (32768 and up here), so no
+/// client connection can take one of them before a broker binds it.
+fn free_port_range(count: u16) -> Result<u16> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..100 {
+        let base: u16 = rng.random_range(20_000..32_000);
+        let all_free = (base..base + count)
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("found no {count} consecutive free loopback ports in 20000..32000")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_placement_line_is_read() {
+        let placement = parse_placement("0 2 2,3,1 2,3").expect("parses");
+        assert_eq!(
+            placement,
+            PartitionPlacement {
+                partition: 0,
+                leader: 2,
+                replicas: vec![2, 3, 1],
+                in_sync: vec![2, 3],
+            }
+        );
+        let leaderless = parse_placement("4 -1 1,2,3 ").expect("parses");
+        assert_eq!(leaderless.leader, -1);
+        assert!(leaderless.in_sync.is_empty());
+        assert!(parse_placement("garbage").is_err());
+    }
+}
