@@ -1,7 +1,8 @@
-//! Failure handling of the real binary against real PostgreSQL and noida-db:
-//! database outages (circuit breaker), two instances in one group
-//! (rebalances, SIGKILLed member), and a zombie incarnation fenced on both
-//! sides. Verdicts are computed independently of onceflow (see `common`).
+//! Failure handling of the real binary against real PostgreSQL and a real
+//! three-node Kafka cluster: database outages (circuit breaker), two
+//! instances in one group (rebalances, SIGKILLed member), a zombie
+//! incarnation fenced on both sides, and a consumer fenced out of its group
+//! that rejoins (and escalates when fenced again and again). Verdicts are computed independently of onceflow (see `common`).
 
 mod common;
 mod service;
@@ -181,6 +182,62 @@ async fn a_zombie_incarnation_can_move_neither_offsets_nor_output() -> anyhow::R
     let (exit, _) = successor.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success());
     scenario.verdict().await?.assert_holds();
+    scenario.drop_database().await?;
+    Ok(())
+}
+
+/// A static member can be fenced by its own `group.instance.id` (a join
+/// response lost while the group coordinator moves: seen here when the
+/// broker coordinating the group was SIGKILLed). Before, the process
+/// exited; now the pipeline rejoins with a fresh consumer and actor tree
+/// and loses or doubles nothing. The fence is injected at the fetcher
+/// (`record-fetcher-fenced`), twice.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_fenced_out_of_its_group_rejoins_and_loses_nothing() -> anyhow::Result<()> {
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    let mut producer = scenario.produce_in_background(4_000, 800, 505)?;
+    let mut service = scenario.start(&[(
+        "FAILPOINTS",
+        "record-fetcher-fenced=300*off->1*return->700*off->1*return->off",
+    )])?;
+    assert!(producer.wait().await?.success());
+    scenario.wait_caught_up_with_input(CATCH_UP).await?;
+    assert!(service.is_running(), "log: {}", service.log());
+    let log = service.log();
+    assert_eq!(
+        log.matches("group membership lost; rejoining").count(),
+        2,
+        "two fences, two rejoins; log: {log}"
+    );
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    scenario.verdict().await?.assert_holds();
+    scenario.drop_database().await?;
+    Ok(())
+}
+
+/// A consumer fenced again at once after every rejoin is not mended by
+/// rejoining: past the rejoin budget the process exits non-zero, saying so.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_fenced_again_and_again_escalates() -> anyhow::Result<()> {
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    scenario.produce(500, 506).await?;
+    let service = scenario.start(&[("FAILPOINTS", "record-fetcher-fenced=return")])?;
+    let log_path = service.log_path.clone();
+    let exit = service.wait_exit(Duration::from_secs(60)).await?;
+    assert!(!exit.success(), "exit {exit:?}");
+    let log = std::fs::read_to_string(&log_path)?;
+    assert_eq!(
+        log.matches("group membership lost; rejoining").count(),
+        3,
+        "log: {log}"
+    );
+    assert!(
+        log.contains("rejoins within 300 s did not hold"),
+        "log: {log}"
+    );
     scenario.drop_database().await?;
     Ok(())
 }

@@ -242,7 +242,17 @@ async fn an_own_cluster_survives_a_node_kill_moves_leaders_and_is_gone_after_dro
     // A SIGKILLed node's port refuses connections; restarted, it serves and
     // is back in sync.
     cluster.kill_node(2).await.expect("node 2 killed");
-    assert!(tokio::net::TcpStream::connect(&brokers[1]).await.is_err());
+    let node_2 = brokers[1].clone();
+    wait_until(
+        Duration::from_secs(10),
+        "node 2's port refuses connections",
+        || {
+            let node_2 = node_2.clone();
+            async move { Ok(tokio::net::TcpStream::connect(&node_2).await.is_err()) }
+        },
+    )
+    .await
+    .expect("a killed node serves no more");
     cluster.restart_node(2).await.expect("node 2 restarts");
     assert!(tokio::net::TcpStream::connect(&brokers[1]).await.is_ok());
     wait_until(

@@ -55,6 +55,10 @@ pub const PARTITION_CONSUMER_TAKE_BATCH: &str = "partition-consumer-take-batch";
 pub const DB_WRITER_MID_STATEMENT: &str = "db-writer-mid-statement";
 /// in the DLQ forwarder, before it produces dead letters
 pub const DLQ_FORWARDER: &str = "dlq-forwarder";
+/// in the record fetcher, a record received (`return`: the input consumer
+/// is taken as fenced out of its group, as by `FENCED_INSTANCE_ID`; not in
+/// [`ALL_POINTS`]: the fetcher is a task, not an actor that can panic)
+pub const RECORD_FETCHER_FENCED: &str = "record-fetcher-fenced";
 
 /// Evaluates the point `name`.
 #[cfg(feature = "failpoints")]

@@ -203,6 +203,18 @@ struct StatusInner {
     txn_opened_at_ms: AtomicU64,
     fatal: CancellationToken,
     fatal_reason: Mutex<Option<String>>,
+    /// the current group membership: cancelled when the input consumer is
+    /// fenced out of its group (see [`PipelineStatus::lose_membership`])
+    membership: Mutex<Membership>,
+    /// the newest owner epoch this process claimed, per input partition
+    claims: Mutex<std::collections::BTreeMap<i32, i64>>,
+}
+
+/// One membership of the consumer group: a fresh consumer and actor tree.
+#[derive(Debug, Default)]
+struct Membership {
+    lost: CancellationToken,
+    reason: Option<String>,
 }
 
 impl Default for PipelineStatus {
@@ -218,6 +230,8 @@ impl Default for PipelineStatus {
                 txn_opened_at_ms: AtomicU64::new(0),
                 fatal: CancellationToken::new(),
                 fatal_reason: Mutex::new(None),
+                membership: Mutex::new(Membership::default()),
+                claims: Mutex::new(std::collections::BTreeMap::new()),
             }),
         }
     }
@@ -278,6 +292,67 @@ impl PipelineStatus {
         }
         self.mark_escalated();
         self.inner.fatal.cancel();
+    }
+
+    /// Begins a new membership of the consumer group; the token resolves
+    /// when it is lost.
+    pub fn begin_membership(&self) -> CancellationToken {
+        let mut membership = self
+            .inner
+            .membership
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *membership = Membership::default();
+        membership.lost.clone()
+    }
+
+    /// The input consumer was fenced out of its group or failed fatally:
+    /// this membership is over (the pipeline rejoins with a fresh consumer
+    /// and actor tree, a bounded number of times). Not a fatal condition by
+    /// itself: a static member can be fenced by its own `group.instance.id`
+    /// when a join response is lost while the group coordinator moves, and a
+    /// real duplicate instance is stopped by the producer and owner-epoch
+    /// fencing instead.
+    pub fn lose_membership(&self, reason: String) {
+        let mut membership = self
+            .inner
+            .membership
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if membership.reason.is_none() {
+            membership.reason = Some(reason);
+        }
+        membership.lost.cancel();
+    }
+
+    /// This process claimed `partition` with `owner_epoch` (over every
+    /// membership: a rejoin must know whether someone claimed after us).
+    pub fn record_claim(&self, partition: i32, owner_epoch: i64) {
+        let mut claims = self
+            .inner
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let newest = claims.entry(partition).or_insert(owner_epoch);
+        *newest = (*newest).max(owner_epoch);
+    }
+
+    /// The newest owner epoch this process claimed, per partition.
+    pub fn claims(&self) -> Vec<(i32, i64)> {
+        self.inner
+            .claims
+            .lock()
+            .map(|claims| claims.iter().map(|(p, e)| (*p, *e)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Why the current membership was lost, if it was.
+    pub fn membership_lost_reason(&self) -> Option<String> {
+        self.inner
+            .membership
+            .lock()
+            .ok()
+            .and_then(|membership| membership.reason.clone())
     }
 
     /// Resolves when [`PipelineStatus::fail_fatally`] was called.

@@ -65,8 +65,34 @@ impl PipelineError {
     }
 }
 
+/// Rejoins after a lost membership allowed within [`REJOIN_WINDOW`]; one
+/// more escalates (the process exits non-zero).
+const REJOINS_PER_WINDOW: usize = 3;
+/// The window of [`REJOINS_PER_WINDOW`].
+const REJOIN_WINDOW: Duration = Duration::from_secs(300);
+/// Pause before a rejoin.
+const REJOIN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How one membership of the consumer group ended.
+enum MembershipEnd {
+    /// `shutdown` was cancelled and the pipeline stopped gracefully
+    Shutdown,
+    /// the input consumer was fenced out of its group or failed fatally
+    Lost(String),
+}
+
 /// Runs the pipeline until `shutdown` is cancelled (Ok) or a supervisor
 /// escalates (Err).
+///
+/// The pipeline runs as a sequence of group memberships: each is a fresh
+/// input consumer and a fresh actor tree that recover everything from the
+/// database and Kafka, exactly as a process restart does. A membership ends
+/// when the consumer is fenced out of its group (`FENCED_INSTANCE_ID`, which
+/// a static member also meets when its own join response is lost while the
+/// group coordinator moves) or fails fatally; the pipeline then rejoins, at
+/// most [`REJOINS_PER_WINDOW`] times in [`REJOIN_WINDOW`]. A real duplicate
+/// instance is not left to this: its transactional producer and its owner
+/// epoch fence one of the two, and the zombie stops for good.
 pub async fn run_pipeline(
     settings: Settings,
     status: PipelineStatus,
@@ -83,9 +109,92 @@ pub async fn run_pipeline(
     )?;
     migrate_with_retries(&store, &shutdown).await?;
 
+    let mut rejoins: std::collections::VecDeque<tokio::time::Instant> = Default::default();
+    for membership in 0_u64.. {
+        match run_membership(&settings, &store, &status, &shutdown, membership).await? {
+            MembershipEnd::Shutdown => return Ok(()),
+            MembershipEnd::Lost(reason) => {
+                if let Some(partition) =
+                    claimed_since_by_our_instance_id(&settings, &store, &status).await
+                {
+                    // Another process with our instance id claimed after us:
+                    // it fenced us, and rejoining would fence it back.
+                    let reason = format!(
+                        "fenced: partition {partition} was claimed by a newer incarnation of instance {} ({reason})",
+                        settings.instance_id()
+                    );
+                    tracing::error!(%reason, "stopping this incarnation");
+                    status.fail_fatally(reason.clone());
+                    return Err(PipelineError::Escalated(reason));
+                }
+                let now = tokio::time::Instant::now();
+                rejoins.retain(|at| now.duration_since(*at) < REJOIN_WINDOW);
+                if rejoins.len() >= REJOINS_PER_WINDOW {
+                    return Err(PipelineError::Escalated(format!(
+                        "{reason} ({} rejoins within {} s did not hold)",
+                        rejoins.len(),
+                        REJOIN_WINDOW.as_secs()
+                    )));
+                }
+                rejoins.push_back(now);
+                tracing::warn!(
+                    %reason,
+                    rejoin = rejoins.len(),
+                    "group membership lost; rejoining with a fresh consumer and actor tree"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(REJOIN_BACKOFF) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A partition this process claimed that a process with the same instance
+/// id has claimed since (a newer incarnation: we are the zombie).
+async fn claimed_since_by_our_instance_id(
+    settings: &Settings,
+    store: &Store,
+    status: &PipelineStatus,
+) -> Option<i32> {
     let instance_id = settings.instance_id();
-    let names = ActorNames::new(&instance_id);
-    let consumer = create_input_consumer(&settings, &names)?;
+    for (partition, our_epoch) in status.claims() {
+        let Ok(Some(owner)) = store
+            .partition_owner(&settings.group_id, &settings.input_topic, partition)
+            .await
+        else {
+            continue;
+        };
+        if owner.owner_epoch > our_epoch && owner.owner_instance.as_deref() == Some(&instance_id) {
+            return Some(partition);
+        }
+    }
+    None
+}
+
+/// One membership of the consumer group: a fresh consumer and actor tree,
+/// until shutdown, escalation (Err) or a lost membership.
+async fn run_membership(
+    settings: &Arc<Settings>,
+    store: &Store,
+    status: &PipelineStatus,
+    shutdown: &CancellationToken,
+    membership: u64,
+) -> Result<MembershipEnd, PipelineError> {
+    let instance_id = settings.instance_id();
+    // A rejoin's actors get names of their own: the previous tree's may
+    // still be unregistering.
+    let names = if membership == 0 {
+        ActorNames::new(&instance_id)
+    } else {
+        ActorNames::new(&format!("{instance_id}/rejoin-{membership}"))
+    };
+    let lost = status.begin_membership();
+    // Cancelled by shutdown, or by this membership's end.
+    let session = shutdown.child_token();
+    let consumer = create_input_consumer(settings, &names)?;
     tracing::info!(
         instance_id = %instance_id,
         group_id = %settings.group_id,
@@ -93,16 +202,17 @@ pub async fn run_pipeline(
         output_topic = %settings.output_topic,
         dlq_topic = %settings.dlq_topic,
         kafka_overrides = ?settings.redacted_kafka_keys(),
+        membership,
         "pipeline starting"
     );
     let fetcher_slot = FetcherSlot::default();
     let root_args = RootArgs {
-        settings: Arc::clone(&settings),
-        store,
+        settings: Arc::clone(settings),
+        store: store.clone(),
         consumer: Arc::clone(&consumer),
         names: names.clone(),
         status: status.clone(),
-        shutdown: shutdown.clone(),
+        shutdown: session.clone(),
         fetcher_slot: fetcher_slot.clone(),
         tickets: PositionTickets::default(),
     };
@@ -111,27 +221,37 @@ pub async fn run_pipeline(
         .map_err(|error| PipelineError::Actors(error.to_string()))?;
 
     let monitor = spawn_monitor(
-        Arc::clone(&settings),
+        Arc::clone(settings),
         Arc::clone(&consumer),
         status.clone(),
-        shutdown.clone(),
+        session.clone(),
     );
     let fatal = status.fatal();
     let mut root_done = root_done;
-    let escalated = tokio::select! {
+    let ended = tokio::select! {
         () = shutdown.cancelled() => None,
-        () = fatal.cancelled() => Some(status.fatal_reason().unwrap_or_default()),
-        _ = &mut root_done => Some("a supervisor spent its restart budget; see the log above".to_owned()),
+        () = fatal.cancelled() => Some(Err(status.fatal_reason().unwrap_or_default())),
+        () = lost.cancelled() => Some(Ok(status.membership_lost_reason().unwrap_or_default())),
+        _ = &mut root_done => Some(Err("a supervisor spent its restart budget; see the log above".to_owned())),
     };
-    if let Some(reason) = escalated {
-        shutdown.cancel();
+    if let Some(ended) = ended {
+        session.cancel();
         monitor.abort();
+        let reason = match &ended {
+            Ok(reason) | Err(reason) => reason.clone(),
+        };
         let _ = root
             .stop_and_wait(Some(reason.clone()), Some(Duration::from_secs(2)))
             .await;
         fetcher_slot.stop().await;
         close_consumer(consumer).await;
-        return Err(PipelineError::Escalated(reason));
+        return match ended {
+            Ok(reason) => Ok(MembershipEnd::Lost(reason)),
+            Err(reason) => {
+                shutdown.cancel();
+                Err(PipelineError::Escalated(reason))
+            }
+        };
     }
 
     tracing::info!("shutting down: fetching stopped, committing what is buffered");
@@ -155,7 +275,7 @@ pub async fn run_pipeline(
     fetcher_slot.stop().await;
     close_consumer(consumer).await;
     tracing::info!("pipeline stopped");
-    Ok(())
+    Ok(MembershipEnd::Shutdown)
 }
 
 async fn migrate_with_retries(

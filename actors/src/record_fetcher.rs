@@ -184,11 +184,18 @@ pub fn spawn_fetcher(
                     None => break,
                 },
                 received = consumer.recv() => match received {
-                    Ok(message) => fetcher.route(&message),
+                    Ok(message) => {
+                        if let Err(fault) = crate::failpoints::hit(crate::failpoints::RECORD_FETCHER_FENCED) {
+                            tracing::error!(%fault, "input consumer fenced or failed fatally");
+                            status.lose_membership(format!("input consumer: {fault}"));
+                            break;
+                        }
+                        fetcher.route(&message);
+                    }
                     Err(error) => {
                         if is_fatal_consumer_error(&error) {
                             tracing::error!(%error, "input consumer fenced or failed fatally");
-                            status.fail_fatally(format!("input consumer: {error}"));
+                            status.lose_membership(format!("input consumer: {error}"));
                             break;
                         }
                         tracing::warn!(%error, "input consumer error");
@@ -202,8 +209,10 @@ pub fn spawn_fetcher(
     (handle, task)
 }
 
-/// A consumer error no retry mends: this member was fenced out of its group
-/// (another process took its `group.instance.id`) or the client is dead.
+/// A consumer error no retry of this consumer mends: this member was fenced
+/// out of its group (by another process with its `group.instance.id`, or by
+/// its own lost join) or the client is dead. The pipeline rejoins with a
+/// fresh consumer (see `pipeline.rs`).
 fn is_fatal_consumer_error(error: &KafkaError) -> bool {
     matches!(error, KafkaError::MessageConsumptionFatal(_))
         || matches!(

@@ -434,6 +434,10 @@ async fn read_recovery_inputs(
                     )
                     .await?;
                 owned.owner_epoch = Some(claimed.owner_epoch);
+                state
+                    .args
+                    .status
+                    .record_claim(partition, claimed.owner_epoch);
                 claimed
             }
             Some(epoch) => state

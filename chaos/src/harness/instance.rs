@@ -506,6 +506,15 @@ impl Scenario {
     /// Drops the scenario's PostgreSQL database (call it when the test or
     /// scenario passed; a failed one keeps its database for inspection).
     pub async fn drop_database(&self) -> Result<()> {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(reader) = live {
+            // Its offset sampler holds a connection of the pool.
+            let _ = reader.finish().await;
+        }
         self.pool.close().await;
         if let Some(sqlite) = &self.sqlite {
             sqlite.close().await;

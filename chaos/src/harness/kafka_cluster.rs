@@ -120,10 +120,19 @@ impl KafkaCluster {
                     });
                 }
                 Err(error) => {
+                    // Stopped and emptied: the next try formats anew on
+                    // other ports (a directory keeps the ports it began with).
                     let _ = run_script(&["stop", "--dir", &path_text(temp.path())]).await;
-                    let _ = std::fs::remove_dir_all(temp.path().join("node-1"));
-                    let _ = std::fs::remove_dir_all(temp.path().join("node-2"));
-                    let _ = std::fs::remove_dir_all(temp.path().join("node-3"));
+                    if let Ok(entries) = std::fs::read_dir(temp.path()) {
+                        for entry in entries.flatten() {
+                            let path = entry.path();
+                            let _ = if path.is_dir() {
+                                std::fs::remove_dir_all(&path)
+                            } else {
+                                std::fs::remove_file(&path)
+                            };
+                        }
+                    }
                     last_error = Some(error);
                 }
             }

@@ -75,8 +75,16 @@ pub struct LiveObservations {
 #[derive(Debug)]
 pub struct LiveReader {
     stop: Arc<AtomicBool>,
-    reader: tokio::task::JoinHandle<Result<Vec<SeenRecord>>>,
-    sampler: tokio::task::JoinHandle<(Vec<String>, u64)>,
+    reader: Option<tokio::task::JoinHandle<Result<Vec<SeenRecord>>>>,
+    sampler: Option<tokio::task::JoinHandle<(Vec<String>, u64)>>,
+}
+
+impl Drop for LiveReader {
+    /// A reader dropped unfinished stops too: its blocking poll loop would
+    /// otherwise keep the test's runtime from shutting down.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Where the live reader looks.
@@ -115,17 +123,22 @@ impl LiveReader {
         };
         LiveReader {
             stop,
-            reader,
-            sampler,
+            reader: Some(reader),
+            sampler: Some(sampler),
         }
     }
 
     /// Stops the reader and the sampler; what they saw.
-    pub async fn finish(self) -> Result<LiveObservations> {
+    pub async fn finish(mut self) -> Result<LiveObservations> {
         self.stop.store(true, Ordering::Relaxed);
-        let records = self.reader.await.context("the live reader panicked")??;
-        let (offset_regressions, samples) =
-            self.sampler.await.context("the offset sampler panicked")?;
+        let records = match self.reader.take() {
+            Some(reader) => reader.await.context("the live reader panicked")??,
+            None => Vec::new(),
+        };
+        let (offset_regressions, samples) = match self.sampler.take() {
+            Some(sampler) => sampler.await.context("the offset sampler panicked")?,
+            None => (Vec::new(), 0),
+        };
         Ok(LiveObservations {
             records,
             offset_regressions,
