@@ -50,6 +50,8 @@ pub struct ForwardRequest {
     pub source_topic: String,
     /// the dead letters
     pub dead_letters: Vec<DeadLetter>,
+    /// how long their acknowledgements may take in all
+    pub delivery_timeout: std::time::Duration,
 }
 
 /// Messages of the DLQ forwarder.
@@ -141,7 +143,16 @@ impl Actor for DlqForwarder {
             }
             record
         });
-        let result = in_span(span, send_all(&request.producer, dlq_topic, records)).await;
+        let result = in_span(
+            span,
+            send_all(
+                &request.producer,
+                dlq_topic,
+                records,
+                request.delivery_timeout,
+            ),
+        )
+        .await;
         let _ = reply.send(result);
         Ok(())
     }

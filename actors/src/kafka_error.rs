@@ -38,6 +38,14 @@ pub enum KafkaTxnError {
         #[source]
         source: KafkaError,
     },
+    /// Records of the transaction were not acknowledged in time: the
+    /// producer's state is unknown (its transaction coordinator may be gone),
+    /// so it is recreated, which fences and aborts the open transaction.
+    #[error("records to {topic} were not acknowledged in time")]
+    DeliveryTimedOut {
+        /// destination topic
+        topic: String,
+    },
     /// A fault injected at a kill point (tests and chaos only); handled like
     /// an abortable transaction error.
     #[error("{0}")]
@@ -69,7 +77,9 @@ impl KafkaTxnError {
             KafkaTxnError::Client { source, .. } | KafkaTxnError::Delivery { source, .. } => {
                 classify(source)
             }
-            KafkaTxnError::TaskLost { .. } => KafkaFailureClass::RecreateProducer,
+            KafkaTxnError::TaskLost { .. } | KafkaTxnError::DeliveryTimedOut { .. } => {
+                KafkaFailureClass::RecreateProducer
+            }
             KafkaTxnError::Injected(_) | KafkaTxnError::PartitionRevoked { .. } => {
                 KafkaFailureClass::AbortTransaction
             }

@@ -946,7 +946,16 @@ async fn commit_to_kafka(
         messaging.batch.message_count = outputs.len(),
         %txn_id
     );
-    in_span(produce_span, send_all(&producer, output_topic, records)).await?;
+    in_span(
+        produce_span,
+        send_all(
+            &producer,
+            output_topic,
+            records,
+            state.args.settings.kafka_call_timeout(),
+        ),
+    )
+    .await?;
     if !dead_letters.is_empty() {
         forward_dead_letters(state, &producer, txn_id, dead_letters).await?;
     }
@@ -1032,6 +1041,7 @@ async fn forward_dead_letters(
         txn_id,
         source_topic: state.args.settings.input_topic.clone(),
         dead_letters,
+        delivery_timeout: state.args.settings.kafka_call_timeout(),
     };
     let timeout = state.args.settings.kafka_call_timeout() * 2;
     match forwarder

@@ -97,10 +97,23 @@ pub(crate) async fn inject_cluster_fault(
     );
     let mut injection = Injection::default();
     let extra: Vec<(&str, String)> = match fault {
-        ClusterFault::FrozenPastTransactionTimeout => vec![(
-            "ONCEFLOW_TRANSACTION_TIMEOUT_MS",
-            SHORT_TRANSACTION_TIMEOUT_MS.to_string(),
-        )],
+        ClusterFault::FrozenPastTransactionTimeout => vec![
+            (
+                "ONCEFLOW_TRANSACTION_TIMEOUT_MS",
+                SHORT_TRANSACTION_TIMEOUT_MS.to_string(),
+            ),
+            // A Kafka call must time out well within the transaction.
+            (
+                "ONCEFLOW_KAFKA_CALL_TIMEOUT_MS",
+                (SHORT_TRANSACTION_TIMEOUT_MS / 2).to_string(),
+            ),
+            // A transaction held open for 4 s, once the pipeline ran a while,
+            // so that the freeze meets it.
+            (
+                "FAILPOINTS",
+                "coordinator-during-kafka-commit=30*off->1*sleep(4000)->off".to_owned(),
+            ),
+        ],
         _ => Vec::new(),
     };
     let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -169,19 +182,60 @@ async fn node_with_role(scenario: &Scenario, role: BrokerRole) -> Result<u32> {
     }
 }
 
-/// Whether `role` moved away from `node` within `timeout`.
+/// The internal topic whose partition leader is the coordinator of `role`.
+fn coordinator_topic(role: BrokerRole) -> Option<&'static str> {
+    match role {
+        BrokerRole::TransactionCoordinator => Some("__transaction_state"),
+        BrokerRole::GroupCoordinator => Some("__consumer_offsets"),
+        BrokerRole::InputLeader | BrokerRole::OutputLeader => None,
+    }
+}
+
+/// Whether `role` moved away from `node` within `timeout`. A coordinator is
+/// the leader of one partition of its internal topic, so it moved once every
+/// partition of that topic `node` led (`led_before`) has another leader.
 async fn role_moved_off(
     scenario: &Scenario,
     role: BrokerRole,
     node: u32,
+    led_before: &[i32],
     timeout: Duration,
 ) -> bool {
     seen_within(timeout, || async {
-        node_with_role(scenario, role)
-            .await
-            .is_ok_and(|holder| holder != node)
+        match coordinator_topic(role) {
+            None => node_with_role(scenario, role)
+                .await
+                .is_ok_and(|holder| holder != node),
+            Some(topic) => match cluster_of(scenario) {
+                Ok(cluster) => cluster.placements(topic).await.is_ok_and(|placements| {
+                    placements
+                        .iter()
+                        .filter(|placement| led_before.contains(&placement.partition))
+                        .all(|placement| {
+                            placement.leader >= 0
+                                && placement.leader != i32::try_from(node).unwrap_or(-1)
+                        })
+                }),
+                Err(_) => false,
+            },
+        }
     })
     .await
+}
+
+/// The partitions of `role`'s internal topic that `node` leads now.
+async fn partitions_led(scenario: &Scenario, role: BrokerRole, node: u32) -> Result<Vec<i32>> {
+    let Some(topic) = coordinator_topic(role) else {
+        return Ok(Vec::new());
+    };
+    let node = i32::try_from(node).unwrap_or(-1);
+    Ok(cluster_of(scenario)?
+        .placements(topic)
+        .await?
+        .into_iter()
+        .filter(|placement| placement.leader == node)
+        .map(|placement| placement.partition)
+        .collect())
 }
 
 async fn kill_broker(
@@ -192,10 +246,11 @@ async fn kill_broker(
 ) -> Result<()> {
     let cluster = cluster_of(scenario)?;
     let node = node_with_role(scenario, role).await?;
+    let led_before = partitions_led(scenario, role, node).await?;
     cluster.kill_node(node).await?;
     let killed_at = Instant::now();
     injection.require(true, format!("node {node}, the {role:?}, SIGKILLed"));
-    let moved = role_moved_off(scenario, role, node, BROKER_FENCED_WITHIN).await;
+    let moved = role_moved_off(scenario, role, node, &led_before, BROKER_FENCED_WITHIN).await;
     injection.require(
         moved,
         format!("the {role:?} role moved off the killed node {node}"),
@@ -222,6 +277,7 @@ async fn pause_broker(scenario: &Scenario, injection: &mut Injection) -> Result<
         scenario,
         BrokerRole::InputLeader,
         node,
+        &[],
         BROKER_FENCED_WITHIN,
     )
     .await;
@@ -370,13 +426,14 @@ async fn freeze_past_transaction_timeout(
             Err(_) => 0.0,
         }
     };
-    // Freeze while a transaction is open (the live open-transaction age).
-    let open = seen_within(Duration::from_secs(30), || async {
+    // Freeze while a transaction is open: the kill point holds one open
+    // (records produced, before `commit_transaction`) for a few seconds.
+    let open = seen_within(Duration::from_secs(60), || async {
         service.metrics().await.is_ok_and(|metrics| {
             metrics
                 .sum("onceflow_open_txn_age_seconds", &[])
                 .unwrap_or(0.0)
-                > 0.0
+                > 0.5
         })
     })
     .await;

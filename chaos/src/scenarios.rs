@@ -121,6 +121,7 @@ impl ScenarioSpec {
                 | Fault::SupervisorRestart
                 | Fault::RepeatedPanics
                 | Fault::RebalanceWhileSlow
+                | Fault::Cluster(ClusterFault::FrozenPastTransactionTimeout)
         )
     }
 }

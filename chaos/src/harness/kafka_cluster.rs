@@ -31,10 +31,9 @@ pub const NODES: [u32; 3] = [1, 2, 3];
 const PORTS_PER_CLUSTER: u16 = 6;
 
 /// Base port of the shared cluster when the harness starts it itself.
+/// (Shared clusters live below 20000, clusters of a scenario's own between
+/// 20000 and 32000: see [`free_port_range`].)
 const SHARED_BASE_PORT: u16 = 18_092;
-
-/// Shared clusters live below 20000 and clusters of a scenario's own
-/// between 20000 and 32000 (see [`free_port_range`]).
 
 /// How long starting a whole cluster or one node may take.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
@@ -215,19 +214,17 @@ impl KafkaCluster {
 
     /// The node coordinating `transactional_id`'s transactions.
     pub async fn transaction_coordinator(&self, transactional_id: &str) -> Result<u32> {
-        let output = self
-            .admin(&["txn-coordinator", &self.bootstrap, transactional_id])
-            .await?;
-        last_line(&output)?
-            .parse()
-            .with_context(|| format!("bad coordinator id in {output:?}"))
+        self.coordinator("txn-coordinator", transactional_id).await
     }
 
     /// The node coordinating consumer group `group_id`.
     pub async fn group_coordinator(&self, group_id: &str) -> Result<u32> {
-        let output = self
-            .admin(&["group-coordinator", &self.bootstrap, group_id])
-            .await?;
+        self.coordinator("group-coordinator", group_id).await
+    }
+
+    /// The node id the admin tool's `command` prints for `id`.
+    async fn coordinator(&self, command: &str, id: &str) -> Result<u32> {
+        let output = self.admin(&[command, &self.bootstrap, id]).await?;
         last_line(&output)?
             .parse()
             .with_context(|| format!("bad coordinator id in {output:?}"))
