@@ -113,11 +113,14 @@ async fn run(
     name: &str,
 ) -> Result<ScenarioOutcome> {
     let plan = schedule(context.seed, duration, onceflow_actors::failpoints::ENABLED);
-    progress.println(format!(
+    // On stderr whether or not the progress bar is drawn (a hidden bar drops
+    // its `println`): a failing run is reproduced from this line.
+    let line = format!(
         "schedule of seed {}: {}",
         context.seed,
         serde_json::to_string(&plan)?
-    ));
+    );
+    progress.suspend(|| eprintln!("{line}"));
     // Brokers are hurt: a cluster of the run's own.
     let cluster = KafkaCluster::start_own().await?;
     let scenario = Scenario::on_cluster(&context.binary, cluster, 3).await?;
