@@ -185,17 +185,17 @@ pub fn create_input_consumer(
     if !settings.kafka.contains_key("session.timeout.ms") {
         config.set("session.timeout.ms", "10000");
     }
-    // Eager round-robin by default. `cooperative-sticky` works with onceflow
-    // (revoked partitions are drained first, see `drain_before_revocation`;
-    // assignments are handled incrementally) and can be chosen under
-    // `[kafka]`. It was set aside on the stand-in broker of the first tests,
-    // where a member joining a cooperative group often never got its
-    // assignment; it has not yet been measured on the real cluster, so the
-    // default stays the assignment every chaos scenario ran with. Static
-    // membership already spares restarts a rebalance, which is most of what
-    // cooperative rebalancing buys.
+    // `cooperative-sticky` by default: a rebalance moves only the partitions
+    // that change owner, the others keep flowing. onceflow drains a revoked
+    // partition before giving it up (`drain_before_revocation`) and handles
+    // assignments incrementally (assigned partitions are added, revoked ones
+    // removed), so both protocols are exactly-once; eager `roundrobin` can
+    // still be chosen under `[kafka]`. It was eager before only because the
+    // stand-in broker of the first tests often never gave a joining
+    // cooperative member its assignment; on Apache Kafka the joining,
+    // leaving, storming and stalled-cycle scenarios pass with it.
     if !settings.kafka.contains_key("partition.assignment.strategy") {
-        config.set("partition.assignment.strategy", "roundrobin");
+        config.set("partition.assignment.strategy", "cooperative-sticky");
     }
     let consumer: InputConsumer = config.create_with_context(context)?;
     consumer.subscribe(&[settings.input_topic.as_str()])?;
