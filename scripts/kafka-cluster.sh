@@ -25,7 +25,9 @@
 # options: ONCEFLOW_KAFKA_JVM_OPTS (appended, so they win). Extra broker
 # settings: ONCEFLOW_KAFKA_SERVER_PROPERTIES, key=value lines appended to
 # each node's server.properties when `start` writes it (later lines win),
-# e.g. broker.session.timeout.ms=4000 to fence a dead node sooner.
+# e.g. broker.session.timeout.ms=4000 to fence a dead node sooner. Per
+# node: D/node-N/extra.properties, if the caller wrote it, is appended last
+# at every start of node N (extra listeners, for example).
 #
 # Layout and ports: node N (1..3) is broker and controller in one JVM, in
 # D/node-N (server.properties, data/, server.log, stdout.log, pid). It
@@ -366,6 +368,13 @@ EOF
   if [ -n "${ONCEFLOW_KAFKA_SERVER_PROPERTIES:-}" ]; then
     printf '\n# From ONCEFLOW_KAFKA_SERVER_PROPERTIES (later lines win).\n%s\n' \
       "$ONCEFLOW_KAFKA_SERVER_PROPERTIES" >>"$nd/server.properties.tmp"
+  fi
+  # A node's own additions, written by the caller before `start` and kept
+  # across restarts (the harness adds listeners this way: one reached
+  # through its TCP proxies, a TLS or SASL one). Last, so they win.
+  if [ -f "$nd/extra.properties" ]; then
+    printf '\n# From %s (later lines win).\n' "$nd/extra.properties" >>"$nd/server.properties.tmp"
+    cat "$nd/extra.properties" >>"$nd/server.properties.tmp"
   fi
   mv "$nd/server.properties.tmp" "$nd/server.properties"
 }

@@ -1,7 +1,8 @@
 //! Self-test of the integration-test harness (`tests/common`): the shared
 //! Kafka cluster runs; a cluster of a test's own replicates 3 times, moves a
 //! leader where it is told, takes a node kill and restart, and is gone after
-//! drop; the `read_committed` reader returns exactly the
+//! drop; a cluster behind the harness's proxies sends clients through them
+//! (and a black hole there stops only them); the `read_committed` reader returns exactly the
 //! committed records (not aborted ones, not an open transaction, not control
 //! records), fresh databases are distinct, and the exactly-once checker
 //! accepts a correct pipeline outcome and names each kind of violation.
@@ -285,6 +286,77 @@ async fn an_own_cluster_survives_a_node_kill_moves_leaders_and_is_gone_after_dro
     )
     .await
     .expect("the cluster stops with its owner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_behind_proxies_sends_clients_through_them_and_a_black_hole_stops_only_them() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let cluster = KafkaCluster::start_own_behind_proxies()
+        .await
+        .expect("a cluster behind proxies starts");
+    let network = cluster.client_network().expect("proxies");
+    let through = cluster.client_bootstrap();
+    assert_ne!(through, cluster.bootstrap);
+    let topic = unique("proxied");
+    create_topic(&cluster.bootstrap, &topic, 3)
+        .await
+        .expect("topic");
+
+    // Bootstrapped through the proxies, a client is sent to the proxies for
+    // every broker (the nodes advertise them on that listener).
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &through)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), TIMEOUT)
+        .expect("metadata through the proxies");
+    let mut advertised: Vec<String> = metadata
+        .brokers()
+        .iter()
+        .map(|broker| format!("{}:{}", broker.host(), broker.port()))
+        .collect();
+    advertised.sort();
+    let mut proxies: Vec<String> = through.split(',').map(str::to_owned).collect();
+    proxies.sort();
+    assert_eq!(advertised, proxies);
+
+    let producer = |bootstrap: &str| -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("message.timeout.ms", "4000")
+            .create()
+            .expect("producer")
+    };
+    let proxied = producer(&through);
+    let direct = producer(&cluster.bootstrap);
+    async fn send_keyed(producer: &FutureProducer, topic: &str, key: &str) -> Result<(), String> {
+        let record = FutureRecord::to(topic).key(key).payload("x");
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| error.to_string())
+    }
+    send_keyed(&proxied, &topic, "open")
+        .await
+        .expect("sent through the open proxies");
+
+    network.set(common::NetworkCondition::BlackHoled);
+    assert!(
+        send_keyed(&proxied, &topic, "held").await.is_err(),
+        "a send crossed the black hole"
+    );
+    send_keyed(&direct, &topic, "direct")
+        .await
+        .expect("the direct path is untouched");
+    assert!(network.counters().held > 0, "{:?}", network.counters());
+
+    network.set(common::NetworkCondition::Open);
+    send_keyed(&proxied, &topic, "healed")
+        .await
+        .expect("sent after the heal");
 }
 
 #[tokio::test]

@@ -333,29 +333,18 @@ async fn rolling_restart(scenario: &Scenario, injection: &mut Injection) -> Resu
     Ok(())
 }
 
-/// Moves the leader of every input and output partition to another replica,
-/// `rounds` times; the number of moves seen to land.
+/// Moves the leader of every input and output partition to another in-sync
+/// replica, `rounds` times; the number of moves seen to land.
 async fn leader_moves(scenario: &Scenario, rounds: u32, injection: &mut Injection) -> Result<u64> {
     let cluster = cluster_of(scenario)?;
     let mut moves = 0;
     for round in 0..rounds {
-        for topic in [&scenario.topics.input, &scenario.topics.output] {
-            for placement in cluster.placements(topic).await? {
-                let target = placement
-                    .replicas
-                    .iter()
-                    .copied()
-                    .filter(|node| *node != placement.leader)
-                    .nth(usize::try_from(round).unwrap_or(0) % 2)
-                    .with_context(|| {
-                        format!("no other replica for {topic}/{}", placement.partition)
-                    })?;
-                cluster
-                    .move_leader(topic, placement.partition, target)
-                    .await?;
-                moves += 1;
-            }
-        }
+        moves += cluster
+            .move_every_leader(
+                &[&scenario.topics.input, &scenario.topics.output],
+                usize::try_from(round).unwrap_or(0),
+            )
+            .await?;
     }
     injection.require(
         moves > 0,

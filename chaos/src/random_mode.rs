@@ -2,8 +2,9 @@
 //! panics, supervisor restarts past the budget, repeated panics, slow cycles,
 //! database outages and slowdowns, a second instance joining and dying,
 //! brokers of its own three-node Kafka cluster SIGKILLed or SIGSTOPped and
-//! brought back, leaders moved) over a run of a given length, while the harness's own generated load (awkward
-//! records included) keeps arriving.
+//! brought back, leaders moved, the network to the brokers or to PostgreSQL
+//! black-holed, refused or delayed) over a run of a given length, while the
+//! harness's own generated load (awkward records included) keeps arriving.
 //!
 //! Guarantees: the schedule is a pure function of the seed and the length,
 //! printed before it runs, so a failing run is reproduced by its command;
@@ -18,7 +19,10 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::{Context, Result};
-use crate::harness::{DatabaseOutage, KafkaCluster, Scenario, Service, WorkloadSpec, unique};
+use crate::harness::{
+    DatabaseOutage, KafkaCluster, NetworkCondition, Scenario, Service, WorkloadSpec, unique,
+};
+use crate::network_faults::{NetworkPath, set_condition};
 use crate::outcome::{JUDGED_BY_TRANSACTIONS, ScenarioOutcome, numbers_of};
 use crate::scenarios::{INSTANCE_ENV, ScenarioContext, block_table};
 
@@ -48,6 +52,9 @@ pub enum ScheduledFault {
     PauseBroker(u32, u64),
     /// move the leader of every input and output partition to another replica
     MoveLeaders,
+    /// the network path to the brokers or to PostgreSQL has this condition
+    /// for this many milliseconds, then heals
+    Network(NetworkPath, NetworkCondition, u64),
 }
 
 /// A fault at a time from the start of the run.
@@ -66,7 +73,7 @@ pub fn schedule(seed: u64, duration: Duration, failpoints: bool) -> Vec<Schedule
     let mut at_ms = rng.random_range(1_000..3_000_u64);
     let end_ms = duration.as_millis() as u64;
     while at_ms < end_ms {
-        let fault = match rng.random_range(0..11) {
+        let fault = match rng.random_range(0..13) {
             0 => ScheduledFault::KillProcess,
             1 if failpoints => {
                 let points = onceflow_actors::failpoints::ALL_POINTS;
@@ -84,6 +91,21 @@ pub fn schedule(seed: u64, duration: Duration, failpoints: bool) -> Vec<Schedule
                 rng.random_range(1_000..14_000),
             ),
             10 => ScheduledFault::MoveLeaders,
+            11 | 12 => {
+                let path = if rng.random_bool(0.5) {
+                    NetworkPath::Brokers
+                } else {
+                    NetworkPath::Database
+                };
+                let condition = match rng.random_range(0..3) {
+                    0 => NetworkCondition::BlackHoled,
+                    1 => NetworkCondition::Refused,
+                    _ => {
+                        NetworkCondition::Delayed(Duration::from_millis(rng.random_range(20..400)))
+                    }
+                };
+                ScheduledFault::Network(path, condition, rng.random_range(1_000..15_000))
+            }
             2 => ScheduledFault::DatabaseOutage(rng.random_range(1_000..5_000)),
             3 => ScheduledFault::DatabaseSlow(rng.random_range(1_000..3_000)),
             _ => ScheduledFault::SecondInstance,
@@ -121,9 +143,13 @@ async fn run(
         serde_json::to_string(&plan)?
     );
     progress.suspend(|| eprintln!("{line}"));
-    // Brokers are hurt: a cluster of the run's own.
-    let cluster = KafkaCluster::start_own().await?;
-    let scenario = Scenario::on_cluster(&context.binary, cluster, 3).await?;
+    // Brokers are hurt: a cluster of the run's own, reached by onceflow
+    // through proxies, as its database is.
+    let cluster = KafkaCluster::start_own_behind_proxies().await?;
+    let scenario = Scenario::on_cluster(&context.binary, cluster, 3)
+        .await?
+        .with_database_behind_proxy()
+        .await?;
     let rate = (context.size.events * 1_000 / duration.as_millis().max(1) as u64).max(50);
     let load = scenario.generate_in_background(
         WorkloadSpec {
@@ -210,23 +236,14 @@ async fn run(
                 cluster.signal_node(*node, "CONT").await?;
             }
             ScheduledFault::MoveLeaders => {
-                let cluster = cluster_of(&scenario)?;
-                for topic in [&scenario.topics.input, &scenario.topics.output] {
-                    for placement in cluster.placements(topic).await? {
-                        // The next replica in the list that is in sync (a
-                        // node just restarted may still be catching up).
-                        let target = placement
-                            .in_sync
-                            .iter()
-                            .copied()
-                            .find(|node| *node != placement.leader);
-                        if let Some(target) = target {
-                            cluster
-                                .move_leader(topic, placement.partition, target)
-                                .await?;
-                        }
-                    }
-                }
+                cluster_of(&scenario)?
+                    .move_every_leader(&[&scenario.topics.input, &scenario.topics.output], 0)
+                    .await?;
+            }
+            ScheduledFault::Network(path, condition, ms) => {
+                set_condition(&scenario, *path, *condition)?;
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
+                set_condition(&scenario, *path, NetworkCondition::Open)?;
             }
             ScheduledFault::SecondInstance => match second.take() {
                 None => {
@@ -329,6 +346,12 @@ mod tests {
             "KillBroker",
             "PauseBroker",
             "MoveLeaders",
+            "Network(Brokers, BlackHoled",
+            "Network(Brokers, Refused",
+            "Network(Brokers, Delayed",
+            "Network(Database, BlackHoled",
+            "Network(Database, Refused",
+            "Network(Database, Delayed",
         ] {
             assert!(
                 long.iter()

@@ -38,9 +38,10 @@ use crate::bail;
 use crate::cluster_faults::{BrokerRole, ClusterFault, inject_cluster_fault};
 use crate::error::{Context, Result};
 use crate::harness::{
-    DatabaseOutage, GeneratedSummary, KafkaCluster, MOCK_JUDGED_BY, Scenario, Service,
-    WorkloadSpec, mock_judgement, unique, wait_for_progress,
+    DatabaseOutage, GeneratedSummary, KafkaCluster, MOCK_JUDGED_BY, NetworkCondition, Scenario,
+    Service, WorkloadSpec, mock_judgement, unique, wait_for_progress,
 };
+use crate::network_faults::{NetworkFault, NetworkPath, inject_network_fault};
 use crate::outcome::{Injection, JUDGED_BY_TRANSACTIONS, ScenarioOutcome, numbers_of};
 
 /// Where a scenario runs.
@@ -94,6 +95,9 @@ pub enum Fault {
     /// a fault only a real cluster has (broker kills and pauses, leader
     /// moves, transaction timeouts, rebalance storms)
     Cluster(ClusterFault),
+    /// the network between onceflow and the brokers or PostgreSQL is
+    /// black-holed, refused or delayed (the harness's TCP proxies)
+    Network(NetworkFault),
 }
 
 /// One scenario of the catalog.
@@ -302,6 +306,66 @@ pub fn catalog() -> Vec<ScenarioSpec> {
             true,
         ),
         (
+            "network/brokers-black-holed",
+            "nothing passes between onceflow and any broker for 15 s (no reset), then the path heals",
+            Backend::Kafka,
+            Fault::Network(NetworkFault {
+                path: NetworkPath::Brokers,
+                condition: NetworkCondition::BlackHoled,
+            }),
+            false,
+        ),
+        (
+            "network/brokers-refused",
+            "every connection between onceflow and the brokers is reset for 15 s, then the path heals",
+            Backend::Kafka,
+            Fault::Network(NetworkFault {
+                path: NetworkPath::Brokers,
+                condition: NetworkCondition::Refused,
+            }),
+            true,
+        ),
+        (
+            "network/brokers-delayed",
+            "250 ms more each way between onceflow and every broker for 10 s",
+            Backend::Kafka,
+            Fault::Network(NetworkFault {
+                path: NetworkPath::Brokers,
+                condition: NetworkCondition::Delayed(Duration::from_millis(250)),
+            }),
+            true,
+        ),
+        (
+            "network/database-black-holed",
+            "nothing passes between onceflow and PostgreSQL for 15 s (no reset), then the path heals",
+            Backend::Kafka,
+            Fault::Network(NetworkFault {
+                path: NetworkPath::Database,
+                condition: NetworkCondition::BlackHoled,
+            }),
+            false,
+        ),
+        (
+            "network/database-refused",
+            "every connection between onceflow and PostgreSQL is reset for 15 s, then the path heals",
+            Backend::Kafka,
+            Fault::Network(NetworkFault {
+                path: NetworkPath::Database,
+                condition: NetworkCondition::Refused,
+            }),
+            true,
+        ),
+        (
+            "network/database-delayed",
+            "100 ms more each way between onceflow and PostgreSQL for 10 s",
+            Backend::Kafka,
+            Fault::Network(NetworkFault {
+                path: NetworkPath::Database,
+                condition: NetworkCondition::Delayed(Duration::from_millis(100)),
+            }),
+            true,
+        ),
+        (
             "mock/leader-change",
             "partition leaders move every 400 ms mid-transaction",
             Backend::Mock,
@@ -506,6 +570,30 @@ async fn run_on_kafka(
             )
             .await?
         }
+        Fault::Network(NetworkFault {
+            path: NetworkPath::Brokers,
+            ..
+        }) => {
+            progress.set_message(format!(
+                "{}: starting a Kafka cluster of its own behind proxies",
+                spec.name
+            ));
+            Scenario::on_cluster(
+                &context.binary,
+                KafkaCluster::start_own_behind_proxies().await?,
+                partitions,
+            )
+            .await?
+        }
+        Fault::Network(NetworkFault {
+            path: NetworkPath::Database,
+            ..
+        }) => {
+            Scenario::new(&context.binary, partitions)
+                .await?
+                .with_database_behind_proxy()
+                .await?
+        }
         _ => Scenario::new(&context.binary, partitions).await?,
     };
     let _sqlite_dir;
@@ -666,6 +754,9 @@ async fn inject_on_kafka(
 ) -> Result<FaultPhase> {
     if let Fault::Cluster(fault) = spec.fault {
         return inject_cluster_fault(fault, context, scenario).await;
+    }
+    if let Fault::Network(fault) = spec.fault {
+        return inject_network_fault(fault, context, scenario).await;
     }
     let size = &context.size;
     let mut injection = Injection::default();

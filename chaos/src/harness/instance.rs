@@ -58,6 +58,9 @@ pub struct Scenario {
     /// first instance's start; on a real cluster only), finished by
     /// [`Scenario::verdict`]
     live: std::sync::Mutex<Option<LiveReader>>,
+    /// the proxy between the service and PostgreSQL, if the scenario put
+    /// one there ([`Scenario::with_database_behind_proxy`])
+    database_proxy: Option<super::TcpProxy>,
 }
 
 /// A running `onceflow run`.
@@ -127,6 +130,7 @@ impl Scenario {
             partitions,
             main_log: std::sync::Mutex::new(None),
             live: std::sync::Mutex::new(None),
+            database_proxy: None,
         })
     }
 
@@ -148,6 +152,42 @@ impl Scenario {
         self
     }
 
+    /// The same scenario with its service reaching PostgreSQL through a TCP
+    /// proxy of the harness ([`Scenario::database_proxy`]), so a fault can
+    /// cut, black-hole or slow that path; the harness's own pool and the
+    /// verdict still connect directly.
+    pub async fn with_database_behind_proxy(mut self) -> Result<Scenario> {
+        let (before, rest) = self
+            .database_url
+            .split_once('@')
+            .context("the database url has no host part")?;
+        let (host_port, after) = rest
+            .split_once('/')
+            .context("the database url has no name")?;
+        let upstream = tokio::net::lookup_host(host_port)
+            .await
+            .with_context(|| format!("cannot resolve {host_port}"))?
+            .find(std::net::SocketAddr::is_ipv4)
+            .with_context(|| format!("{host_port} has no IPv4 address"))?;
+        let proxy = super::TcpProxy::start(upstream).await?;
+        self.database_url = format!("{before}@{}/{after}", proxy.listen_addr());
+        self.database_proxy = Some(proxy);
+        Ok(self)
+    }
+
+    /// The proxy between the service and PostgreSQL, if there is one.
+    pub fn database_proxy(&self) -> Option<&super::TcpProxy> {
+        self.database_proxy.as_ref()
+    }
+
+    /// `bootstrap.servers` the service gets: through the cluster's proxies
+    /// when it has some ([`KafkaCluster::start_own_behind_proxies`]).
+    pub fn service_bootstrap(&self) -> String {
+        self.cluster
+            .as_ref()
+            .map_or_else(|| self.bootstrap.clone(), KafkaCluster::client_bootstrap)
+    }
+
     /// The tables the service writes to.
     pub fn tables(&self) -> Tables<'_> {
         match &self.sqlite {
@@ -159,7 +199,7 @@ impl Scenario {
     /// The environment of every `onceflow` command of this scenario.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("ONCEFLOW_KAFKA_BROKERS", self.bootstrap.clone()),
+            ("ONCEFLOW_KAFKA_BROKERS", self.service_bootstrap()),
             ("ONCEFLOW_DATABASE_URL", self.database_url.clone()),
             ("ONCEFLOW_GROUP_ID", self.group_id.clone()),
             ("ONCEFLOW_INSTANCE_ID", self.instance_id.clone()),
@@ -193,6 +233,9 @@ impl Scenario {
                 "0.05",
             ])
             .envs(self.env())
+            // The harness's input takes the direct path, whatever the
+            // network between the service and the brokers does.
+            .env("ONCEFLOW_KAFKA_BROKERS", &self.bootstrap)
             .stdin(Stdio::null());
         command
     }
@@ -385,6 +428,28 @@ impl Scenario {
                 },
             )
             .collect())
+    }
+
+    /// The sum of the output topic's high watermarks (3 partitions): it
+    /// moves with every record and every transaction marker written there.
+    pub async fn output_end_offset(&self) -> Result<i64> {
+        let bootstrap = self.bootstrap.clone();
+        let group = self.group_id.clone();
+        let topic = self.topics.output.clone();
+        let ends =
+            tokio::task::spawn_blocking(move || kafka_progress(&bootstrap, &group, &topic, 3))
+                .await
+                .context("the watermark task failed")??;
+        Ok(ends
+            .iter()
+            .map(|(_, high_watermark, _)| high_watermark)
+            .sum())
+    }
+
+    /// The sum of the stored `consumer_offsets.next_offset` of the input
+    /// partitions: it moves with every database commit of a batch.
+    pub async fn stored_offset_total(&self) -> Result<i64> {
+        Ok(self.stored_offsets().await?.values().flatten().sum())
     }
 
     /// `consumer_offsets.next_offset` per partition of the input topic.

@@ -11,6 +11,10 @@
 //! - [`KafkaCluster::start_own`]: a cluster of the caller's own, in a
 //!   temporary directory on free ports, for scenarios that hurt brokers
 //!   (kills, pauses, restarts); stopped and removed when dropped.
+//!   [`KafkaCluster::start_own_behind_proxies`] adds a second client
+//!   listener per node reached only through the harness's TCP proxies
+//!   ([`ClientNetwork`]), for scenarios that cut or slow the network between
+//!   onceflow and the brokers.
 //!
 //! Node faults act on the JVM itself (its PID file): SIGKILL, SIGSTOP,
 //! SIGCONT, and a restart that waits until the node serves again. Leader
@@ -21,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::{NetworkCondition, ProxyCounters, TcpProxy};
 use crate::bail;
 use crate::error::{Context, Result};
 
@@ -46,6 +51,50 @@ pub struct KafkaCluster {
     dir: PathBuf,
     /// set for a cluster of the caller's own: stopped and removed on drop
     own: Option<tempfile::TempDir>,
+    /// the path a client under test takes, when it goes through proxies
+    client_network: Option<ClientNetwork>,
+}
+
+/// A second client listener on every node, reached only through a TCP
+/// proxy of the harness (the node advertises the proxy's address on it), so
+/// a scenario can cut, black-hole or slow the network between onceflow and
+/// the brokers while the harness itself (its admin, reader and load, on the
+/// first listener) and the brokers' replication are untouched.
+#[derive(Debug)]
+pub struct ClientNetwork {
+    /// node 1's proxy first
+    proxies: Vec<TcpProxy>,
+}
+
+impl ClientNetwork {
+    /// `bootstrap.servers` through the proxies.
+    pub fn bootstrap(&self) -> String {
+        self.proxies
+            .iter()
+            .map(|proxy| proxy.listen_addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Applies `condition` between the client and every broker.
+    pub fn set(&self, condition: NetworkCondition) {
+        for proxy in &self.proxies {
+            proxy.set(condition);
+        }
+    }
+
+    /// What the proxies met so far, summed.
+    pub fn counters(&self) -> ProxyCounters {
+        self.proxies
+            .iter()
+            .map(TcpProxy::counters)
+            .fold(ProxyCounters::default(), |sum, one| ProxyCounters {
+                accepted: sum.accepted + one.accepted,
+                reset: sum.reset + one.reset,
+                held: sum.held + one.held,
+                forwarded_bytes: sum.forwarded_bytes + one.forwarded_bytes,
+            })
+    }
 }
 
 /// Where one partition's replicas are, per the cluster's metadata.
@@ -68,6 +117,7 @@ impl KafkaCluster {
                 bootstrap: last_line(&bootstrap)?,
                 dir,
                 own: None,
+                client_network: None,
             });
         }
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kafka-shared");
@@ -89,11 +139,22 @@ impl KafkaCluster {
             bootstrap: last_line(&output)?,
             dir,
             own: None,
+            client_network: None,
         })
     }
 
     /// A cluster of the caller's own on free loopback ports.
     pub async fn start_own() -> Result<KafkaCluster> {
+        KafkaCluster::start_own_with(false).await
+    }
+
+    /// A cluster of the caller's own whose nodes also serve clients through
+    /// the harness's TCP proxies: [`KafkaCluster::client_network`].
+    pub async fn start_own_behind_proxies() -> Result<KafkaCluster> {
+        KafkaCluster::start_own_with(true).await
+    }
+
+    async fn start_own_with(behind_proxies: bool) -> Result<KafkaCluster> {
         let temp = tempfile::Builder::new()
             .prefix("onceflow-kafka-")
             .tempdir()
@@ -101,7 +162,13 @@ impl KafkaCluster {
         let mut last_error = None;
         // Ports free a moment ago can be taken before the JVMs bind them.
         for _ in 0..3 {
-            let base = free_port_range(PORTS_PER_CLUSTER)?;
+            let ports = PORTS_PER_CLUSTER + if behind_proxies { PROXIED_PORTS } else { 0 };
+            let base = free_port_range(ports)?;
+            let client_network = if behind_proxies {
+                Some(proxied_listeners(temp.path(), base).await?)
+            } else {
+                None
+            };
             let started = run_script(&[
                 "start",
                 "--dir",
@@ -116,6 +183,7 @@ impl KafkaCluster {
                         bootstrap: last_line(&output)?,
                         dir: temp.path().to_path_buf(),
                         own: Some(temp),
+                        client_network,
                     });
                 }
                 Err(error) => {
@@ -137,6 +205,20 @@ impl KafkaCluster {
             }
         }
         Err(last_error.unwrap_or_else(|| crate::ChaosError::Step("no cluster started".into())))
+    }
+
+    /// The path through proxies a client under test takes, if the cluster
+    /// was started with [`KafkaCluster::start_own_behind_proxies`].
+    pub fn client_network(&self) -> Option<&ClientNetwork> {
+        self.client_network.as_ref()
+    }
+
+    /// `bootstrap.servers` for the client under test: through the proxies
+    /// when there are some, else the cluster's own.
+    pub fn client_bootstrap(&self) -> String {
+        self.client_network
+            .as_ref()
+            .map_or_else(|| self.bootstrap.clone(), ClientNetwork::bootstrap)
     }
 
     /// The directory of the cluster (a folder per node with its log).
@@ -212,6 +294,31 @@ impl KafkaCluster {
         .map(|_| ())
     }
 
+    /// Moves the leader of every partition of `topics` to another in-sync
+    /// replica (the `round`-th other one, so successive rounds visit every
+    /// replica); a partition without another in-sync replica (a node just
+    /// restarted may still be catching up) keeps its leader. The moves that
+    /// landed (each seen in the metadata).
+    pub async fn move_every_leader(&self, topics: &[&str], round: usize) -> Result<u64> {
+        let mut moves = 0;
+        for topic in topics {
+            for placement in self.placements(topic).await? {
+                let others: Vec<i32> = placement
+                    .in_sync
+                    .iter()
+                    .copied()
+                    .filter(|node| *node != placement.leader)
+                    .collect();
+                let Some(target) = others.get(round % others.len().max(1)).copied() else {
+                    continue;
+                };
+                self.move_leader(topic, placement.partition, target).await?;
+                moves += 1;
+            }
+        }
+        Ok(moves)
+    }
+
     /// The node coordinating `transactional_id`'s transactions.
     pub async fn transaction_coordinator(&self, transactional_id: &str) -> Result<u32> {
         self.coordinator("txn-coordinator", transactional_id).await
@@ -266,6 +373,37 @@ impl Drop for KafkaCluster {
             let _ = std::fs::remove_dir_all(temp.path());
         }
     }
+}
+
+/// Ports of the proxied listener, one per node, after the cluster's own.
+const PROXIED_PORTS: u16 = 3;
+
+/// Starts one proxy per node and writes the node's `extra.properties`: a
+/// `PROXIED` listener on `base + 6 + N - 1`, advertised as the proxy's
+/// address, so a client bootstrapped through the proxies is sent to them
+/// for every broker. Replication stays on the first listener.
+async fn proxied_listeners(dir: &Path, base: u16) -> Result<ClientNetwork> {
+    let mut proxies = Vec::new();
+    for node in NODES {
+        let node_index = u16::try_from(node).context("node ids are small")?;
+        let broker = base + node_index - 1;
+        let controller = base + 2 + node_index;
+        let listener = base + PORTS_PER_CLUSTER + node_index - 1;
+        let proxy = TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], listener))).await?;
+        let node_dir = dir.join(format!("node-{node}"));
+        std::fs::create_dir_all(&node_dir)
+            .with_context(|| format!("cannot create {}", node_dir.display()))?;
+        let extra = format!(
+            "listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller},PROXIED://127.0.0.1:{listener}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{broker},PROXIED://{}\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT\n",
+            proxy.listen_addr()
+        );
+        let path = node_dir.join("extra.properties");
+        std::fs::write(&path, extra).with_context(|| format!("cannot write {}", path.display()))?;
+        proxies.push(proxy);
+    }
+    Ok(ClientNetwork { proxies })
 }
 
 /// Whether process `pid` exists and is not a zombie (a detached JVM's

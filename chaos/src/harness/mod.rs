@@ -16,6 +16,7 @@ mod live_reader;
 mod metrics;
 mod mock_verdict;
 mod polling;
+mod tcp_proxy;
 mod topic_reader;
 mod verdict;
 
@@ -29,6 +30,7 @@ pub use live_reader::*;
 pub use metrics::*;
 pub use mock_verdict::*;
 pub use polling::*;
+pub use tcp_proxy::*;
 pub use topic_reader::*;
 pub use verdict::*;
 
