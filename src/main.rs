@@ -2,13 +2,16 @@
 //! endpoints around the actors crate. All pipeline logic lives in
 //! `onceflow-actors`; this file only wires it to the outside world.
 //!
-//! Guarantees: a bad setting stops start-up with one line naming it and a
-//! non-zero exit; SIGTERM/SIGINT shut down gracefully with exit 0 (a second
-//! signal, or 10 s, forces the exit); an escalated failure exits non-zero.
+//! Guarantees: a bad setting stops start-up with one line naming it and
+//! exit code 78; SIGTERM/SIGINT shut down gracefully with exit 0 (a second
+//! signal forces the exit with 128 + its number, the 10 s deadline with 75);
+//! an escalated failure exits 1 (see `exit_status`).
 
 mod chaos_command;
 mod demo;
+mod exit_status;
 mod http_server;
+mod json_log_format;
 mod produce;
 mod telemetry;
 
@@ -16,7 +19,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use onceflow_actors::{PipelineStatus, Settings, run_pipeline};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +57,13 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(9);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = match json_log_format::LogFormat::from_env() {
+        Ok(format) => format,
+        Err(problem) => {
+            eprintln!("onceflow: {problem}");
+            return ExitCode::from(exit_status::CONFIGURATION_ERROR);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -75,26 +84,32 @@ fn main() -> ExitCode {
     let committed_transactions = demo::CommittedTransactions::default();
     let extra_layer =
         matches!(cli.command, Command::Demo(_)).then(|| committed_transactions.layer());
-    let telemetry = telemetry::init(&runtime, config_file(&cli), default_log_filter, extra_layer);
+    let telemetry = telemetry::init(
+        &runtime,
+        config_file(&cli),
+        default_log_filter,
+        log_format,
+        extra_layer,
+    );
+    // Ok(false): `run` was forced to exit by its shutdown deadline.
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => run(config).await,
-            Command::Produce(args) => produce::run_produce(&args).await.map(|_| ()),
-            Command::Chaos(command) => chaos_command::run_chaos(command).await,
-            Command::Demo(args) => demo::run_demo(args, committed_transactions).await,
+            Command::Produce(args) => produce::run_produce(&args).await.map(|_| true),
+            Command::Chaos(command) => chaos_command::run_chaos(command).await.map(|()| true),
+            Command::Demo(args) => demo::run_demo(args, committed_transactions)
+                .await
+                .map(|()| true),
         }
     });
     // Flush traces while the runtime (the gRPC channel's home) still runs.
     telemetry.shutdown();
     // Do not wait for blocking Kafka calls still running at exit.
     runtime.shutdown_timeout(Duration::from_millis(500));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("onceflow: {}", one_line(&error));
-            ExitCode::FAILURE
-        }
+    if let Err(error) = &result {
+        eprintln!("onceflow: {}", one_line(error));
     }
+    exit_status::exit_code(&result)
 }
 
 /// The error and its causes on one line, each cause once: the library
@@ -124,7 +139,8 @@ fn config_file(cli: &Cli) -> Option<&std::path::Path> {
     }
 }
 
-async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+/// `Ok(true)`: shut down gracefully; `Ok(false)`: forced by the deadline.
+async fn run(config: Option<PathBuf>) -> anyhow::Result<bool> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
 
@@ -136,11 +152,11 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let (http, http_addr) =
         http_server::serve(settings.http_addr, status.clone(), shutdown.clone())
             .await
-            .with_context(|| {
-                format!(
-                    "setting `http_addr`: cannot listen on {}",
+            .map_err(|error| {
+                exit_status::ConfigurationError(format!(
+                    "setting `http_addr`: cannot listen on {}: {error}",
                     settings.http_addr
-                )
+                ))
             })?;
     tracing::info!(addr = %http_addr, "http endpoint listening");
 
@@ -148,13 +164,13 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let pipeline = run_pipeline(settings, status, shutdown.clone());
     tokio::pin!(pipeline);
     let result = tokio::select! {
-        result = &mut pipeline => result,
+        result = &mut pipeline => result.map(|()| true),
         () = async {
             shutdown.cancelled().await;
             tokio::time::sleep(SHUTDOWN_DEADLINE).await;
         } => {
             tracing::warn!("graceful shutdown took too long; exiting (uncommitted work is replayed on the next start)");
-            Ok(())
+            Ok(false)
         }
     };
     shutdown.cancel();
@@ -177,12 +193,12 @@ async fn wait_for_signals(shutdown: CancellationToken) {
         _ = interrupt.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    tracing::warn!("second signal: exiting now");
-    std::process::exit(0);
+    let second = tokio::select! {
+        _ = terminate.recv() => SignalKind::terminate(),
+        _ = interrupt.recv() => SignalKind::interrupt(),
+    };
+    tracing::warn!("second signal: exiting now (uncommitted work is replayed on the next start)");
+    std::process::exit(exit_status::forced_by_signal(second.as_raw_value()));
 }
 
 #[cfg(test)]

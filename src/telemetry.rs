@@ -1,6 +1,7 @@
 //! Logs and traces: `tracing` events to stderr (filtered by `RUST_LOG`,
-//! default `info`, coloured only on a terminal) and, when an OTLP endpoint
-//! is configured, onceflow's spans exported with OpenTelemetry.
+//! default `info`; text coloured only on a terminal, or one JSON object per
+//! line with `ONCEFLOW_LOG_FORMAT=json`, see `json_log_format`) and, when an
+//! OTLP endpoint is configured, onceflow's spans exported with OpenTelemetry.
 //!
 //! Configuration is by the standard OpenTelemetry variables:
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`;
@@ -42,6 +43,8 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+use crate::json_log_format::{self, LogFormat};
+
 /// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise.
 const DEFAULT_SERVICE_NAME: &str = "onceflow";
 
@@ -79,6 +82,7 @@ pub fn init(
     runtime: &tokio::runtime::Runtime,
     config_file: Option<&Path>,
     default_filter: &str,
+    log_format: LogFormat,
     extra: Option<ExtraLayer>,
 ) -> Telemetry {
     let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
@@ -99,41 +103,43 @@ pub fn init(
         },
     };
 
-    let export = match provider {
+    // The JSON lines find each span's trace through the dispatcher they run
+    // in, bound once it exists.
+    let json_lines = json_log_format::JsonLines::default();
+    let log = log_layer(log_format, &json_lines);
+    let (dispatch, export): (tracing::Dispatch, Option<Export>) = match provider {
         Some(provider) => {
             // Per-layer filters: RUST_LOG decides what is logged, not what
             // is exported. Per-record spans stay out of the log.
             let log_filter = filter.and(filter_fn(|metadata| {
                 metadata.target() != onceflow_actors::spans::RECORD_SPAN_TARGET
             }));
-            tracing_subscriber::registry()
+            let subscriber = tracing_subscriber::registry()
                 .with(extra)
-                .with(log_layer().with_filter(log_filter))
-                .with(otel_layer(provider.tracer("onceflow")))
-                .init();
+                .with(log.with_filter(log_filter))
+                .with(otel_layer(provider.tracer("onceflow")));
             onceflow_actors::spans::enable_span_export();
             let signalled_at = Arc::new(OnceLock::new());
             runtime.spawn(note_signal(Arc::clone(&signalled_at)));
-            Some(Export {
-                provider,
-                signalled_at,
-            })
+            (
+                subscriber.into(),
+                Some(Export {
+                    provider,
+                    signalled_at,
+                }),
+            )
         }
-        None => {
-            match extra {
-                // Per-layer filters, so that `extra` sees what `RUST_LOG` hides.
-                Some(extra) => tracing_subscriber::registry()
-                    .with(extra)
-                    .with(log_layer().with_filter(filter))
-                    .init(),
-                None => tracing_subscriber::registry()
-                    .with(filter)
-                    .with(log_layer())
-                    .init(),
-            }
-            None
-        }
+        // Per-layer filters, so that `extra` sees what `RUST_LOG` hides.
+        None => (
+            tracing_subscriber::registry()
+                .with(extra)
+                .with(log.with_filter(filter))
+                .into(),
+            None,
+        ),
     };
+    json_lines.bind(&dispatch);
+    dispatch.init();
 
     if let Some((value, error)) = bad_filter {
         tracing::warn!(rust_log = %value, %error, "RUST_LOG is not a valid filter; using info");
@@ -188,14 +194,25 @@ impl Telemetry {
     }
 }
 
-/// The log layer: stderr, coloured only on a terminal.
-fn log_layer<S>() -> impl Layer<S>
+/// The log layer: stderr; text coloured only on a terminal, or JSON lines.
+fn log_layer<S>(
+    format: LogFormat,
+    json_lines: &json_log_format::JsonLines,
+) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
-    tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(json_log_format::json_fields())
+            .event_format(json_lines.clone())
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
 }
 
 /// The OpenTelemetry layer: onceflow's spans (and the events inside them) at

@@ -525,6 +525,75 @@ async fn upstream_trace_runs_through_onceflow_to_the_output_records() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_and_name_the_exported_trace() -> anyhow::Result<()> {
+    let collector = Collector::start().await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    let upstream = format!("00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01");
+    let inputs: Vec<Input> = (0..3)
+        .map(|partition| Input {
+            partition,
+            value: event_json(Uuid::new_v4(), "c-json"),
+            traceparent: Some(upstream.clone()),
+        })
+        .collect();
+    write_inputs(&scenario, &inputs).await?;
+    let service = scenario.start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("ONCEFLOW_LOG_FORMAT", "json"),
+    ])?;
+    scenario.wait_caught_up(3, 0, CATCH_UP).await?;
+    let log_path = service.log_path.clone();
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit status {exit:?}");
+
+    let log = std::fs::read_to_string(&log_path)?;
+    let mut lines = Vec::new();
+    for line in log.lines() {
+        let parsed: serde_json::Value = serde_json::from_str(line)
+            .map_err(|error| anyhow::anyhow!("not one JSON object ({error}): {line}"))?;
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(parsed.get(key).is_some(), "no {key} in {line}");
+        }
+        lines.push(parsed);
+    }
+    assert!(lines.len() > 5, "a run logs more than this: {log}");
+    // Every commit cycle the log names is a trace the collector received,
+    // with the same span id.
+    let exported: std::collections::HashSet<(String, String)> = collector
+        .spans()
+        .iter()
+        .filter(|(_, span)| span.name == "commit_cycle")
+        .map(|(_, span)| (hex(&span.trace_id), hex(&span.span_id)))
+        .collect();
+    let logged: Vec<(String, String)> = lines
+        .iter()
+        .filter(|line| {
+            line["spans"]
+                .as_array()
+                .and_then(|spans| spans.last())
+                .is_some_and(|span| span["name"] == "commit_cycle")
+        })
+        .filter_map(|line| {
+            Some((
+                line["trace_id"].as_str()?.to_owned(),
+                line["span_id"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    assert!(
+        !logged.is_empty(),
+        "no line inside a commit cycle names its trace:\n{log}"
+    );
+    for ids in &logged {
+        assert!(
+            exported.contains(ids),
+            "{ids:?} was logged but never exported"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_export_delivers_the_same_trace() -> anyhow::Result<()> {
     let (endpoint, received) = start_http_collector().await?;
     let scenario = Scenario::new(service::bin(), 3).await?;

@@ -153,8 +153,8 @@ impl Default for Settings {
 }
 
 /// Environment variables read by the binary itself rather than by this
-/// struct (the `--config` path).
-const ENV_KEYS_NOT_SETTINGS: &[&str] = &["config"];
+/// struct (the `--config` path, the log format).
+const ENV_KEYS_NOT_SETTINGS: &[&str] = &["config", "log_format"];
 
 /// librdkafka keys onceflow sets itself: overriding them would break the
 /// exactly-once protocol.

@@ -6,7 +6,7 @@
 //!
 //! Every instance binds its HTTP endpoint on port 0 and the harness reads
 //! the bound address from the instance's own log (`http endpoint listening
-//! addr=…`), so no port is picked ahead of time and none is reused across
+//! addr=…`, or its JSON line), so no port is picked ahead of time and none is reused across
 //! restarts. Waiting for catch-up is a liveness check: when it times out,
 //! the error names every partition whose stored `next_offset` did not reach
 //! the partition's high watermark, and where it stopped.
@@ -666,10 +666,7 @@ pub async fn http_addr_in_log(log: &Path, timeout: Duration) -> Result<std::net:
             .lines()
             .rev()
             .filter(|line| line.contains("http endpoint listening"))
-            .filter_map(|line| {
-                let start = line.find("addr=")? + "addr=".len();
-                line[start..].split_whitespace().next()?.parse().ok()
-            })
+            .filter_map(listening_addr_of)
             .next();
         if let Some(addr) = found {
             return Ok(addr);
@@ -682,6 +679,16 @@ pub async fn http_addr_in_log(log: &Path, timeout: Duration) -> Result<std::net:
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The address of an `http endpoint listening` line, text (`addr=…`) or
+/// JSON (`ONCEFLOW_LOG_FORMAT=json`: `"fields":{"addr":"…"}`).
+fn listening_addr_of(line: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json.get("fields")?.get("addr")?.as_str()?.parse().ok();
+    }
+    let start = line.find("addr=")? + "addr=".len();
+    line.get(start..)?.split_whitespace().next()?.parse().ok()
 }
 
 /// GET `path` from `addr`: (status code, body).
