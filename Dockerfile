@@ -24,15 +24,16 @@ RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock -delete \
 # ---------------------------------------------------------------------------
 FROM rust:1-bookworm AS build
 # librdkafka is compiled from source by rdkafka-sys (its configure script and
-# make, linked statically) and links the system zlib: build-essential and
-# zlib1g-dev (the rust image has both; listed so the build does not depend
-# on that).
+# make, linked statically) and links the system zlib and OpenSSL (TLS to
+# Kafka and PostgreSQL): build-essential, zlib1g-dev, libssl-dev and
+# pkg-config (listed so the build does not depend on what the rust image
+# happens to hold).
 # Package versions are not pinned: Debian stable only ships security fixes,
 # and a pinned version vanishes from its mirrors when the next fix lands.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      build-essential zlib1g-dev \
+      build-essential zlib1g-dev libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 
 # Dependency fetch in a directory of its own: the stubs never mix with the
@@ -54,15 +55,16 @@ RUN --mount=type=cache,target=/src/target,id=onceflow-target \
 # ---------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
 # What the binary links dynamically (read off `ldd target/release/onceflow`):
-# libz (zlib1g: rdkafka's default `libz` feature), libgcc_s (libgcc-s1), libm
-# and libc. librdkafka itself is static; with rdkafka's default features it
-# links neither OpenSSL, libcurl nor Cyrus SASL. ca-certificates: for
-# TLS endpoints (SASL_SSL brokers, an https OTLP endpoint). curl: the health
-# check below. (Unpinned versions: see the build stage.)
+# libz (zlib1g: rdkafka's default `libz` feature), libssl and libcrypto
+# (libssl3: TLS to Kafka, PostgreSQL and https OTLP endpoints), libgcc_s
+# (libgcc-s1), libm and libc. librdkafka itself is static; it links neither
+# libcurl nor Cyrus SASL (GSSAPI is not built). ca-certificates: the roots
+# TLS endpoints are verified against unless a CA file is named. curl: the
+# health check below. (Unpinned versions: see the build stage.)
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      zlib1g libgcc-s1 ca-certificates curl \
+      zlib1g libssl3 libgcc-s1 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin onceflow
 

@@ -2,6 +2,7 @@
 # Shared by run-local.sh and test.sh: makes sure what onceflow's runs and
 # tests need is here, on a fresh machine too. Idempotent; safe to source
 # more than once.
+#  - OpenSSL's headers and pkg-config (the build links OpenSSL for TLS)
 #  - the PostgreSQL server and client from Debian's packages, a cluster
 #    started on 127.0.0.1:5432, trust on loopback for the test user
 #    `postgres`, and the database `test` the harness connects to
@@ -18,6 +19,9 @@ sudo_cmd=""
 need_apt=()
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+# OpenSSL for the TLS of librdkafka and of the PostgreSQL client.
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]}" >&2
   $sudo_cmd apt-get update -qq

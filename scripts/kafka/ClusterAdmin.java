@@ -11,6 +11,7 @@
 //   move-leader BOOTSTRAP TOPIC PARTITION NODE
 //   txn-coordinator BOOTSTRAP TRANSACTIONAL_ID
 //   group-coordinator BOOTSTRAP GROUP_ID
+//   add-scram-user BOOTSTRAP USER PASSWORD   SCRAM-SHA-256 and -512 credentials
 
 import java.util.ArrayList;
 import java.util.List;
@@ -24,6 +25,10 @@ import java.util.stream.Collectors;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.NewPartitionReassignment;
+import org.apache.kafka.clients.admin.ScramCredentialInfo;
+import org.apache.kafka.clients.admin.ScramMechanism;
+import org.apache.kafka.clients.admin.UserScramCredentialAlteration;
+import org.apache.kafka.clients.admin.UserScramCredentialUpsertion;
 import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.common.ElectionType;
 import org.apache.kafka.common.Node;
@@ -48,7 +53,7 @@ public final class ClusterAdmin {
     private static void run(String[] args) throws Exception {
         if (args.length < 3) {
             throw new IllegalArgumentException(
-                "usage: leaders|move-leader|txn-coordinator|group-coordinator BOOTSTRAP ARG...");
+                "usage: leaders|move-leader|txn-coordinator|group-coordinator|add-scram-user BOOTSTRAP ARG...");
         }
         Properties properties = new Properties();
         properties.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, args[1]);
@@ -70,6 +75,20 @@ public final class ClusterAdmin {
                 case "group-coordinator" -> System.out.println(admin
                     .describeConsumerGroups(List.of(args[2])).describedGroups().get(args[2])
                     .get(TIMEOUT_MS, TimeUnit.MILLISECONDS).coordinator().id());
+                case "add-scram-user" -> {
+                    if (args.length != 4) {
+                        throw new IllegalArgumentException("add-scram-user BOOTSTRAP USER PASSWORD");
+                    }
+                    // One alteration per user and request.
+                    for (ScramMechanism mechanism : List.of(
+                            ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512)) {
+                        List<UserScramCredentialAlteration> credential = List.of(
+                            new UserScramCredentialUpsertion(
+                                args[2], new ScramCredentialInfo(mechanism, 4096), args[3]));
+                        admin.alterUserScramCredentials(credential).all()
+                            .get(TIMEOUT_MS, TimeUnit.MILLISECONDS);
+                    }
+                }
                 default -> throw new IllegalArgumentException("unknown command " + args[0]);
             }
         }

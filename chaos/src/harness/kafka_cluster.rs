@@ -53,6 +53,38 @@ pub struct KafkaCluster {
     own: Option<tempfile::TempDir>,
     /// the path a client under test takes, when it goes through proxies
     client_network: Option<ClientNetwork>,
+    /// the TLS listeners, when the cluster has them
+    tls_listeners: Option<TlsListeners>,
+}
+
+/// A cluster's TLS listeners: `SSL` and `SASL_SSL` (SCRAM-SHA-256 and -512)
+/// on every node, with a certificate of the test's CA
+/// ([`super::TlsMaterial`]).
+#[derive(Debug, Clone)]
+pub struct TlsListeners {
+    /// `bootstrap.servers` of the `SSL` listeners
+    pub ssl_bootstrap: String,
+    /// `bootstrap.servers` of the `SASL_SSL` listeners
+    pub sasl_ssl_bootstrap: String,
+}
+
+/// The listeners a cluster of the caller's own has besides its plaintext
+/// one (kept for the harness's own clients and for replication).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExtraListeners<'a> {
+    /// a `PROXIED` listener per node, reached only through a TCP proxy of
+    /// the harness ([`ClientNetwork`])
+    pub behind_proxies: bool,
+    /// `SSL` and `SASL_SSL` listeners with this material's server
+    /// certificate ([`TlsListeners`])
+    pub tls: Option<&'a super::TlsMaterial>,
+}
+
+impl ExtraListeners<'_> {
+    /// Ports the listeners take per node.
+    fn ports_per_node(&self) -> u16 {
+        u16::from(self.behind_proxies) + if self.tls.is_some() { 2 } else { 0 }
+    }
 }
 
 /// A second client listener on every node, reached only through a TCP
@@ -118,6 +150,7 @@ impl KafkaCluster {
                 dir,
                 own: None,
                 client_network: None,
+                tls_listeners: None,
             });
         }
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kafka-shared");
@@ -140,21 +173,27 @@ impl KafkaCluster {
             dir,
             own: None,
             client_network: None,
+            tls_listeners: None,
         })
     }
 
     /// A cluster of the caller's own on free loopback ports.
     pub async fn start_own() -> Result<KafkaCluster> {
-        KafkaCluster::start_own_with(false).await
+        KafkaCluster::start_own_with(ExtraListeners::default()).await
     }
 
     /// A cluster of the caller's own whose nodes also serve clients through
     /// the harness's TCP proxies: [`KafkaCluster::client_network`].
     pub async fn start_own_behind_proxies() -> Result<KafkaCluster> {
-        KafkaCluster::start_own_with(true).await
+        KafkaCluster::start_own_with(ExtraListeners {
+            behind_proxies: true,
+            ..ExtraListeners::default()
+        })
+        .await
     }
 
-    async fn start_own_with(behind_proxies: bool) -> Result<KafkaCluster> {
+    /// A cluster of the caller's own with `extra` listeners.
+    pub async fn start_own_with(extra: ExtraListeners<'_>) -> Result<KafkaCluster> {
         let temp = tempfile::Builder::new()
             .prefix("onceflow-kafka-")
             .tempdir()
@@ -162,13 +201,9 @@ impl KafkaCluster {
         let mut last_error = None;
         // Ports free a moment ago can be taken before the JVMs bind them.
         for _ in 0..3 {
-            let ports = PORTS_PER_CLUSTER + if behind_proxies { PROXIED_PORTS } else { 0 };
-            let base = free_port_range(ports)?;
-            let client_network = if behind_proxies {
-                Some(proxied_listeners(temp.path(), base).await?)
-            } else {
-                None
-            };
+            let base = free_port_range(PORTS_PER_CLUSTER + 3 * extra.ports_per_node())?;
+            let (client_network, tls_listeners) =
+                write_extra_listeners(temp.path(), base, extra).await?;
             let started = run_script(&[
                 "start",
                 "--dir",
@@ -184,6 +219,7 @@ impl KafkaCluster {
                         dir: temp.path().to_path_buf(),
                         own: Some(temp),
                         client_network,
+                        tls_listeners,
                     });
                 }
                 Err(error) => {
@@ -205,6 +241,19 @@ impl KafkaCluster {
             }
         }
         Err(last_error.unwrap_or_else(|| crate::ChaosError::Step("no cluster started".into())))
+    }
+
+    /// The TLS listeners, if the cluster was started with some.
+    pub fn tls_listeners(&self) -> Option<&TlsListeners> {
+        self.tls_listeners.as_ref()
+    }
+
+    /// Creates (or updates) a user with SCRAM-SHA-256 and SCRAM-SHA-512
+    /// credentials for `password`.
+    pub async fn add_scram_user(&self, user: &str, password: &str) -> Result<()> {
+        run_script(&["admin", "add-scram-user", &self.bootstrap, user, password])
+            .await
+            .map(|_| ())
     }
 
     /// The path through proxies a client under test takes, if the cluster
@@ -375,35 +424,79 @@ impl Drop for KafkaCluster {
     }
 }
 
-/// Ports of the proxied listener, one per node, after the cluster's own.
-const PROXIED_PORTS: u16 = 3;
-
-/// Starts one proxy per node and writes the node's `extra.properties`: a
-/// `PROXIED` listener on `base + 6 + N - 1`, advertised as the proxy's
-/// address, so a client bootstrapped through the proxies is sent to them
-/// for every broker. Replication stays on the first listener.
-async fn proxied_listeners(dir: &Path, base: u16) -> Result<ClientNetwork> {
+/// Writes each node's `extra.properties` for `extra` (ports from
+/// `base + 6` on, node by node) and starts the proxies: the client network
+/// and the TLS listeners the cluster will have.
+async fn write_extra_listeners(
+    dir: &Path,
+    base: u16,
+    extra: ExtraListeners<'_>,
+) -> Result<(Option<ClientNetwork>, Option<TlsListeners>)> {
+    if !extra.behind_proxies && extra.tls.is_none() {
+        return Ok((None, None));
+    }
     let mut proxies = Vec::new();
+    let (mut ssl, mut sasl_ssl) = (Vec::new(), Vec::new());
     for node in NODES {
-        let node_index = u16::try_from(node).context("node ids are small")?;
-        let broker = base + node_index - 1;
-        let controller = base + 2 + node_index;
-        let listener = base + PORTS_PER_CLUSTER + node_index - 1;
-        let proxy = TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], listener))).await?;
+        let index = u16::try_from(node).context("node ids are small")?;
+        let broker = base + index - 1;
+        let controller = base + 2 + index;
+        let mut next_port = base + PORTS_PER_CLUSTER + (index - 1) * extra.ports_per_node();
+        let mut listeners = vec![
+            format!("PLAINTEXT://127.0.0.1:{broker}"),
+            format!("CONTROLLER://127.0.0.1:{controller}"),
+        ];
+        let mut advertised = vec![format!("PLAINTEXT://127.0.0.1:{broker}")];
+        let mut protocols = vec!["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"];
+        let mut settings = String::new();
+        if extra.behind_proxies {
+            let port = next_port;
+            next_port += 1;
+            // The node advertises the proxy, so a client bootstrapped
+            // through the proxies is sent to them for every broker.
+            let proxy = TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;
+            listeners.push(format!("PROXIED://127.0.0.1:{port}"));
+            advertised.push(format!("PROXIED://{}", proxy.listen_addr()));
+            protocols.push("PROXIED:PLAINTEXT");
+            proxies.push(proxy);
+        }
+        if let Some(tls) = extra.tls {
+            let (ssl_port, sasl_port) = (next_port, next_port + 1);
+            for (name, port) in [("SSL", ssl_port), ("SASL_SSL", sasl_port)] {
+                listeners.push(format!("{name}://127.0.0.1:{port}"));
+                advertised.push(format!("{name}://127.0.0.1:{port}"));
+            }
+            protocols.extend(["SSL:SSL", "SASL_SSL:SASL_SSL"]);
+            ssl.push(format!("127.0.0.1:{ssl_port}"));
+            sasl_ssl.push(format!("127.0.0.1:{sasl_port}"));
+            let jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
+            settings.push_str(&format!(
+                "ssl.keystore.type=PEM\n\
+                 ssl.keystore.location={}\n\
+                 sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512\n\
+                 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={jaas}\n\
+                 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}\n",
+                tls.server_key_and_certificate.display()
+            ));
+        }
         let node_dir = dir.join(format!("node-{node}"));
         std::fs::create_dir_all(&node_dir)
             .with_context(|| format!("cannot create {}", node_dir.display()))?;
-        let extra = format!(
-            "listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller},PROXIED://127.0.0.1:{listener}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{broker},PROXIED://{}\n\
-             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT\n",
-            proxy.listen_addr()
+        let text = format!(
+            "listeners={}\nadvertised.listeners={}\nlistener.security.protocol.map={}\n{settings}",
+            listeners.join(","),
+            advertised.join(","),
+            protocols.join(","),
         );
         let path = node_dir.join("extra.properties");
-        std::fs::write(&path, extra).with_context(|| format!("cannot write {}", path.display()))?;
-        proxies.push(proxy);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(ClientNetwork { proxies })
+    let client_network = extra.behind_proxies.then_some(ClientNetwork { proxies });
+    let tls_listeners = extra.tls.map(|_| TlsListeners {
+        ssl_bootstrap: ssl.join(","),
+        sasl_ssl_bootstrap: sasl_ssl.join(","),
+    });
+    Ok((client_network, tls_listeners))
 }
 
 /// Whether process `pid` exists and is not a zombie (a detached JVM's

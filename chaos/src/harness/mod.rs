@@ -17,6 +17,8 @@ mod metrics;
 mod mock_verdict;
 mod polling;
 mod tcp_proxy;
+mod tls_material;
+mod tls_postgres;
 mod topic_reader;
 mod verdict;
 
@@ -31,6 +33,8 @@ pub use metrics::*;
 pub use mock_verdict::*;
 pub use polling::*;
 pub use tcp_proxy::*;
+pub use tls_material::*;
+pub use tls_postgres::*;
 pub use topic_reader::*;
 pub use verdict::*;
 
