@@ -9,6 +9,7 @@ pub mod actor_names;
 pub mod ad_event;
 mod batch_classification;
 pub mod circuit_breaker;
+pub mod commit_events;
 pub mod consumer_supervisor;
 pub mod db_writer;
 pub mod dlq_forwarder;

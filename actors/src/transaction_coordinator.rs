@@ -49,6 +49,7 @@ use uuid::Uuid;
 
 use crate::actor_names::ActorNames;
 use crate::circuit_breaker::CircuitBreakerMsg;
+use crate::commit_events::COMMIT_EVENTS_TARGET;
 use crate::consumer_supervisor::ConsumerSupervisorMsg;
 use crate::db_writer::{DbWriterMsg, WriteRequest};
 use crate::dlq_forwarder::{DeadLetter, DlqForwarderMsg, ForwardRequest};
@@ -591,7 +592,7 @@ async fn commit_cycle(
     let started = Instant::now();
     let partitions: Vec<i32> = batches.iter().map(|batch| batch.partition).collect();
     if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_BEFORE_DB_COMMIT) {
-        tracing::warn!(%fault, "cycle aborted before the database commit");
+        tracing::warn!(target: COMMIT_EVENTS_TARGET, %fault, "cycle aborted before the database commit");
         end_cycle_span(batches.iter(), "aborted", Some(&fault));
         state.args.status.count_abort("injected");
         rewind(myself, state, &partitions).await;
@@ -602,7 +603,7 @@ async fn commit_cycle(
     let (committed, failed, fenced) = write_batches(state, txn_id, &batches).await;
     reclaim_if_still_assigned(state, &fenced);
     if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_AFTER_DB_COMMIT) {
-        tracing::warn!(%fault, "cycle aborted after the database commit");
+        tracing::warn!(target: COMMIT_EVENTS_TARGET, %fault, "cycle aborted after the database commit");
         end_cycle_span(batches.iter(), "aborted", Some(&fault));
         state.args.status.count_abort("injected");
         rewind(myself, state, &partitions).await;
@@ -660,7 +661,7 @@ async fn commit_cycle(
             if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_AFTER_KAFKA_COMMIT) {
                 // Both sides committed; the partitions replay [a, b) and find
                 // nothing owed. Exercises the "both landed" recovery case.
-                tracing::warn!(%fault, "bookkeeping skipped after the kafka commit");
+                tracing::warn!(target: COMMIT_EVENTS_TARGET, %fault, "bookkeeping skipped after the kafka commit");
                 rewind(myself, state, &committed_partitions).await;
                 return Ok(());
             }
@@ -689,6 +690,7 @@ async fn commit_cycle(
             let elapsed = started.elapsed();
             metrics.commit_duration.observe(elapsed.as_secs_f64());
             tracing::debug!(
+                target: COMMIT_EVENTS_TARGET,
                 %txn_id,
                 partitions = ?committed_partitions,
                 elapsed_ms = elapsed.as_millis() as u64,
@@ -696,7 +698,7 @@ async fn commit_cycle(
             );
         }
         Err(error) => {
-            tracing::warn!(%txn_id, %error, class = ?error.class(), "kafka transaction failed");
+            tracing::warn!(target: COMMIT_EVENTS_TARGET, %txn_id, %error, class = ?error.class(), "kafka transaction failed");
             end_cycle_span(committed_batches(), "aborted", Some(&error));
             state.args.status.count_abort(match error.class() {
                 KafkaFailureClass::RecreateProducer => "fenced_or_fatal",
@@ -822,7 +824,7 @@ async fn write_batches(
                 outcome: written.outcome,
             }),
             Err(error) => {
-                tracing::warn!(partition = batch.partition, %txn_id, %error, "database write failed");
+                tracing::warn!(target: COMMIT_EVENTS_TARGET, partition = batch.partition, %txn_id, %error, "database write failed");
                 if matches!(error, BatchWriteFailure::Store(StoreError::Fenced { .. })) {
                     fenced.push(batch.partition);
                 }
