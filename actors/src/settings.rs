@@ -15,7 +15,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreBackend;
+use crate::store::url::StoreBackend;
 
 /// The broker's default `transaction.max.timeout.ms` (15 minutes): a
 /// transactional producer asking for more is refused by the broker.

@@ -17,7 +17,7 @@ use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context, Filter};
 
-use onceflow_actors::commit_events::COMMIT_EVENTS_TARGET;
+use onceflow_actors::COMMIT_EVENTS_TARGET;
 
 use crate::telemetry::ExtraLayer;
 

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use onceflow_actors::actor_names::ActorNames;
+use onceflow_actors::ActorNames;
 use onceflow_actors::store::{Store, StoreBackend};
 use onceflow_actors::{PipelineStatus, Settings, run_pipeline};
 use onceflow_chaos::harness::{

@@ -1,0 +1,13 @@
+//! The consumer side: the consumer supervisor ([`supervisor`]), one
+//! partition consumer per assigned partition ([`partition`]), the record
+//! fetcher task that polls the input consumer ([`fetcher`]) and the slot
+//! that keeps at most one of it ([`fetcher_slot`]).
+//!
+//! Guarantees: see each file; together, a partition's records reach its
+//! partition consumer only after the coordinator positioned it, and only
+//! those of the latest positioning.
+
+pub mod fetcher;
+pub mod fetcher_slot;
+pub mod partition;
+pub mod supervisor;
