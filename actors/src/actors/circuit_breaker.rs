@@ -143,8 +143,7 @@ async fn probe(myself: &ActorRef<CircuitBreakerMsg>, state: &mut CircuitBreakerS
 }
 
 fn tell_coordinator(state: &CircuitBreakerState, message: CoordinatorMsg) {
-    if let Some(coordinator) = ActorNames::lookup::<CoordinatorMsg>(&state.args.names.coordinator())
-    {
+    if let Some(coordinator) = state.args.names.find_coordinator() {
         let _ = coordinator.cast(message);
     }
 }

@@ -230,9 +230,7 @@ fn report_to_breaker<T>(state: &DbWriterArgs, result: &Result<T, StoreError>) {
     let Some(message) = breaker_verdict(result) else {
         return;
     };
-    if let Some(breaker) = ActorNames::lookup::<CircuitBreakerMsg>(&state.names.circuit_breaker()) {
-        let _ = breaker.cast(message);
-    }
+    state.names.tell_circuit_breaker(message);
 }
 
 /// What a store result tells the circuit breaker, if anything.

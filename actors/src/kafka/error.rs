@@ -6,6 +6,8 @@
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
+use crate::telemetry::events::AbortReason;
+
 /// What to do after a Kafka call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KafkaFailureClass {
@@ -15,6 +17,31 @@ pub enum KafkaFailureClass {
     AbortTransaction,
     /// the producer is unusable (fatal, fenced): recreate it, then rewind
     RecreateProducer,
+}
+
+impl KafkaFailureClass {
+    /// The abort reason a failed transaction of this class is counted as.
+    pub fn abort_reason(self) -> AbortReason {
+        match self {
+            KafkaFailureClass::RecreateProducer => AbortReason::FencedOrFatal,
+            KafkaFailureClass::AbortTransaction => AbortReason::Abortable,
+            KafkaFailureClass::RetryCall => AbortReason::RetriesExhausted,
+        }
+    }
+}
+
+/// Why the DLQ forwarder did not forward a cycle's dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ForwarderFailure {
+    /// it is between incarnations
+    #[error("dlq forwarder is restarting")]
+    Restarting,
+    /// it did not reply in time
+    #[error("timed out")]
+    TimedOut,
+    /// it stopped before replying
+    #[error("dlq forwarder died")]
+    Died,
 }
 
 /// A Kafka operation of the commit cycle failed.
@@ -60,6 +87,14 @@ pub enum KafkaTxnError {
         /// the revoked partition
         partition: i32,
     },
+    /// The coordinator has no producer (a recreation failed): the cycle's
+    /// transaction cannot begin.
+    #[error("kafka begin_transaction task did not finish: no producer")]
+    NoProducer,
+    /// The DLQ forwarder did not produce the cycle's dead letters; the
+    /// producer's state is unknown.
+    #[error("kafka dlq forward task did not finish: {0}")]
+    ForwarderUnavailable(ForwarderFailure),
     /// The blocking task running the call died (panicked or was cancelled).
     #[error("kafka {operation} task did not finish: {reason}")]
     TaskLost {
@@ -77,9 +112,10 @@ impl KafkaTxnError {
             KafkaTxnError::Client { source, .. } | KafkaTxnError::Delivery { source, .. } => {
                 classify(source)
             }
-            KafkaTxnError::TaskLost { .. } | KafkaTxnError::DeliveryTimedOut { .. } => {
-                KafkaFailureClass::RecreateProducer
-            }
+            KafkaTxnError::TaskLost { .. }
+            | KafkaTxnError::NoProducer
+            | KafkaTxnError::ForwarderUnavailable(_)
+            | KafkaTxnError::DeliveryTimedOut { .. } => KafkaFailureClass::RecreateProducer,
             KafkaTxnError::Injected(_) | KafkaTxnError::PartitionRevoked { .. } => {
                 KafkaFailureClass::AbortTransaction
             }
@@ -156,6 +192,40 @@ mod tests {
         assert_eq!(
             classify(&KafkaError::Canceled),
             KafkaFailureClass::RecreateProducer
+        );
+    }
+
+    #[test]
+    fn a_missing_producer_or_forwarder_recreates_the_producer_with_the_old_wording() {
+        let no_producer = KafkaTxnError::NoProducer;
+        assert_eq!(no_producer.class(), KafkaFailureClass::RecreateProducer);
+        assert_eq!(
+            no_producer.to_string(),
+            "kafka begin_transaction task did not finish: no producer"
+        );
+        for (failure, reason) in [
+            (ForwarderFailure::Restarting, "dlq forwarder is restarting"),
+            (ForwarderFailure::TimedOut, "timed out"),
+            (ForwarderFailure::Died, "dlq forwarder died"),
+        ] {
+            let error = KafkaTxnError::ForwarderUnavailable(failure);
+            assert_eq!(error.class(), KafkaFailureClass::RecreateProducer);
+            assert_eq!(
+                error.to_string(),
+                format!("kafka dlq forward task did not finish: {reason}")
+            );
+        }
+        assert_eq!(
+            KafkaFailureClass::RecreateProducer.abort_reason().as_str(),
+            "fenced_or_fatal"
+        );
+        assert_eq!(
+            KafkaFailureClass::AbortTransaction.abort_reason().as_str(),
+            "abortable"
+        );
+        assert_eq!(
+            KafkaFailureClass::RetryCall.abort_reason().as_str(),
+            "retries_exhausted"
         );
     }
 }

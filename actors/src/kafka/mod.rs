@@ -14,3 +14,4 @@ pub mod headers;
 pub mod rebalance;
 pub mod records;
 pub mod send;
+pub mod transaction;

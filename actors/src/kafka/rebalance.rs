@@ -57,8 +57,7 @@ impl RebalanceContext {
     /// then refused by the group generation (Kafka) and the owner epoch
     /// (database), and its partitions replay elsewhere.
     fn drain_before_revocation(&self, partitions: &[i32]) {
-        let Some(coordinator) = ActorNames::lookup::<CoordinatorMsg>(&self.names.coordinator())
-        else {
+        let Some(coordinator) = self.names.find_coordinator() else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -257,7 +257,7 @@ async fn run_membership(
     }
 
     tracing::info!("shutting down: fetching stopped, committing what is buffered");
-    if let Some(coordinator) = ActorNames::lookup::<CoordinatorMsg>(&names.coordinator()) {
+    if let Some(coordinator) = names.find_coordinator() {
         match coordinator
             .call(CoordinatorMsg::Flush, Some(Duration::from_secs(5)))
             .await

@@ -241,7 +241,7 @@ fn is_assigned(state: &ConsumerSupervisorState, partition: i32) -> bool {
 }
 
 fn cast_coordinator(state: &ConsumerSupervisorState, message: CoordinatorMsg) {
-    match ActorNames::lookup::<CoordinatorMsg>(&state.args.names.coordinator()) {
+    match state.args.names.find_coordinator() {
         Some(coordinator) => {
             let _ = coordinator.cast(message);
         }
