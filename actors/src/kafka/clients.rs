@@ -18,7 +18,6 @@ use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::kafka::error::KafkaTxnError;
 use crate::kafka::rebalance::RebalanceContext;
-use crate::messages::names::ActorNames;
 use crate::settings::Settings;
 
 /// The input consumer.
@@ -41,11 +40,8 @@ fn base_config(settings: &Settings) -> ClientConfig {
 }
 
 /// Creates the input consumer and subscribes it to the input topic.
-pub fn create_input_consumer(
-    settings: &Settings,
-    names: &ActorNames,
-) -> Result<Arc<InputConsumer>, KafkaError> {
-    let context = RebalanceContext::new(names.clone(), settings.input_topic.clone());
+pub fn create_input_consumer(settings: &Settings) -> Result<Arc<InputConsumer>, KafkaError> {
+    let context = RebalanceContext::new(settings.input_topic.clone());
     let mut config = base_config(settings);
     config
         .set("group.id", &settings.group_id)

@@ -1,28 +1,98 @@
-//! The input consumer's rebalance context.
+//! The input consumer's rebalance context: it tells the consumer side of
+//! each rebalance over a channel of its own event type, [`RebalanceEvent`]
+//! (quickwit's and vector's Kafka sources do the same), so it knows no
+//! actor. The consumer supervisor subscribes ([`RebalanceEvents::subscribe`])
+//! and owns the receiver.
 //!
-//! Guarantees: a newly assigned partition is paused before the rebalance
-//! callback returns, so nothing is fetched from it until the coordinator
-//! has positioned it at its recovery offset; a revocation waits (bounded)
-//! until the coordinator has finished with the partitions.
+//! Guarantees:
+//! - a newly assigned partition is paused before the rebalance callback
+//!   returns, so nothing is fetched from it until the coordinator has
+//!   positioned it at its recovery offset;
+//! - a revocation blocks the callback until the receiver acknowledges it
+//!   (a rendezvous: the coordinator has finished the cycle in flight and
+//!   forgotten the partitions, so no later cycle commits them), at most
+//!   [`REVOKE_ACK_TIMEOUT`]; the revocation then goes on: a late commit is
+//!   refused by the group generation (Kafka) and the owner epoch
+//!   (database), and its partitions replay elsewhere;
+//! - the partitions a failed rebalance took away are revoked on the
+//!   consumer side too, so no partition sits routed but never fetched;
+//! - events reach only the latest subscriber, in the order of the
+//!   callbacks; with no subscriber (no consumer supervisor has started yet)
+//!   they are dropped and the callback does not wait.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::messages::consumer_supervisor::ConsumerSupervisorMsg;
-use crate::messages::coordinator::CoordinatorMsg;
-use crate::messages::names::ActorNames;
+/// Longest wait for the coordinator to finish with revoked partitions.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The consumer context: forwards rebalances to the consumer supervisor.
+/// Longest wait of the revoke callback for the receiver's acknowledgement:
+/// the drain's own bound plus a margin for handing the event over.
+pub const REVOKE_ACK_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// What a rebalance tells the consumer side.
+#[derive(Debug)]
+pub enum RebalanceEvent {
+    /// these partitions were assigned (and are paused)
+    Assigned(Vec<i32>),
+    /// these partitions are about to be revoked: finish with them, then
+    /// acknowledge on `drained` (the callback waits for it)
+    Revoking {
+        /// the partitions
+        partitions: Vec<i32>,
+        /// the acknowledgement the revoke callback waits for
+        drained: oneshot::Sender<()>,
+    },
+    /// a failed rebalance unassigned these partitions
+    Lost(Vec<i32>),
+}
+
+/// Where the rebalance callbacks send their events: the latest subscriber.
+#[derive(Debug, Clone, Default)]
+pub struct RebalanceEvents {
+    subscriber: Arc<Mutex<Option<mpsc::UnboundedSender<RebalanceEvent>>>>,
+}
+
+impl RebalanceEvents {
+    /// A new receiver of the events; from now on they go to it only (an
+    /// earlier receiver gets what was sent before and then ends).
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<RebalanceEvent> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *self
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(sender);
+        receiver
+    }
+
+    /// Sends `event` to the subscriber; false if there is none.
+    fn send(&self, event: RebalanceEvent) -> bool {
+        let subscriber = self
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match subscriber.as_ref() {
+            Some(sender) => sender.send(event).is_ok(),
+            None => {
+                tracing::debug!("consumer supervisor is not running; message dropped");
+                false
+            }
+        }
+    }
+}
+
+/// The consumer context: sends rebalances to the subscriber of its events.
 #[derive(Debug, Clone)]
 pub struct RebalanceContext {
-    names: ActorNames,
     topic: String,
+    events: RebalanceEvents,
     /// the assignment before a failed rebalance (librdkafka unassigns on a
     /// rebalance error): what it took away must be revoked in the actors too
-    assigned_before_error: Arc<std::sync::Mutex<Vec<i32>>>,
+    assigned_before_error: Arc<Mutex<Vec<i32>>>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -38,41 +108,41 @@ fn partitions_of(topic: &str, list: &TopicPartitionList) -> Vec<i32> {
     partitions
 }
 
-/// Longest wait for the coordinator to finish with revoked partitions.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl RebalanceContext {
     /// The context of the input consumer of `topic`.
-    pub(crate) fn new(names: ActorNames, topic: String) -> RebalanceContext {
+    pub fn new(topic: String) -> RebalanceContext {
         RebalanceContext {
-            names,
             topic,
+            events: RebalanceEvents::default(),
             assigned_before_error: Arc::default(),
         }
     }
 
-    /// Blocks the rebalance until the coordinator has finished the cycle in
-    /// flight and forgotten `partitions`, so no later cycle commits them.
-    /// If it does not answer in time the revocation goes on: a late commit is
-    /// then refused by the group generation (Kafka) and the owner epoch
-    /// (database), and its partitions replay elsewhere.
-    fn drain_before_revocation(&self, partitions: &[i32]) {
-        let Some(coordinator) = self.names.find_coordinator() else {
+    /// Where this context sends its events.
+    pub fn events(&self) -> &RebalanceEvents {
+        &self.events
+    }
+
+    /// Blocks the rebalance until the subscriber acknowledges the
+    /// revocation of `partitions` (the coordinator has finished the cycle in
+    /// flight and forgotten them), at most [`REVOKE_ACK_TIMEOUT`].
+    fn revoke_and_wait(&self, partitions: Vec<i32>) {
+        let (drained, acknowledged) = oneshot::channel();
+        if !self.events.send(RebalanceEvent::Revoking {
+            partitions,
+            drained,
+        }) {
             return;
-        };
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let partitions = partitions.to_vec();
-        let drained = tokio::task::block_in_place(|| {
-            runtime.block_on(coordinator.call(
-                |reply| CoordinatorMsg::DrainPartitions(partitions, reply),
-                Some(DRAIN_TIMEOUT),
-            ))
+        let waited = tokio::task::block_in_place(|| {
+            runtime.block_on(tokio::time::timeout(REVOKE_ACK_TIMEOUT, acknowledged))
         });
-        if !matches!(drained, Ok(ractor::rpc::CallResult::Success(()))) {
+        if !matches!(waited, Ok(Ok(()))) {
             tracing::warn!(
-                "coordinator did not drain revoked partitions in time; fencing protects them"
+                "revocation not acknowledged in time by the consumer side; fencing protects the partitions"
             );
         }
     }
@@ -84,9 +154,7 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Revoke(list) => {
                 let partitions = partitions_of(&self.topic, list);
                 tracing::info!(?partitions, "partitions revoked");
-                self.drain_before_revocation(&partitions);
-                self.names
-                    .cast_consumer_supervisor(ConsumerSupervisorMsg::PartitionsRevoked(partitions));
+                self.revoke_and_wait(partitions);
             }
             Rebalance::Error(_) => {
                 let assigned = consumer
@@ -109,10 +177,7 @@ impl ConsumerContext for RebalanceContext {
                 }
                 let partitions = partitions_of(&self.topic, list);
                 tracing::info!(?partitions, "partitions assigned");
-                self.names
-                    .cast_consumer_supervisor(ConsumerSupervisorMsg::PartitionsAssigned(
-                        partitions,
-                    ));
+                self.events.send(RebalanceEvent::Assigned(partitions));
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => {
@@ -134,12 +199,70 @@ impl ConsumerContext for RebalanceContext {
                     .collect();
                 tracing::error!(%error, ?revoked, "rebalance failed; the partitions it unassigned are revoked until the group assigns them again");
                 if !revoked.is_empty() {
-                    self.names
-                        .cast_consumer_supervisor(ConsumerSupervisorMsg::PartitionsRevoked(
-                            revoked,
-                        ));
+                    self.events.send(RebalanceEvent::Lost(revoked));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_go_to_the_latest_subscriber_only_in_order() {
+        let events = RebalanceEvents::default();
+        assert!(
+            !events.send(RebalanceEvent::Assigned(vec![0])),
+            "no subscriber: dropped"
+        );
+        let mut first = events.subscribe();
+        assert!(events.send(RebalanceEvent::Assigned(vec![1])));
+        let mut second = events.subscribe();
+        assert!(events.send(RebalanceEvent::Lost(vec![2])));
+        assert!(events.send(RebalanceEvent::Assigned(vec![3])));
+        assert!(matches!(first.try_recv(), Ok(RebalanceEvent::Assigned(p)) if p == [1]));
+        assert!(
+            matches!(
+                first.try_recv(),
+                Err(mpsc::error::TryRecvError::Disconnected)
+            ),
+            "the replaced subscriber ends once drained"
+        );
+        assert!(matches!(second.try_recv(), Ok(RebalanceEvent::Lost(p)) if p == [2]));
+        assert!(matches!(second.try_recv(), Ok(RebalanceEvent::Assigned(p)) if p == [3]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_waits_for_the_acknowledgement() {
+        let context = RebalanceContext::new("in".to_owned());
+        let mut events = context.events().subscribe();
+        let acknowledged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = {
+            let acknowledged = Arc::clone(&acknowledged);
+            tokio::spawn(async move {
+                let Some(RebalanceEvent::Revoking {
+                    partitions,
+                    drained,
+                }) = events.recv().await
+                else {
+                    panic!("a revocation was sent");
+                };
+                assert_eq!(partitions, [4, 5]);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                acknowledged.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = drained.send(());
+            })
+        };
+        let callback = tokio::spawn(async move {
+            context.revoke_and_wait(vec![4, 5]);
+        });
+        callback.await.expect("callback");
+        assert!(
+            acknowledged.load(std::sync::atomic::Ordering::SeqCst),
+            "the callback returned only after the acknowledgement"
+        );
+        listener.await.expect("listener");
     }
 }

@@ -196,7 +196,7 @@ async fn run_membership(
     let lost = status.begin_membership();
     // Cancelled by shutdown, or by this membership's end.
     let session = shutdown.child_token();
-    let consumer = create_input_consumer(settings, &names)?;
+    let consumer = create_input_consumer(settings)?;
     tracing::info!(
         instance_id = %instance_id,
         group_id = %settings.group_id,

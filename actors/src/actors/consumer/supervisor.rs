@@ -2,6 +2,11 @@
 //! partition consumer for every assigned partition and stops it on
 //! revocation, and restarts a failed one with backoff.
 //!
+//! It owns the receiver of the input consumer's rebalance events
+//! ([`crate::kafka::rebalance`]): each incarnation subscribes before its
+//! fetcher starts polling, and hands the events to
+//! [`super::rebalance`]'s listener task.
+//!
 //! Guarantees: at most one record fetcher runs, whatever ended this actor's
 //! previous incarnation (see [`crate::actors::consumer::fetcher_slot`]); every partition
 //! consumer it starts (at assignment, after a
@@ -22,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::consumer::fetcher::{FetcherConfig, spawn_fetcher};
 use crate::actors::consumer::fetcher_slot::{FetcherGuard, FetcherSlot};
 use crate::actors::consumer::partition::{PartitionConsumer, PartitionConsumerArgs};
+use crate::actors::consumer::rebalance::spawn_rebalance_listener;
 use crate::actors::restart_policy::{RestartDecision, RestartLimits, RestartPolicy};
 use crate::kafka::clients::InputConsumer;
 use crate::messages::consumer_supervisor::ConsumerSupervisorMsg;
@@ -83,6 +89,12 @@ impl Actor for ConsumerSupervisor {
             topic: args.settings.input_topic.clone(),
             max_buffered_records: args.settings.max_buffered_records,
         };
+        // This supervisor owns the rebalance events from now on; subscribed
+        // before the fetcher (whose polls run the callbacks) starts.
+        spawn_rebalance_listener(
+            args.consumer.context().events().subscribe(),
+            args.names.clone(),
+        );
         let consumer = Arc::clone(&args.consumer);
         let status = args.status.clone();
         // The previous incarnation's fetcher, if it failed or was killed,
