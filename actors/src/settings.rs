@@ -68,12 +68,16 @@ pub struct Settings {
     pub dlq_topic: String,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub http_addr: SocketAddr,
-    /// How often a commit cycle starts, in milliseconds.
-    pub commit_interval_ms: u64,
+    /// How often a commit cycle starts (key `commit_interval_ms`, like every
+    /// duration here: milliseconds in the file and the environment).
+    #[serde(rename = "commit_interval_ms", with = "millis")]
+    pub commit_interval: Duration,
     /// `transaction.timeout.ms` of the transactional producer.
-    pub transaction_timeout_ms: u64,
+    #[serde(rename = "transaction_timeout_ms", with = "millis")]
+    pub transaction_timeout: Duration,
     /// Timeout of one Kafka call (init, send offsets, commit, abort).
-    pub kafka_call_timeout_ms: u64,
+    #[serde(rename = "kafka_call_timeout_ms", with = "millis")]
+    pub kafka_call_timeout: Duration,
     /// Most records a partition hands to one commit cycle.
     pub max_batch_records: usize,
     /// Most uncommitted records a partition holds before it pauses fetching.
@@ -82,36 +86,46 @@ pub struct Settings {
     pub db_writers: usize,
     /// Connections in the PostgreSQL pool.
     pub db_max_connections: u32,
-    /// `statement_timeout` of every database session, in milliseconds.
-    pub db_statement_timeout_ms: u64,
+    /// `statement_timeout` of every database session.
+    #[serde(rename = "db_statement_timeout_ms", with = "millis")]
+    pub db_statement_timeout: Duration,
     /// Longest wait for a database connection; while the database refuses
     /// connections, each operation fails after this long (and counts against
     /// the circuit breaker).
-    pub db_acquire_timeout_ms: u64,
+    #[serde(rename = "db_acquire_timeout_ms", with = "millis")]
+    pub db_acquire_timeout: Duration,
     /// `idle_in_transaction_session_timeout` of every database session: a
     /// frozen process (a zombie) cannot hold a partition's row lock longer.
-    pub db_idle_in_transaction_timeout_ms: u64,
+    #[serde(rename = "db_idle_in_transaction_timeout_ms", with = "millis")]
+    pub db_idle_in_transaction_timeout: Duration,
     /// Restarts a supervisor allows per child within `restart_window_ms`
     /// before it gives up and escalates.
     pub restart_budget: u32,
     /// The window of the restart budget.
-    pub restart_window_ms: u64,
+    #[serde(rename = "restart_window_ms", with = "millis")]
+    pub restart_window: Duration,
     /// First restart delay; doubles on each further restart in the window.
-    pub restart_backoff_initial_ms: u64,
+    #[serde(rename = "restart_backoff_initial_ms", with = "millis")]
+    pub restart_backoff_initial: Duration,
     /// Longest restart delay.
-    pub restart_backoff_max_ms: u64,
+    #[serde(rename = "restart_backoff_max_ms", with = "millis")]
+    pub restart_backoff_max: Duration,
     /// A transaction open longer than this is logged as a warning.
-    pub open_txn_warn_ms: u64,
+    #[serde(rename = "open_txn_warn_ms", with = "millis")]
+    pub open_txn_warn: Duration,
     /// Attempts of one database write while its errors are transient.
     pub db_retry_attempts: u32,
     /// First delay between database write attempts (doubles, with jitter).
-    pub db_retry_backoff_ms: u64,
+    #[serde(rename = "db_retry_backoff_ms", with = "millis")]
+    pub db_retry_backoff: Duration,
     /// Consecutive failed database writes that open the circuit breaker.
     pub breaker_failure_threshold: u32,
     /// First wait before the open breaker probes the database.
-    pub breaker_cooldown_ms: u64,
+    #[serde(rename = "breaker_cooldown_ms", with = "millis")]
+    pub breaker_cooldown: Duration,
     /// Longest wait between probes (the wait doubles after a failed probe).
-    pub breaker_max_cooldown_ms: u64,
+    #[serde(rename = "breaker_max_cooldown_ms", with = "millis")]
+    pub breaker_max_cooldown: Duration,
     /// librdkafka settings passed through unchanged (SASL/SSL included).
     pub kafka: BTreeMap<String, String>,
 }
@@ -127,26 +141,26 @@ impl Default for Settings {
             output_topic: "ad-events-billed".to_owned(),
             dlq_topic: "ad-events-dlq".to_owned(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            commit_interval_ms: 100,
-            transaction_timeout_ms: 60_000,
-            kafka_call_timeout_ms: 10_000,
+            commit_interval: Duration::from_millis(100),
+            transaction_timeout: Duration::from_millis(60_000),
+            kafka_call_timeout: Duration::from_millis(10_000),
             max_batch_records: 5_000,
             max_buffered_records: 20_000,
             db_writers: 4,
             db_max_connections: 8,
-            db_statement_timeout_ms: 30_000,
-            db_idle_in_transaction_timeout_ms: 10_000,
-            db_acquire_timeout_ms: 2_000,
+            db_statement_timeout: Duration::from_millis(30_000),
+            db_idle_in_transaction_timeout: Duration::from_millis(10_000),
+            db_acquire_timeout: Duration::from_millis(2_000),
             restart_budget: 10,
-            restart_window_ms: 60_000,
-            restart_backoff_initial_ms: 100,
-            restart_backoff_max_ms: 5_000,
-            open_txn_warn_ms: 10_000,
+            restart_window: Duration::from_millis(60_000),
+            restart_backoff_initial: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_millis(5_000),
+            open_txn_warn: Duration::from_millis(10_000),
             db_retry_attempts: 3,
-            db_retry_backoff_ms: 50,
+            db_retry_backoff: Duration::from_millis(50),
             breaker_failure_threshold: 3,
-            breaker_cooldown_ms: 1_000,
-            breaker_max_cooldown_ms: 5_000,
+            breaker_cooldown: Duration::from_millis(1_000),
+            breaker_max_cooldown: Duration::from_millis(5_000),
             kafka: BTreeMap::new(),
         }
     }
@@ -199,10 +213,9 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks every rule a setting must follow.
+    /// Checks every rule a setting must follow, in the order of
+    /// [`Settings::rules`]; the first broken one is the error.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        let invalid =
-            |setting: &'static str, reason: String| SettingsError::Invalid { setting, reason };
         for (setting, value) in [
             ("kafka_brokers", &self.kafka_brokers),
             ("group_id", &self.group_id),
@@ -211,135 +224,18 @@ impl Settings {
             ("dlq_topic", &self.dlq_topic),
         ] {
             if value.trim().is_empty() {
-                return Err(invalid(setting, "must not be empty".to_owned()));
+                return Err(SettingsError::Invalid {
+                    setting,
+                    reason: "must not be empty".to_owned(),
+                });
             }
         }
-        if self.input_topic == self.output_topic || self.input_topic == self.dlq_topic {
-            return Err(invalid(
-                "input_topic",
-                "must differ from output_topic and dlq_topic (onceflow would read its own output)"
-                    .to_owned(),
-            ));
-        }
-        if self.output_topic == self.dlq_topic {
-            return Err(invalid(
-                "dlq_topic",
-                "must differ from output_topic".to_owned(),
-            ));
-        }
-        if let Some(instance) = &self.instance_id
-            && instance.trim().is_empty()
+        if let Some((setting, reason)) = self
+            .rules()
+            .into_iter()
+            .find_map(|(setting, broken)| Some((setting, broken?)))
         {
-            return Err(invalid(
-                "instance_id",
-                "must not be empty when set".to_owned(),
-            ));
-        }
-        if let Some(url) = &self.database_url
-            && let Err(error) = StoreBackend::of_url(url)
-        {
-            return Err(invalid("database_url", error.to_string()));
-        }
-        if self.commit_interval_ms == 0 {
-            return Err(invalid(
-                "commit_interval_ms",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.transaction_timeout_ms > BROKER_MAX_TRANSACTION_TIMEOUT_MS {
-            return Err(invalid(
-                "transaction_timeout_ms",
-                format!(
-                    "{} exceeds the broker's default transaction.max.timeout.ms ({BROKER_MAX_TRANSACTION_TIMEOUT_MS})",
-                    self.transaction_timeout_ms
-                ),
-            ));
-        }
-        if self.commit_interval_ms.saturating_mul(10) > self.transaction_timeout_ms {
-            return Err(invalid(
-                "commit_interval_ms",
-                format!(
-                    "{} ms is not well below transaction_timeout_ms ({} ms): keep it at most a tenth",
-                    self.commit_interval_ms, self.transaction_timeout_ms
-                ),
-            ));
-        }
-        if self.kafka_call_timeout_ms == 0
-            || self.kafka_call_timeout_ms >= self.transaction_timeout_ms
-        {
-            return Err(invalid(
-                "kafka_call_timeout_ms",
-                "must be at least 1 and below transaction_timeout_ms".to_owned(),
-            ));
-        }
-        if self.max_batch_records == 0 {
-            return Err(invalid(
-                "max_batch_records",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.max_buffered_records < self.max_batch_records {
-            return Err(invalid(
-                "max_buffered_records",
-                "must be at least max_batch_records".to_owned(),
-            ));
-        }
-        if self.db_writers == 0 {
-            return Err(invalid("db_writers", "must be at least 1".to_owned()));
-        }
-        if (self.db_max_connections as usize) < self.db_writers + 1 {
-            return Err(invalid(
-                "db_max_connections",
-                format!("must be more than db_writers ({})", self.db_writers),
-            ));
-        }
-        if self.db_statement_timeout_ms == 0 {
-            return Err(invalid(
-                "db_statement_timeout_ms",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.db_acquire_timeout_ms == 0 {
-            return Err(invalid(
-                "db_acquire_timeout_ms",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.db_idle_in_transaction_timeout_ms == 0 {
-            return Err(invalid(
-                "db_idle_in_transaction_timeout_ms",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.restart_budget == 0 {
-            return Err(invalid("restart_budget", "must be at least 1".to_owned()));
-        }
-        if self.restart_backoff_initial_ms == 0
-            || self.restart_backoff_initial_ms > self.restart_backoff_max_ms
-        {
-            return Err(invalid(
-                "restart_backoff_initial_ms",
-                "must be at least 1 and at most restart_backoff_max_ms".to_owned(),
-            ));
-        }
-        if self.db_retry_attempts == 0 {
-            return Err(invalid(
-                "db_retry_attempts",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.breaker_failure_threshold == 0 {
-            return Err(invalid(
-                "breaker_failure_threshold",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.breaker_cooldown_ms == 0 || self.breaker_cooldown_ms > self.breaker_max_cooldown_ms
-        {
-            return Err(invalid(
-                "breaker_cooldown_ms",
-                "must be at least 1 and at most breaker_max_cooldown_ms".to_owned(),
-            ));
+            return Err(SettingsError::Invalid { setting, reason });
         }
         for key in self.kafka.keys() {
             if KAFKA_KEYS_OWNED_BY_ONCEFLOW.contains(&key.as_str()) {
@@ -350,6 +246,119 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The rules between settings, in the order they are checked: each
+    /// names its setting and, if broken, says why.
+    fn rules(&self) -> [(&'static str, Option<String>); 20] {
+        let at_least_one = |positive: bool| (!positive).then(|| "must be at least 1".to_owned());
+        let broken = |broken: bool, reason: &str| broken.then(|| reason.to_owned());
+        let broker_max = Duration::from_millis(BROKER_MAX_TRANSACTION_TIMEOUT_MS);
+        [
+            (
+                "input_topic",
+                broken(
+                    self.input_topic == self.output_topic || self.input_topic == self.dlq_topic,
+                    "must differ from output_topic and dlq_topic (onceflow would read its own output)",
+                ),
+            ),
+            (
+                "dlq_topic",
+                broken(self.output_topic == self.dlq_topic, "must differ from output_topic"),
+            ),
+            (
+                "instance_id",
+                broken(
+                    self.instance_id
+                        .as_ref()
+                        .is_some_and(|instance| instance.trim().is_empty()),
+                    "must not be empty when set",
+                ),
+            ),
+            (
+                "database_url",
+                self.database_url
+                    .as_deref()
+                    .and_then(|url| StoreBackend::of_url(url).err())
+                    .map(|error| error.to_string()),
+            ),
+            ("commit_interval_ms", at_least_one(!self.commit_interval.is_zero())),
+            (
+                "transaction_timeout_ms",
+                (self.transaction_timeout > broker_max).then(|| {
+                    format!(
+                        "{} exceeds the broker's default transaction.max.timeout.ms ({BROKER_MAX_TRANSACTION_TIMEOUT_MS})",
+                        self.transaction_timeout.as_millis()
+                    )
+                }),
+            ),
+            (
+                "commit_interval_ms",
+                (self.commit_interval.saturating_mul(10) > self.transaction_timeout).then(|| {
+                    format!(
+                        "{} ms is not well below transaction_timeout_ms ({} ms): keep it at most a tenth",
+                        self.commit_interval.as_millis(),
+                        self.transaction_timeout.as_millis()
+                    )
+                }),
+            ),
+            (
+                "kafka_call_timeout_ms",
+                broken(
+                    self.kafka_call_timeout.is_zero()
+                        || self.kafka_call_timeout >= self.transaction_timeout,
+                    "must be at least 1 and below transaction_timeout_ms",
+                ),
+            ),
+            ("max_batch_records", at_least_one(self.max_batch_records > 0)),
+            (
+                "max_buffered_records",
+                broken(
+                    self.max_buffered_records < self.max_batch_records,
+                    "must be at least max_batch_records",
+                ),
+            ),
+            ("db_writers", at_least_one(self.db_writers > 0)),
+            (
+                "db_max_connections",
+                ((self.db_max_connections as usize) < self.db_writers + 1)
+                    .then(|| format!("must be more than db_writers ({})", self.db_writers)),
+            ),
+            (
+                "db_statement_timeout_ms",
+                at_least_one(!self.db_statement_timeout.is_zero()),
+            ),
+            (
+                "db_acquire_timeout_ms",
+                at_least_one(!self.db_acquire_timeout.is_zero()),
+            ),
+            (
+                "db_idle_in_transaction_timeout_ms",
+                at_least_one(!self.db_idle_in_transaction_timeout.is_zero()),
+            ),
+            ("restart_budget", at_least_one(self.restart_budget > 0)),
+            (
+                "restart_backoff_initial_ms",
+                broken(
+                    self.restart_backoff_initial.is_zero()
+                        || self.restart_backoff_initial > self.restart_backoff_max,
+                    "must be at least 1 and at most restart_backoff_max_ms",
+                ),
+            ),
+            ("db_retry_attempts", at_least_one(self.db_retry_attempts > 0)),
+            (
+                "breaker_failure_threshold",
+                at_least_one(self.breaker_failure_threshold > 0),
+            ),
+            (
+                "breaker_cooldown_ms",
+                broken(
+                    self.breaker_cooldown.is_zero()
+                        || self.breaker_cooldown > self.breaker_max_cooldown,
+                    "must be at least 1 and at most breaker_max_cooldown_ms",
+                ),
+            ),
+        ]
     }
 
     /// The instance id: the configured one, else the host name.
@@ -378,15 +387,20 @@ impl Settings {
     pub fn redacted_kafka_keys(&self) -> Vec<&str> {
         self.kafka.keys().map(String::as_str).collect()
     }
+}
 
-    /// Commit interval as a duration.
-    pub fn commit_interval(&self) -> Duration {
-        Duration::from_millis(self.commit_interval_ms)
+/// Durations as whole milliseconds, the unit of every `_ms` key.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// Timeout of a single Kafka call.
-    pub fn kafka_call_timeout(&self) -> Duration {
-        Duration::from_millis(self.kafka_call_timeout_ms)
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
     }
 }
 
@@ -406,8 +420,8 @@ mod tests {
     #[test]
     fn commit_interval_must_be_well_below_transaction_timeout() {
         let settings = Settings {
-            commit_interval_ms: 10_000,
-            transaction_timeout_ms: 60_000,
+            commit_interval: Duration::from_millis(10_000),
+            transaction_timeout: Duration::from_millis(60_000),
             ..Settings::default()
         };
         let error = settings
@@ -420,7 +434,7 @@ mod tests {
     #[test]
     fn transaction_timeout_above_broker_maximum_is_refused() {
         let settings = Settings {
-            transaction_timeout_ms: BROKER_MAX_TRANSACTION_TIMEOUT_MS + 1,
+            transaction_timeout: Duration::from_millis(BROKER_MAX_TRANSACTION_TIMEOUT_MS + 1),
             ..Settings::default()
         };
         let error = settings
@@ -515,5 +529,105 @@ mod tests {
             .expect_err("required")
             .to_string();
         assert!(error.starts_with("setting `database_url`"), "{error}");
+    }
+
+    #[test]
+    // figment's `Jail` closure returns figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
+    fn durations_keep_their_ms_keys_in_files_environment_and_serialisation() {
+        let defaults = serde_json::to_value(Settings::default()).expect("serialises");
+        assert_eq!(defaults["commit_interval_ms"], 100);
+        assert_eq!(defaults["breaker_max_cooldown_ms"], 5_000);
+        assert!(defaults.get("commit_interval").is_none(), "{defaults}");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "onceflow.toml",
+                "breaker_cooldown_ms = 300\nrestart_window_ms = 7000\n",
+            )?;
+            jail.set_env("ONCEFLOW_COMMIT_INTERVAL_MS", "250");
+            let settings = Settings::load(Some(Path::new("onceflow.toml")))
+                .map_err(|error| error.to_string())?;
+            assert_eq!(settings.commit_interval, Duration::from_millis(250));
+            assert_eq!(settings.breaker_cooldown, Duration::from_millis(300));
+            assert_eq!(settings.restart_window, Duration::from_secs(7));
+            jail.create_file("renamed.toml", "commit_interval = 5\n")?;
+            let error = Settings::load(Some(Path::new("renamed.toml")))
+                .expect_err("the field name is not a key")
+                .to_string();
+            assert!(error.contains("commit_interval"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn each_count_and_duration_must_be_at_least_one_and_names_itself() {
+        type Zero = fn(&mut Settings);
+        let cases: [(&str, Zero); 12] = [
+            ("commit_interval_ms", |s| s.commit_interval = Duration::ZERO),
+            ("kafka_call_timeout_ms", |s| {
+                s.kafka_call_timeout = Duration::ZERO
+            }),
+            ("max_batch_records", |s| s.max_batch_records = 0),
+            ("db_writers", |s| s.db_writers = 0),
+            ("db_statement_timeout_ms", |s| {
+                s.db_statement_timeout = Duration::ZERO
+            }),
+            ("db_acquire_timeout_ms", |s| {
+                s.db_acquire_timeout = Duration::ZERO
+            }),
+            ("db_idle_in_transaction_timeout_ms", |s| {
+                s.db_idle_in_transaction_timeout = Duration::ZERO
+            }),
+            ("restart_budget", |s| s.restart_budget = 0),
+            ("restart_backoff_initial_ms", |s| {
+                s.restart_backoff_initial = Duration::ZERO
+            }),
+            ("db_retry_attempts", |s| s.db_retry_attempts = 0),
+            ("breaker_failure_threshold", |s| {
+                s.breaker_failure_threshold = 0
+            }),
+            ("breaker_cooldown_ms", |s| {
+                s.breaker_cooldown = Duration::ZERO
+            }),
+        ];
+        for (setting, zero) in cases {
+            let mut settings = Settings::default();
+            zero(&mut settings);
+            let error = settings.validate().expect_err(setting).to_string();
+            assert!(
+                error.starts_with(&format!("setting `{setting}`: must be at least 1")),
+                "{setting}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_broken_rule_in_order_is_reported() {
+        // Both broken: the topics rule comes first, as before the table.
+        let settings = Settings {
+            output_topic: "ad-events".to_owned(),
+            db_writers: 0,
+            ..Settings::default()
+        };
+        let error = settings.validate().expect_err("refused").to_string();
+        assert!(error.starts_with("setting `input_topic`"), "{error}");
+        let settings = Settings {
+            breaker_cooldown: Duration::from_secs(10),
+            ..Settings::default()
+        };
+        let error = settings.validate().expect_err("refused").to_string();
+        assert_eq!(
+            error,
+            "setting `breaker_cooldown_ms`: must be at least 1 and at most breaker_max_cooldown_ms"
+        );
+        let settings = Settings {
+            commit_interval: Duration::from_millis(7_000),
+            ..Settings::default()
+        };
+        let error = settings.validate().expect_err("refused").to_string();
+        assert_eq!(
+            error,
+            "setting `commit_interval_ms`: 7000 ms is not well below transaction_timeout_ms (60000 ms): keep it at most a tenth"
+        );
     }
 }

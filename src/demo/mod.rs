@@ -343,10 +343,10 @@ fn demo_settings(
         max_batch_records: 200,
         max_buffered_records: 800,
         // The store outage must outlast a statement.
-        db_statement_timeout_ms: 800,
-        breaker_cooldown_ms: 300,
-        breaker_max_cooldown_ms: 1_500,
-        kafka_call_timeout_ms: 5_000,
+        db_statement_timeout: Duration::from_millis(800),
+        breaker_cooldown: Duration::from_millis(300),
+        breaker_max_cooldown: Duration::from_millis(1_500),
+        kafka_call_timeout: Duration::from_millis(5_000),
         ..Settings::default()
     };
     let mut settings = Settings::load_over(defaults, None)?;

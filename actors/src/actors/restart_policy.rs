@@ -31,9 +31,9 @@ impl RestartLimits {
     pub fn from_settings(settings: &Settings) -> RestartLimits {
         RestartLimits {
             budget: settings.restart_budget,
-            window: Duration::from_millis(settings.restart_window_ms),
-            initial_backoff: Duration::from_millis(settings.restart_backoff_initial_ms),
-            max_backoff: Duration::from_millis(settings.restart_backoff_max_ms),
+            window: settings.restart_window,
+            initial_backoff: settings.restart_backoff_initial,
+            max_backoff: settings.restart_backoff_max,
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio_util::sync::CancellationToken;
@@ -179,8 +179,8 @@ async fn start_child(
                 status: args.status.clone(),
                 names: names.clone(),
                 failure_threshold: settings.breaker_failure_threshold,
-                cooldown: Duration::from_millis(settings.breaker_cooldown_ms),
-                max_cooldown: Duration::from_millis(settings.breaker_max_cooldown_ms),
+                cooldown: settings.breaker_cooldown,
+                max_cooldown: settings.breaker_max_cooldown,
             };
             Actor::spawn_linked(
                 Some(names.circuit_breaker()),
@@ -197,7 +197,7 @@ async fn start_child(
                 store: args.store.clone(),
                 names: names.clone(),
                 retry_attempts: settings.db_retry_attempts,
-                retry_backoff: Duration::from_millis(settings.db_retry_backoff_ms),
+                retry_backoff: settings.db_retry_backoff,
                 group_id: settings.group_id.clone(),
                 topic: settings.input_topic.clone(),
             };

@@ -81,7 +81,7 @@ pub fn create_transactional_producer(settings: &Settings) -> Result<FutureProduc
         .set("enable.idempotence", "true")
         .set(
             "transaction.timeout.ms",
-            settings.transaction_timeout_ms.to_string(),
+            settings.transaction_timeout.as_millis().to_string(),
         )
         .set("linger.ms", "5");
     let producer: FutureProducer = config.create().map_err(|source| KafkaTxnError::Client {
@@ -89,9 +89,7 @@ pub fn create_transactional_producer(settings: &Settings) -> Result<FutureProduc
         source,
     })?;
     producer
-        .init_transactions(Duration::from_millis(
-            settings.kafka_call_timeout_ms.max(30_000),
-        ))
+        .init_transactions(settings.kafka_call_timeout.max(Duration::from_secs(30)))
         .map_err(|source| KafkaTxnError::Client {
             operation: "init_transactions",
             source,

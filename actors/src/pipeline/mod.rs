@@ -105,9 +105,9 @@ pub async fn run_pipeline(
     let store = Store::connect_lazy(
         settings.required_database_url()?,
         settings.db_max_connections,
-        Duration::from_millis(settings.db_statement_timeout_ms),
-        Duration::from_millis(settings.db_idle_in_transaction_timeout_ms),
-        Duration::from_millis(settings.db_acquire_timeout_ms),
+        settings.db_statement_timeout,
+        settings.db_idle_in_transaction_timeout,
+        settings.db_acquire_timeout,
     )?;
     migrate_with_retries(&store, &shutdown).await?;
 

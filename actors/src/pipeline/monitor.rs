@@ -31,7 +31,7 @@ pub fn spawn_monitor(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let warn_after = Duration::from_millis(settings.open_txn_warn_ms);
+        let warn_after = settings.open_txn_warn;
         let mut ticker = tokio::time::interval(TXN_AGE_PERIOD);
         let mut tick: u32 = 0;
         loop {

@@ -105,12 +105,10 @@ impl CoordinatorState {
     ) -> impl Future<Output = Result<crate::messages::db_writer::WrittenBatch, BatchWriteFailure>>
     + 'static {
         let settings = &self.args.settings;
-        let writer_timeout = Duration::from_millis(
-            settings
-                .db_statement_timeout_ms
-                .saturating_mul(u64::from(settings.db_retry_attempts) + 1)
-                .saturating_add(WRITER_MARGIN.as_millis() as u64),
-        );
+        let writer_timeout = settings
+            .db_statement_timeout
+            .saturating_mul(settings.db_retry_attempts.saturating_add(1))
+            .saturating_add(WRITER_MARGIN);
         let owner_epoch = self
             .partitions
             .get(&batch.partition)

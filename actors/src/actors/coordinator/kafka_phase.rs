@@ -13,7 +13,7 @@
 //!   old owner's commit is refused by the broker (stale generation) instead
 //!   of landing after the new owner read the group offset.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::rpc::CallResult;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -39,7 +39,7 @@ impl CoordinatorState {
         let settings = &self.args.settings;
         let opened = Instant::now();
         self.args.status.txn_opened();
-        let txn = KafkaTransaction::begin(producer, txn_id, settings.kafka_call_timeout())?;
+        let txn = KafkaTransaction::begin(producer, txn_id, settings.kafka_call_timeout)?;
 
         let (outputs, dead_letters) = records::owed_records(
             committed
@@ -81,7 +81,7 @@ impl CoordinatorState {
         self.refuse_revoked("commit_transaction", committed)?;
         txn.commit().await?;
         let open_for = opened.elapsed();
-        if open_for > Duration::from_millis(settings.open_txn_warn_ms) {
+        if open_for > settings.open_txn_warn {
             tracing::warn!(%txn_id, open_ms = open_for.as_millis() as u64, "transaction was open too long");
         }
         Ok(())
@@ -124,9 +124,9 @@ impl CoordinatorState {
             txn_id,
             source_topic: settings.input_topic.clone(),
             dead_letters,
-            delivery_timeout: settings.kafka_call_timeout(),
+            delivery_timeout: settings.kafka_call_timeout,
         };
-        let timeout = settings.kafka_call_timeout() * 2;
+        let timeout = settings.kafka_call_timeout * 2;
         match forwarder
             .call(
                 |reply| DlqForwarderMsg::Forward(request, reply),

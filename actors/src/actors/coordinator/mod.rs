@@ -92,9 +92,7 @@ impl Actor for TransactionCoordinator {
             .args
             .names
             .cast_consumer_supervisor(ConsumerSupervisorMsg::ReportAssignment);
-        myself.send_after(state.args.settings.commit_interval(), || {
-            CoordinatorMsg::Tick
-        });
+        myself.send_after(state.args.settings.commit_interval, || CoordinatorMsg::Tick);
         Ok(())
     }
 
@@ -123,7 +121,7 @@ impl Actor for TransactionCoordinator {
                 let next = state
                     .args
                     .settings
-                    .commit_interval()
+                    .commit_interval
                     .saturating_sub(started.elapsed());
                 myself.send_after(next, || CoordinatorMsg::Tick);
             }

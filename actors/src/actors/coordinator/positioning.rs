@@ -265,7 +265,7 @@ impl CoordinatorState {
             list.add_partition(&settings.input_topic, *partition);
         }
         let consumer = Arc::clone(&self.args.consumer);
-        let timeout = settings.kafka_call_timeout();
+        let timeout = settings.kafka_call_timeout;
         let committed =
             tokio::task::spawn_blocking(move || consumer.committed_offsets(list, timeout))
                 .await

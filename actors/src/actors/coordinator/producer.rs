@@ -46,7 +46,7 @@ impl CoordinatorState {
         if class != KafkaFailureClass::RecreateProducer
             && let Some(producer) = &self.producer
         {
-            let timeout = self.args.settings.kafka_call_timeout();
+            let timeout = self.args.settings.kafka_call_timeout;
             match transaction::abort(producer, txn_id, timeout).await {
                 Ok(()) => return Ok(()),
                 Err(error) => tracing::warn!(%error, "abort failed; recreating the producer"),
