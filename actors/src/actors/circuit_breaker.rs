@@ -169,3 +169,160 @@ fn open(myself: &ActorRef<CircuitBreakerMsg>, state: &mut CircuitBreakerState) {
     );
     myself.send_after(state.cooldown, || CircuitBreakerMsg::Probe);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::messages::coordinator::CoordinatorMsg;
+
+    /// Stands in for the coordinator: reports what the breaker tells it.
+    struct FakeCoordinator;
+
+    impl Actor for FakeCoordinator {
+        type Msg = CoordinatorMsg;
+        type State = mpsc::UnboundedSender<&'static str>;
+        type Arguments = mpsc::UnboundedSender<&'static str>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            told: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(told)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            message: Self::Msg,
+            told: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = told.send(match message {
+                CoordinatorMsg::BreakerOpened => "opened",
+                CoordinatorMsg::BreakerClosed => "closed",
+                _ => "other",
+            });
+            Ok(())
+        }
+    }
+
+    /// A SQLite store in the temporary directory, or (`alive` false) one
+    /// whose directory does not exist: every operation on it fails.
+    fn store(alive: bool) -> Store {
+        let dir = std::env::temp_dir();
+        let name = uuid::Uuid::new_v4();
+        let url = if alive {
+            format!("sqlite://{}/onceflow-breaker-{name}.db", dir.display())
+        } else {
+            format!("sqlite://{}/missing-{name}/breaker.db", dir.display())
+        };
+        let second = Duration::from_secs(1);
+        Store::connect_lazy(&url, 1, second, second, second).expect("a sqlite url")
+    }
+
+    struct Running {
+        breaker: ActorRef<CircuitBreakerMsg>,
+        status: PipelineStatus,
+        told: mpsc::UnboundedReceiver<&'static str>,
+        coordinator: ActorRef<CoordinatorMsg>,
+    }
+
+    async fn start(alive: bool, cooldown: Duration) -> Running {
+        let names = ActorNames::new(&format!("breaker-test-{}", uuid::Uuid::new_v4()));
+        let (tell, told) = mpsc::unbounded_channel();
+        let (coordinator, _) = Actor::spawn(Some(names.coordinator()), FakeCoordinator, tell)
+            .await
+            .expect("fake coordinator");
+        let status = PipelineStatus::default();
+        let args = CircuitBreakerArgs {
+            store: store(alive),
+            status: status.clone(),
+            names,
+            failure_threshold: 3,
+            cooldown,
+            max_cooldown: cooldown * 4,
+        };
+        let (breaker, _) = Actor::spawn(None, CircuitBreaker, args)
+            .await
+            .expect("breaker");
+        Running {
+            breaker,
+            status,
+            told,
+            coordinator,
+        }
+    }
+
+    /// Sends `messages`, then gives the breaker time to handle them.
+    async fn send(running: &Running, messages: &[fn() -> CircuitBreakerMsg]) {
+        for message in messages {
+            running.breaker.cast(message()).expect("breaker alive");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    const FAILED: fn() -> CircuitBreakerMsg = || CircuitBreakerMsg::DatabaseFailed;
+    const SUCCEEDED: fn() -> CircuitBreakerMsg = || CircuitBreakerMsg::DatabaseSucceeded;
+
+    #[tokio::test]
+    async fn opens_after_consecutive_failures_only_and_tells_the_coordinator_once() {
+        let mut running = start(true, Duration::from_secs(60)).await;
+        // A success in between resets the count.
+        send(&running, &[FAILED, FAILED, SUCCEEDED, FAILED, FAILED]).await;
+        assert_eq!(running.status.breaker_state(), BreakerState::Closed);
+        send(&running, &[FAILED]).await;
+        assert_eq!(running.status.breaker_state(), BreakerState::Open);
+        // Outcomes while open are stale: no second opening, no closing.
+        send(&running, &[FAILED, FAILED, FAILED, SUCCEEDED]).await;
+        assert_eq!(running.status.breaker_state(), BreakerState::Open);
+        assert_eq!(running.told.try_recv(), Ok("opened"));
+        assert!(running.told.try_recv().is_err(), "told once");
+        running.breaker.stop(None);
+        running.coordinator.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_successful_probe_closes_it_and_tells_the_coordinator() {
+        let mut running = start(true, Duration::from_millis(100)).await;
+        send(&running, &[FAILED, FAILED, FAILED]).await;
+        assert_eq!(running.told.recv().await, Some("opened"));
+        let closed = tokio::time::timeout(Duration::from_secs(5), running.told.recv()).await;
+        assert_eq!(
+            closed,
+            Ok(Some("closed")),
+            "the probe after the cool-down closes it"
+        );
+        assert_eq!(running.status.breaker_state(), BreakerState::Closed);
+        // Closed again: it counts failures from zero.
+        send(&running, &[FAILED, FAILED]).await;
+        assert_eq!(running.status.breaker_state(), BreakerState::Closed);
+        running.breaker.stop(None);
+        running.coordinator.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_keeps_it_open_and_probes_again() {
+        let mut running = start(false, Duration::from_millis(50)).await;
+        send(&running, &[FAILED, FAILED, FAILED]).await;
+        assert_eq!(running.told.recv().await, Some("opened"));
+        // Cool-downs 50, 100, 200 ms: three probes fail within a second.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let encoded = running.status.metrics().encode();
+        let probes = encoded
+            .lines()
+            .find(|line| line.contains(r#"to="half_open""#) && !line.starts_with('#'))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|count| count.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(probes >= 2, "probes: {probes}\n{encoded}");
+        assert_ne!(running.status.breaker_state(), BreakerState::Closed);
+        assert!(running.told.try_recv().is_err(), "never closed");
+        running.breaker.stop(None);
+        running.coordinator.stop(None);
+    }
+}

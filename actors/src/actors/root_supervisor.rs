@@ -171,97 +171,115 @@ async fn start_child(
     let args = &state.args;
     let supervisor: ActorCell = myself.get_cell();
     let names = &args.names;
-    let settings = &args.settings;
     let cell = match child {
         RootChild::CircuitBreaker => {
-            let breaker_args = CircuitBreakerArgs {
-                store: args.store.clone(),
-                status: args.status.clone(),
-                names: names.clone(),
-                failure_threshold: settings.breaker_failure_threshold,
-                cooldown: settings.breaker_cooldown,
-                max_cooldown: settings.breaker_max_cooldown,
-            };
-            Actor::spawn_linked(
-                Some(names.circuit_breaker()),
+            spawn_child(
+                names.circuit_breaker(),
                 CircuitBreaker,
-                breaker_args,
+                args.breaker_args(),
                 supervisor,
             )
             .await?
-            .0
-            .get_cell()
         }
         RootChild::DbWriter(index) => {
-            let writer_args = DbWriterArgs {
-                store: args.store.clone(),
-                names: names.clone(),
-                retry_attempts: settings.db_retry_attempts,
-                retry_backoff: settings.db_retry_backoff,
-                group_id: settings.group_id.clone(),
-                topic: settings.input_topic.clone(),
-            };
-            Actor::spawn_linked(
-                Some(names.db_writer(index)),
+            spawn_child(
+                names.db_writer(index),
                 DbWriter,
-                writer_args,
+                args.writer_args(),
                 supervisor,
             )
             .await?
-            .0
-            .get_cell()
         }
-        RootChild::DlqForwarder => Actor::spawn_linked(
-            Some(names.dlq_forwarder()),
-            DlqForwarder,
-            settings.dlq_topic.clone(),
-            supervisor,
-        )
-        .await?
-        .0
-        .get_cell(),
+        RootChild::DlqForwarder => {
+            let dlq_topic = args.settings.dlq_topic.clone();
+            spawn_child(names.dlq_forwarder(), DlqForwarder, dlq_topic, supervisor).await?
+        }
         RootChild::Coordinator => {
-            let coordinator_args = CoordinatorArgs {
-                settings: Arc::clone(settings),
-                store: args.store.clone(),
-                consumer: Arc::clone(&args.consumer),
-                names: names.clone(),
-                status: args.status.clone(),
-                tickets: args.tickets.clone(),
-            };
-            Actor::spawn_linked(
-                Some(names.coordinator()),
+            let coordinator_args = args.coordinator_args();
+            spawn_child(
+                names.coordinator(),
                 TransactionCoordinator,
                 coordinator_args,
                 supervisor,
             )
             .await?
-            .0
-            .get_cell()
         }
         RootChild::ConsumerSupervisor => {
-            let supervisor_args = ConsumerSupervisorArgs {
-                settings: Arc::clone(settings),
-                consumer: Arc::clone(&args.consumer),
-                names: names.clone(),
-                status: args.status.clone(),
-                shutdown: args.shutdown.clone(),
-                fetcher_slot: args.fetcher_slot.clone(),
-                tickets: args.tickets.clone(),
-            };
-            Actor::spawn_linked(
-                Some(names.consumer_supervisor()),
+            let supervisor_args = args.consumer_supervisor_args();
+            spawn_child(
+                names.consumer_supervisor(),
                 ConsumerSupervisor,
                 supervisor_args,
                 supervisor,
             )
             .await?
-            .0
-            .get_cell()
         }
     };
     state.children.insert(cell.get_id(), child);
     Ok(())
+}
+
+/// Spawns `actor` under `name`, linked to `supervisor`.
+async fn spawn_child<A: Actor>(
+    name: String,
+    actor: A,
+    arguments: A::Arguments,
+    supervisor: ActorCell,
+) -> Result<ActorCell, ActorProcessingErr> {
+    Ok(
+        Actor::spawn_linked(Some(name), actor, arguments, supervisor)
+            .await?
+            .0
+            .get_cell(),
+    )
+}
+
+/// Each child's start arguments, from the root's.
+impl RootArgs {
+    fn breaker_args(&self) -> CircuitBreakerArgs {
+        CircuitBreakerArgs {
+            store: self.store.clone(),
+            status: self.status.clone(),
+            names: self.names.clone(),
+            failure_threshold: self.settings.breaker_failure_threshold,
+            cooldown: self.settings.breaker_cooldown,
+            max_cooldown: self.settings.breaker_max_cooldown,
+        }
+    }
+
+    fn writer_args(&self) -> DbWriterArgs {
+        DbWriterArgs {
+            store: self.store.clone(),
+            names: self.names.clone(),
+            retry_attempts: self.settings.db_retry_attempts,
+            retry_backoff: self.settings.db_retry_backoff,
+            group_id: self.settings.group_id.clone(),
+            topic: self.settings.input_topic.clone(),
+        }
+    }
+
+    fn coordinator_args(&self) -> CoordinatorArgs {
+        CoordinatorArgs {
+            settings: Arc::clone(&self.settings),
+            store: self.store.clone(),
+            consumer: Arc::clone(&self.consumer),
+            names: self.names.clone(),
+            status: self.status.clone(),
+            tickets: self.tickets.clone(),
+        }
+    }
+
+    fn consumer_supervisor_args(&self) -> ConsumerSupervisorArgs {
+        ConsumerSupervisorArgs {
+            settings: Arc::clone(&self.settings),
+            consumer: Arc::clone(&self.consumer),
+            names: self.names.clone(),
+            status: self.status.clone(),
+            shutdown: self.shutdown.clone(),
+            fetcher_slot: self.fetcher_slot.clone(),
+            tickets: self.tickets.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RootArgs {

@@ -1,9 +1,10 @@
-//! What processing makes of one consumed record: a billable event with its
-//! output value, or a dead letter with its reason.
+//! A record as consumed from the input topic, and as processed: a billable
+//! event with its output value, or a dead letter with its reason (what
+//! [`crate::processing`] makes of it).
 //!
-//! Guarantees: processing is a pure function of the record (bytes, headers,
-//! position), so a replay after a rewind yields the same effects; it never
-//! fails, since every failure becomes a dead letter.
+//! Guarantees: a processed record keeps its source position, its original
+//! key and value (for a dead-letter record) and the trace context whatever
+//! it produces carries on.
 
 use crate::model::ad_event::{AdEvent, DeadLetterKind};
 use crate::telemetry::spans::RecordSpan;

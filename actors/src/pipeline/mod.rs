@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::Actor;
 use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,7 @@ use crate::actors::root_supervisor::{RootArgs, RootSupervisor};
 use crate::kafka::clients::create_input_consumer;
 use crate::messages::coordinator::CoordinatorMsg;
 use crate::messages::names::ActorNames;
+use crate::messages::root::RootMsg;
 use crate::model::position_ticket::PositionTickets;
 use crate::pipeline::monitor::spawn_monitor;
 use crate::settings::{Settings, SettingsError};
@@ -256,6 +257,17 @@ async fn run_membership(
         };
     }
 
+    stop_gracefully(&names, &root).await;
+    monitor.abort();
+    fetcher_slot.stop().await;
+    close_consumer(consumer).await;
+    tracing::info!("pipeline stopped");
+    Ok(MembershipEnd::Shutdown)
+}
+
+/// The graceful stop of an actor tree whose fetching has stopped: one last
+/// cycle commits what is buffered (bounded), then the actors stop.
+async fn stop_gracefully(names: &ActorNames, root: &ActorRef<RootMsg>) {
     tracing::info!("shutting down: fetching stopped, committing what is buffered");
     if let Some(coordinator) = names.find_coordinator() {
         match coordinator
@@ -273,11 +285,6 @@ async fn run_membership(
     let _ = root
         .stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(1)))
         .await;
-    monitor.abort();
-    fetcher_slot.stop().await;
-    close_consumer(consumer).await;
-    tracing::info!("pipeline stopped");
-    Ok(MembershipEnd::Shutdown)
 }
 
 async fn migrate_with_retries(

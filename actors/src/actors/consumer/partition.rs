@@ -409,6 +409,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_or_repeated_positioning_keeps_what_the_current_route_holds() {
+        let tickets = PositionTickets::default();
+        let older = tickets.issue();
+        let current = tickets.issue();
+        let mut state = consumer(100);
+        let (credit, _commands) = position(&mut state, current, 20, 100);
+        deliver(&mut state, &credit, current, 0, 20).expect("in sequence");
+        deliver(&mut state, &credit, current, 1, 21).expect("in sequence");
+        // The same positioning again, an older one, and an older rewind.
+        let (_again, _) = position(&mut state, current, 0, 100);
+        let (_older, _) = position(&mut state, older, 0, 100);
+        state
+            .on_message(PartitionConsumerMsg::BeginRewind { ticket: older })
+            .expect("ignored");
+        // The route goes on where it was: nothing dropped, sequence intact.
+        deliver(&mut state, &credit, current, 2, 22).expect("still in sequence");
+        let batch = state.take_batch().expect("the current route's batch");
+        assert_eq!((batch.start_offset, batch.end_offset), (20, 23));
+        assert_eq!(batch.records.len(), 3);
+    }
+
+    #[test]
+    fn records_before_any_positioning_are_dropped() {
+        let ticket = PositionTickets::default().issue();
+        let mut state = consumer(100);
+        let credit = FetchCredit::new(100);
+        deliver(&mut state, &credit, ticket, 0, 0).expect("ignored, not an error");
+        assert!(state.take_batch().is_none(), "not positioned: no batch");
+        let (credit, _commands) = position(&mut state, ticket, 5, 100);
+        deliver(&mut state, &credit, ticket, 0, 5).expect("in sequence");
+        let batch = state.take_batch().expect("a batch");
+        assert_eq!((batch.start_offset, batch.end_offset), (5, 6));
+    }
+
+    #[test]
     fn a_record_missing_from_the_route_fails_the_consumer() {
         let ticket = PositionTickets::default().issue();
         let mut state = consumer(100);
