@@ -187,13 +187,7 @@ async fn run_membership(
     membership: u64,
 ) -> Result<MembershipEnd, PipelineError> {
     let instance_id = settings.instance_id();
-    // A rejoin's actors get names of their own: the previous tree's may
-    // still be unregistering.
-    let names = if membership == 0 {
-        ActorNames::new(&instance_id)
-    } else {
-        ActorNames::new(&format!("{instance_id}/rejoin-{membership}"))
-    };
+    let names = membership_names(&instance_id, membership);
     let lost = status.begin_membership();
     // Cancelled by shutdown, or by this membership's end.
     let session = shutdown.child_token();
@@ -238,23 +232,21 @@ async fn run_membership(
         _ = &mut root_done => Some(Err("a supervisor spent its restart budget; see the log above".to_owned())),
     };
     if let Some(ended) = ended {
+        // Lost (Ok) or escalated (Err): the tree stops at once.
         session.cancel();
         monitor.abort();
         let reason = match &ended {
             Ok(reason) | Err(reason) => reason.clone(),
         };
         let _ = root
-            .stop_and_wait(Some(reason.clone()), Some(Duration::from_secs(2)))
+            .stop_and_wait(Some(reason), Some(Duration::from_secs(2)))
             .await;
         fetcher_slot.stop().await;
         close_consumer(consumer).await;
-        return match ended {
-            Ok(reason) => Ok(MembershipEnd::Lost(reason)),
-            Err(reason) => {
-                shutdown.cancel();
-                Err(PipelineError::Escalated(reason))
-            }
-        };
+        return ended.map(MembershipEnd::Lost).map_err(|reason| {
+            shutdown.cancel();
+            PipelineError::Escalated(reason)
+        });
     }
 
     stop_gracefully(&names, &root).await;
@@ -263,6 +255,16 @@ async fn run_membership(
     close_consumer(consumer).await;
     tracing::info!("pipeline stopped");
     Ok(MembershipEnd::Shutdown)
+}
+
+/// The actor names of one membership. A rejoin's actors get names of their
+/// own: the previous tree's may still be unregistering.
+fn membership_names(instance_id: &str, membership: u64) -> ActorNames {
+    if membership == 0 {
+        ActorNames::new(instance_id)
+    } else {
+        ActorNames::new(&format!("{instance_id}/rejoin-{membership}"))
+    }
 }
 
 /// The graceful stop of an actor tree whose fetching has stopped: one last

@@ -40,7 +40,9 @@ enum RecoveryReadError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("reading committed offsets: {0}")]
-    Kafka(String),
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("reading committed offsets: {0}")]
+    TaskLost(#[from] tokio::task::JoinError),
 }
 
 /// What recovery reads for one partition: the stored state and the group's
@@ -268,9 +270,7 @@ impl CoordinatorState {
         let timeout = settings.kafka_call_timeout;
         let committed =
             tokio::task::spawn_blocking(move || consumer.committed_offsets(list, timeout))
-                .await
-                .map_err(|error| RecoveryReadError::Kafka(error.to_string()))?
-                .map_err(|error| RecoveryReadError::Kafka(error.to_string()))?;
+                .await??;
         Ok(stored_by_partition
             .into_iter()
             .map(|(partition, stored)| RecoveryInputs {
