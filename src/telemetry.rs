@@ -112,13 +112,13 @@ pub fn init(
             // Per-layer filters: RUST_LOG decides what is logged, not what
             // is exported. Per-record spans stay out of the log.
             let log_filter = filter.and(filter_fn(|metadata| {
-                metadata.target() != onceflow_actors::spans::RECORD_SPAN_TARGET
+                metadata.target() != onceflow_actors::telemetry::spans::RECORD_SPAN_TARGET
             }));
             let subscriber = tracing_subscriber::registry()
                 .with(extra)
                 .with(log.with_filter(log_filter))
                 .with(otel_layer(provider.tracer("onceflow")));
-            onceflow_actors::spans::enable_span_export();
+            onceflow_actors::telemetry::spans::enable_span_export();
             let signalled_at = Arc::new(OnceLock::new());
             runtime.spawn(note_signal(Arc::clone(&signalled_at)));
             (
@@ -486,7 +486,7 @@ mod tests {
             .build()
             .expect("runtime");
         tracing::subscriber::with_default(subscriber, || {
-            onceflow_actors::spans::enable_span_export();
+            onceflow_actors::telemetry::spans::enable_span_export();
             runtime.block_on(async {
                 for _ in 0..3 {
                     let cycle = tracing::info_span!("cycle");
@@ -498,13 +498,13 @@ mod tests {
                             dispatch.enabled(&FOREIGN_DEBUG)
                         });
                         let produce = tracing::info_span!("produce", x = 1);
-                        let _ = onceflow_actors::spans::in_span(produce, async {
+                        let _ = onceflow_actors::telemetry::spans::in_span(produce, async {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                             Ok::<(), String>(())
                         })
                         .await;
                         let offsets = tracing::info_span!("offsets");
-                        let _ = onceflow_actors::spans::in_span(offsets, async {
+                        let _ = onceflow_actors::telemetry::spans::in_span(offsets, async {
                             tokio::task::spawn_blocking(|| ())
                                 .await
                                 .map_err(|e| e.to_string())

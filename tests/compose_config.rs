@@ -691,7 +691,7 @@ fn dashboard_uses_registered_metrics_through_the_provisioned_datasource() {
                 assert!(
                     exposed.contains(&name),
                     "{DASHBOARD_FILE}: panel `{title}` queries `{name}`, which onceflow does not expose \
-                     (actors/src/metrics.rs exposes {exposed:?})"
+                     (actors/src/telemetry/status.rs exposes {exposed:?})"
                 );
             }
             expressions += 1;
@@ -1605,11 +1605,11 @@ fn produce_default(variable: &str) -> String {
 }
 
 /// The metric names onceflow exposes, from the registrations in
-/// actors/src/metrics.rs: `registry.register("name", "help", metrics.field…)`,
+/// actors/src/telemetry/status.rs: `registry.register("name", "help", metrics.field…)`,
 /// the kind of each metric read off its field's type. Counters are exposed
 /// with `_total`, histograms as `_bucket`, `_sum` and `_count`.
 fn exposed_metric_names() -> BTreeSet<String> {
-    const SOURCE: &str = "actors/src/metrics.rs";
+    const SOURCE: &str = "actors/src/telemetry/status.rs";
     let source = read_repo_file(SOURCE);
     let mut names = BTreeSet::new();
     for (at, marker) in source.match_indices(".register(") {

@@ -20,19 +20,19 @@ use std::time::{Duration, Instant};
 
 use chrono::DateTime;
 use chrono::{TimeZone, Utc};
-use onceflow_actors::actor_names::ActorNames;
-use onceflow_actors::ad_event::{AdEvent, AdEventKind, DeadLetterKind};
-use onceflow_actors::circuit_breaker::{CircuitBreaker, CircuitBreakerArgs};
-use onceflow_actors::db_writer::{DbWriter, DbWriterArgs, DbWriterMsg, WriteRequest, WrittenBatch};
-use onceflow_actors::metrics::{BreakerState, PipelineStatus};
-use onceflow_actors::partition_batch::PartitionBatch;
-use onceflow_actors::processed_record::{
-    ConsumedRecord, ProcessedRecord, RecordEffect, output_value, process_record,
-};
-use onceflow_actors::spans::RecordSpan;
+use onceflow_actors::ActorNames;
+use onceflow_actors::actors::circuit_breaker::{CircuitBreaker, CircuitBreakerArgs};
+use onceflow_actors::actors::db_writer::{DbWriter, DbWriterArgs};
+use onceflow_actors::messages::db_writer::{DbWriterMsg, WriteRequest, WrittenBatch};
+use onceflow_actors::model::ad_event::{AdEvent, AdEventKind, DeadLetterKind};
+use onceflow_actors::model::batch::PartitionBatch;
+use onceflow_actors::model::record::{ConsumedRecord, ProcessedRecord, RecordEffect};
+use onceflow_actors::processing::{output_value, process_record};
+use onceflow_actors::store::StoreError;
 use onceflow_actors::store::{KafkaCommitConfirmation, PostgresStore, Store};
-use onceflow_actors::store_error::StoreError;
-use onceflow_actors::trace_context::TraceContext;
+use onceflow_actors::telemetry::spans::RecordSpan;
+use onceflow_actors::telemetry::trace_context::TraceContext;
+use onceflow_actors::{BreakerState, PipelineStatus};
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -993,7 +993,7 @@ async fn an_event_refused_only_by_its_spend_is_isolated(store: Store) -> anyhow:
         }
         Store::Sqlite(lite) => {
             sqlx::query("INSERT INTO campaign_spend (campaign_id, minute, spend_micros) VALUES ('full', ?1, ?2)")
-                .bind(onceflow_actors::sqlite_store::timestamp(minute))
+                .bind(onceflow_actors::store::sqlite::timestamp(minute))
                 .bind(near_max)
                 .execute(lite.pool())
                 .await?;

@@ -35,15 +35,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceflow_actors::actor_names::ActorNames;
-use onceflow_actors::circuit_breaker::{CircuitBreaker, CircuitBreakerArgs, CircuitBreakerMsg};
-use onceflow_actors::db_writer::{DbWriter, DbWriterArgs, DbWriterMsg, WriteRequest, WrittenBatch};
-use onceflow_actors::metrics::{BreakerState, PipelineStatus};
-use onceflow_actors::partition_batch::PartitionBatch;
-use onceflow_actors::processed_record::{
-    ConsumedRecord, ProcessedRecord, RecordEffect, process_record,
-};
+use onceflow_actors::ActorNames;
+use onceflow_actors::actors::circuit_breaker::{CircuitBreaker, CircuitBreakerArgs};
+use onceflow_actors::actors::db_writer::{DbWriter, DbWriterArgs};
+use onceflow_actors::messages::circuit_breaker::CircuitBreakerMsg;
+use onceflow_actors::messages::db_writer::{DbWriterMsg, WriteRequest, WrittenBatch};
+use onceflow_actors::model::batch::PartitionBatch;
+use onceflow_actors::model::record::{ConsumedRecord, ProcessedRecord, RecordEffect};
+use onceflow_actors::processing::process_record;
 use onceflow_actors::store::{BatchWriteOutcome, PostgresStore, Store};
+use onceflow_actors::{BreakerState, PipelineStatus};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use ractor::ActorRef;

@@ -13,8 +13,16 @@
 //! database commit would lose its outputs. A partition neither side has seen
 //! starts at the earliest offset.
 
-use crate::record_fetcher::StartPosition;
-use crate::store::StoredPartition;
+use crate::store::types::StoredPartition;
+
+/// Where fetching of a partition resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// the earliest offset (a partition never processed)
+    Earliest,
+    /// this offset
+    Offset(i64),
+}
 
 /// Where a partition resumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

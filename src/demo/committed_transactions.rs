@@ -2,7 +2,8 @@
 //! process from its `cycle committed` events (the same report the chaos
 //! suite reads from a service's log on the mock cluster).
 //!
-//! Guarantees: the layer sees the coordinator's debug events whatever
+//! Guarantees: the layer sees the commit events (the target the actors
+//! crate pins, whatever module emits them) at debug and above whatever
 //! `RUST_LOG` says (it has its own filter), and nothing else; collecting
 //! never blocks the pipeline for longer than one set insertion.
 
@@ -16,10 +17,9 @@ use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context, Filter};
 
-use crate::telemetry::ExtraLayer;
+use onceflow_actors::COMMIT_EVENTS_TARGET;
 
-/// Target of the coordinator's events.
-const COORDINATOR_TARGET: &str = "onceflow_actors::transaction_coordinator";
+use crate::telemetry::ExtraLayer;
 
 /// Message of the event the coordinator logs after each Kafka commit.
 const COMMITTED_MESSAGE: &str = "cycle committed";
@@ -101,7 +101,7 @@ impl Visit for CommitFields {
     }
 }
 
-/// The coordinator's events at DEBUG and above. Interest is "sometimes"
+/// The commit events at DEBUG and above. Interest is "sometimes"
 /// for the reason given on the telemetry module's own-span filter: a
 /// per-layer filter that says "always" can be skipped by `tracing-subscriber`.
 struct CoordinatorDebugEvents;
@@ -109,12 +109,12 @@ struct CoordinatorDebugEvents;
 impl<S> Filter<S> for CoordinatorDebugEvents {
     fn enabled(&self, metadata: &Metadata<'_>, _context: &Context<'_, S>) -> bool {
         metadata.is_event()
-            && metadata.target() == COORDINATOR_TARGET
+            && metadata.target() == COMMIT_EVENTS_TARGET
             && *metadata.level() <= Level::DEBUG
     }
 
     fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {
-        if metadata.target() == COORDINATOR_TARGET {
+        if metadata.target() == COMMIT_EVENTS_TARGET {
             Interest::sometimes()
         } else {
             Interest::never()
@@ -137,8 +137,8 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(committed.layer());
         tracing::subscriber::with_default(subscriber, || {
             let txn_id = uuid::Uuid::now_v7();
-            tracing::debug!(target: "onceflow_actors::transaction_coordinator", %txn_id, elapsed_ms = 3u64, "cycle committed");
-            tracing::warn!(target: "onceflow_actors::transaction_coordinator", txn_id = "aborted-one", "kafka transaction failed");
+            tracing::debug!(target: "onceflow_actors::commit", %txn_id, elapsed_ms = 3u64, "cycle committed");
+            tracing::warn!(target: "onceflow_actors::commit", txn_id = "aborted-one", "kafka transaction failed");
             tracing::debug!(target: "somewhere_else", txn_id = "other", "cycle committed");
             assert_eq!(committed.snapshot(), HashSet::from([txn_id.to_string()]));
         });

@@ -12,8 +12,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use onceflow_actors::BreakerState;
 use onceflow_actors::PipelineStatus;
-use onceflow_actors::metrics::BreakerState;
 
 use super::demo_progress::Backlog;
 use super::demo_store::DemoStore;

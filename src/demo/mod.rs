@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use onceflow_actors::actor_names::ActorNames;
+use onceflow_actors::ActorNames;
 use onceflow_actors::store::{Store, StoreBackend};
 use onceflow_actors::{PipelineStatus, Settings, run_pipeline};
 use onceflow_chaos::harness::{
@@ -150,7 +150,9 @@ pub async fn run_demo(args: DemoArgs, committed: CommittedTransactions) -> anyho
     }
 }
 
-/// Runs the demo on `store`, up to the verdict.
+/// Runs the demo on `store`, up to the verdict: prepare, announce, run the
+/// pipeline until every record is committed (faults injected on the way),
+/// stop it, judge.
 async fn run_on_store(
     args: &DemoArgs,
     store: &DemoStore,
@@ -168,166 +170,206 @@ async fn run_on_store(
     // Declared first, dropped last: every client is gone before the cluster.
     let mut brokers = MockBrokers::start(topics.clone(), &group_id, &settings.transactional_id())?;
     settings.kafka_brokers = brokers.bootstrap_servers();
+    let run = DemoRun {
+        args,
+        store,
+        settings,
+        topics,
+        group_id,
+        status: PipelineStatus::default(),
+        committed,
+    };
+    eprint!("{}", run.banner());
+    let driven = run.run_until_committed(&mut brokers).await?;
+    eprintln!("  judging: re-reading the input, the store and the output topics");
+    run.judge(&brokers, driven, started).await
+}
 
-    eprintln!(
-        "onceflow demo: {} ad events ({:.0} % invalid, {:.0} % repeats, seed {}) at {}",
-        digits(args.events),
-        INVALID_SHARE * 100.0,
-        REPEAT_SHARE * 100.0,
-        args.seed,
-        if args.rate == 0 {
+/// One demo run: what it was asked, where it runs, what it reports.
+struct DemoRun<'a> {
+    args: &'a DemoArgs,
+    store: &'a DemoStore,
+    settings: Settings,
+    topics: DemoTopics,
+    group_id: String,
+    status: PipelineStatus,
+    committed: CommittedTransactions,
+}
+
+impl DemoRun<'_> {
+    /// What the demo is about to do, for stderr.
+    fn banner(&self) -> String {
+        let args = self.args;
+        let rate = if args.rate == 0 {
             "full speed".to_owned()
         } else {
             format!("{}/s", digits(args.rate))
-        }
-    );
-    eprintln!(
-        "  broker    librdkafka mock cluster in this process, 3 brokers ({})",
-        settings.kafka_brokers
-    );
-    eprintln!("  store     {}", store.describe());
-    eprintln!(
-        "  pipeline  the actor tree of `onceflow run`: {PARTITIONS} partition consumers, \
-         transaction coordinator, {} database writers, circuit breaker, DLQ forwarder",
-        settings.db_writers
-    );
-    if args.no_chaos {
-        eprintln!("  faults    none (--no-chaos)");
-    } else {
-        eprintln!(
-            "  faults    coordinator killed mid-commit at 20 %, leader change at 45 %, \
+        };
+        let faults = if args.no_chaos {
+            "none (--no-chaos)"
+        } else {
+            "coordinator killed mid-commit at 20 %, leader change at 45 %, \
              store unavailable at 70 % of the records committed"
-        );
+        };
+        format!(
+            "onceflow demo: {} ad events ({:.0} % invalid, {:.0} % repeats, seed {}) at {rate}\n\
+             \x20 broker    librdkafka mock cluster in this process, 3 brokers ({})\n\
+             \x20 store     {}\n\
+             \x20 pipeline  the actor tree of `onceflow run`: {PARTITIONS} partition consumers, \
+             transaction coordinator, {} database writers, circuit breaker, DLQ forwarder\n\
+             \x20 faults    {faults}\n",
+            digits(args.events),
+            INVALID_SHARE * 100.0,
+            REPEAT_SHARE * 100.0,
+            args.seed,
+            self.settings.kafka_brokers,
+            self.store.describe(),
+            self.settings.db_writers,
+        )
     }
 
-    let status = PipelineStatus::default();
-    let shutdown = CancellationToken::new();
-    let coordinator_name = ActorNames::new(INSTANCE_ID).coordinator();
-    // Create the tables before anything reads them (the pipeline migrates
-    // again, a no-op), so the first progress reads never race the schema.
-    store
-        .store
-        .migrate()
-        .await
-        .context("cannot prepare the demo's store")?;
-    let mut progress = DemoProgress::new(args.events);
-    let produce_args = ProduceArgs {
-        count: args.events,
-        rate: args.rate,
-        partitions: PARTITIONS,
-        invalid_share: INVALID_SHARE,
-        repeat_share: REPEAT_SHARE,
-        seed: args.seed,
-        brokers: settings.kafka_brokers.clone(),
-        topic: topics.input.clone(),
-        manifest: None,
-        quiet: true,
-    };
-    let written_bar = progress.written_bar();
-    let producer = tokio::spawn(async move { produce_records(&produce_args, &written_bar).await });
-    // A load generator still writing when the run ends early stops with it.
-    let _stop_producer = AbortOnDrop(producer.abort_handle());
+    /// Starts the load generator and the pipeline, drives the run until
+    /// every record is committed (injecting the planned faults), then stops
+    /// the pipeline gracefully.
+    async fn run_until_committed(&self, brokers: &mut MockBrokers) -> anyhow::Result<Driven> {
+        let shutdown = CancellationToken::new();
+        let coordinator_name = ActorNames::new(INSTANCE_ID).coordinator();
+        // Create the tables before anything reads them (the pipeline migrates
+        // again, a no-op), so the first progress reads never race the schema.
+        self.store
+            .store
+            .migrate()
+            .await
+            .context("cannot prepare the demo's store")?;
+        let mut progress = DemoProgress::new(self.args.events);
+        let produce_args = ProduceArgs {
+            count: self.args.events,
+            rate: self.args.rate,
+            partitions: PARTITIONS,
+            invalid_share: INVALID_SHARE,
+            repeat_share: REPEAT_SHARE,
+            seed: self.args.seed,
+            brokers: self.settings.kafka_brokers.clone(),
+            topic: self.topics.input.clone(),
+            manifest: None,
+            quiet: true,
+        };
+        let written_bar = progress.written_bar();
+        let producer =
+            tokio::spawn(async move { produce_records(&produce_args, &written_bar).await });
+        // A load generator still writing when the run ends early stops with it.
+        let _stop_producer = AbortOnDrop(producer.abort_handle());
 
-    let pipeline = run_pipeline(settings.clone(), status.clone(), shutdown.clone());
-    tokio::pin!(pipeline);
-    let context = DriveContext {
-        status: &status,
-        committed: &committed,
-        offsets: &store.store,
-        group_id: &group_id,
-        input_topic: &topics.input,
-        coordinator_name: &coordinator_name,
-        store,
-        events: args.events,
-        chaos: !args.no_chaos,
-    };
-    let driven = {
-        let drive = drive(&context, &mut brokers, &mut progress, producer);
-        tokio::pin!(drive);
-        tokio::select! {
-            result = &mut pipeline => Err(match result {
-                Ok(()) => anyhow::anyhow!("the pipeline stopped before the demo ended"),
-                Err(error) => anyhow::Error::from(error).context("the pipeline stopped"),
-            }),
-            driven = &mut drive => driven,
+        let pipeline = run_pipeline(self.settings.clone(), self.status.clone(), shutdown.clone());
+        tokio::pin!(pipeline);
+        let context = DriveContext {
+            status: &self.status,
+            committed: &self.committed,
+            offsets: &self.store.store,
+            group_id: &self.group_id,
+            input_topic: &self.topics.input,
+            coordinator_name: &coordinator_name,
+            store: self.store,
+            events: self.args.events,
+            chaos: !self.args.no_chaos,
+        };
+        let driven = {
+            let drive = drive(&context, brokers, &mut progress, producer);
+            tokio::pin!(drive);
+            tokio::select! {
+                result = &mut pipeline => Err(match result {
+                    Ok(()) => anyhow::anyhow!("the pipeline stopped before the demo ended"),
+                    Err(error) => anyhow::Error::from(error).context("the pipeline stopped"),
+                }),
+                driven = &mut drive => driven,
+            }
+        };
+        progress.finish();
+        shutdown.cancel();
+        match tokio::time::timeout(STOP_TIMEOUT, &mut pipeline).await {
+            Ok(result) => result.context("the pipeline's graceful stop failed")?,
+            Err(_) => bail!("the pipeline did not stop within {STOP_TIMEOUT:?}"),
         }
-    };
-    progress.finish();
-    shutdown.cancel();
-    match tokio::time::timeout(STOP_TIMEOUT, &mut pipeline).await {
-        Ok(result) => result.context("the pipeline's graceful stop failed")?,
-        Err(_) => bail!("the pipeline did not stop within {STOP_TIMEOUT:?}"),
+        driven
     }
-    let Driven {
-        faults,
-        not_injected,
-        mut extra_violations,
-        manifest,
-    } = driven?;
 
-    eprintln!("  judging: re-reading the input, the store and the output topics");
-    let bootstrap = brokers.bootstrap_servers();
-    let truth = input_truth(&bootstrap, &topics.input).await?;
-    if let Some(manifest) = manifest
-        && (manifest.records, manifest.distinct_events, manifest.invalid)
-            != (truth.records, truth.distinct_events, truth.invalid)
-    {
-        extra_violations.push(format!(
-            "the load generator wrote {} records ({} distinct, {} invalid); the input topic holds {} ({} distinct, {} invalid)",
-            manifest.records,
-            manifest.distinct_events,
-            manifest.invalid,
-            truth.records,
-            truth.distinct_events,
-            truth.invalid
-        ));
-    }
-    for topic in [&topics.input, &topics.output, &topics.dlq] {
-        let deleted = mock_brokers::records_deleted_by_mock(&bootstrap, topic).await?;
-        if deleted > 0 {
-            extra_violations.push(format!(
-                "the mock cluster deleted the first {deleted} records of {topic} (it keeps 5 MB \
-                 per partition): they cannot be judged; write fewer --events"
-            ));
-        }
-    }
-    let outputs = read_committed(&bootstrap, &topics.output).await?;
-    let dead_letters = read_committed(&bootstrap, &topics.dlq).await?;
-    let watermarks = high_watermarks(&bootstrap, &topics.input).await?;
-    let pipeline_topics = PipelineTopics {
-        input: topics.input.clone(),
-        output: topics.output.clone(),
-        dlq: topics.dlq.clone(),
-    };
-    let judgement = judge_on_mock(
-        MockEvidence {
-            truth: &truth,
-            topics: &pipeline_topics,
-            group_id: &group_id,
-            high_watermarks: &watermarks,
-            outputs: &outputs,
-            dead_letter_records: &dead_letters,
-        },
-        store.tables(),
-    )
-    .await?;
-    // Reported by the pipeline, shown for information only (never judged).
-    let committed_txn_ids = committed.snapshot();
-    let verdict = DemoVerdict::new(
-        &truth,
-        judgement,
-        RunFacts {
-            seed: args.seed,
-            store: store.kind(),
+    /// Judges the run from the outside: the input as written, the store's
+    /// tables and the topics as a `read_committed` reader sees them.
+    async fn judge(
+        &self,
+        brokers: &MockBrokers,
+        driven: Driven,
+        started: Instant,
+    ) -> anyhow::Result<DemoVerdict> {
+        let Driven {
             faults,
             not_injected,
-            restarts: status.actor_restarts(),
-            committed_transactions: committed_txn_ids.len() as u64,
-            elapsed_seconds: started.elapsed().as_secs_f64(),
-            extra_violations,
-        },
-    );
-    Ok(verdict)
+            mut extra_violations,
+            manifest,
+        } = driven;
+        let topics = &self.topics;
+        let bootstrap = brokers.bootstrap_servers();
+        let truth = input_truth(&bootstrap, &topics.input).await?;
+        if let Some(manifest) = manifest
+            && (manifest.records, manifest.distinct_events, manifest.invalid)
+                != (truth.records, truth.distinct_events, truth.invalid)
+        {
+            extra_violations.push(format!(
+                "the load generator wrote {} records ({} distinct, {} invalid); the input topic holds {} ({} distinct, {} invalid)",
+                manifest.records,
+                manifest.distinct_events,
+                manifest.invalid,
+                truth.records,
+                truth.distinct_events,
+                truth.invalid
+            ));
+        }
+        for topic in [&topics.input, &topics.output, &topics.dlq] {
+            let deleted = mock_brokers::records_deleted_by_mock(&bootstrap, topic).await?;
+            if deleted > 0 {
+                extra_violations.push(format!(
+                    "the mock cluster deleted the first {deleted} records of {topic} (it keeps 5 MB \
+                     per partition): they cannot be judged; write fewer --events"
+                ));
+            }
+        }
+        let outputs = read_committed(&bootstrap, &topics.output).await?;
+        let dead_letters = read_committed(&bootstrap, &topics.dlq).await?;
+        let watermarks = high_watermarks(&bootstrap, &topics.input).await?;
+        let pipeline_topics = PipelineTopics {
+            input: topics.input.clone(),
+            output: topics.output.clone(),
+            dlq: topics.dlq.clone(),
+        };
+        let judgement = judge_on_mock(
+            MockEvidence {
+                truth: &truth,
+                topics: &pipeline_topics,
+                group_id: &self.group_id,
+                high_watermarks: &watermarks,
+                outputs: &outputs,
+                dead_letter_records: &dead_letters,
+            },
+            self.store.tables(),
+        )
+        .await?;
+        // Reported by the pipeline, shown for information only (never judged).
+        let committed_txn_ids = self.committed.snapshot();
+        Ok(DemoVerdict::new(
+            &truth,
+            judgement,
+            RunFacts {
+                seed: self.args.seed,
+                store: self.store.kind(),
+                faults,
+                not_injected,
+                restarts: self.status.actor_restarts(),
+                committed_transactions: committed_txn_ids.len() as u64,
+                elapsed_seconds: started.elapsed().as_secs_f64(),
+                extra_violations,
+            },
+        ))
+    }
 }
 
 /// The pipeline's settings: the environment's `ONCEFLOW_*` tuning over the
@@ -343,10 +385,10 @@ fn demo_settings(
         max_batch_records: 200,
         max_buffered_records: 800,
         // The store outage must outlast a statement.
-        db_statement_timeout_ms: 800,
-        breaker_cooldown_ms: 300,
-        breaker_max_cooldown_ms: 1_500,
-        kafka_call_timeout_ms: 5_000,
+        db_statement_timeout: Duration::from_millis(800),
+        breaker_cooldown: Duration::from_millis(300),
+        breaker_max_cooldown: Duration::from_millis(1_500),
+        kafka_call_timeout: Duration::from_millis(5_000),
         ..Settings::default()
     };
     let mut settings = Settings::load_over(defaults, None)?;

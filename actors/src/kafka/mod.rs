@@ -1,0 +1,17 @@
+//! Kafka: the input consumer and the transactional producer
+//! ([`clients`]), the rebalance context ([`rebalance`]), the records a
+//! cycle produces ([`records`], pure), producing inside the open
+//! transaction ([`send`]), the transaction's steps ([`transaction`]), the
+//! header names ([`headers`]) and the classification of failures
+//! ([`error`]).
+//!
+//! Guarantees: no file here knows an actor type; offsets are committed
+//! only through the producer's transaction.
+
+pub mod clients;
+pub mod error;
+pub mod headers;
+pub mod rebalance;
+pub mod records;
+pub mod send;
+pub mod transaction;

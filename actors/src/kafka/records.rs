@@ -1,0 +1,301 @@
+//! The Kafka records a commit cycle produces: the output records of new
+//! events and the dead-letter records of invalid ones, built apart from
+//! sending them.
+//!
+//! Guarantees: building is pure (no producer, no I/O), so what a cycle
+//! sends is decided here and unit-tested; a dead-letter record carries the
+//! original key and value unchanged and its context in headers.
+
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka::headers::{
+    ERROR_HEADER, ERROR_KIND_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER,
+    SOURCE_TOPIC_HEADER, TRACEPARENT_HEADER, TXN_ID_HEADER,
+};
+use crate::model::ad_event::DeadLetterKind;
+use crate::model::batch::PartitionBatch;
+use crate::model::record::RecordEffect;
+use crate::telemetry::trace_context::TraceContext;
+
+/// One output record a cycle owes: a new event (or an own replay whose
+/// output Kafka has not committed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord<'a> {
+    /// the record key: the event's campaign id
+    pub key: &'a str,
+    /// the output value (see [`crate::processing::output_value`])
+    pub value: &'a [u8],
+    /// the `traceparent` the record carries on
+    pub traceparent: String,
+}
+
+impl OutputRecord<'_> {
+    /// The record for `topic`, stamped with the cycle's `txn_id`.
+    pub fn to_future_record<'r>(
+        &'r self,
+        topic: &'r str,
+        txn_id: &str,
+    ) -> FutureRecord<'r, [u8], [u8]> {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: TXN_ID_HEADER,
+                value: Some(txn_id),
+            })
+            .insert(Header {
+                key: TRACEPARENT_HEADER,
+                value: Some(self.traceparent.as_str()),
+            });
+        FutureRecord::<[u8], [u8]>::to(topic)
+            .key(self.key.as_bytes())
+            .payload(self.value)
+            .headers(headers)
+    }
+}
+
+/// What a cycle owes Kafka for its committed batches, in batch and record
+/// order: the output records and the dead letters. `batches` pairs each
+/// committed batch with the indexes of its records whose Kafka record is
+/// owed (the store's answer).
+pub fn owed_records<'a>(
+    batches: impl Iterator<Item = (&'a PartitionBatch, &'a [usize])>,
+) -> (Vec<OutputRecord<'a>>, Vec<DeadLetter>) {
+    let mut outputs = Vec::new();
+    let mut dead_letters = Vec::new();
+    for (batch, owed) in batches {
+        for index in owed {
+            let record = &batch.records[*index];
+            match &record.effect {
+                RecordEffect::Event {
+                    event,
+                    output_value,
+                } => outputs.push(OutputRecord {
+                    key: event.campaign_id.as_str(),
+                    value: output_value.as_slice(),
+                    traceparent: record.trace.to_header(),
+                }),
+                RecordEffect::DeadLetter { kind, reason } => dead_letters.push(DeadLetter {
+                    partition: record.partition,
+                    offset: record.offset,
+                    kind: *kind,
+                    reason: reason.clone(),
+                    key: record.key.clone(),
+                    payload: record.payload.clone(),
+                    trace: record.trace,
+                }),
+            }
+        }
+    }
+    (outputs, dead_letters)
+}
+
+/// The offsets a cycle sends to its transaction: each committed partition's
+/// end offset, plain (without leader epochs, see the design notes).
+pub fn end_offsets(
+    topic: &str,
+    ends: impl Iterator<Item = (i32, i64)>,
+) -> KafkaResult<TopicPartitionList> {
+    let mut offsets = TopicPartitionList::new();
+    for (partition, end_offset) in ends {
+        offsets.add_partition_offset(topic, partition, Offset::Offset(end_offset))?;
+    }
+    Ok(offsets)
+}
+
+/// One dead letter to forward.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// source partition
+    pub partition: i32,
+    /// source offset
+    pub offset: i64,
+    /// contract error kind
+    pub kind: DeadLetterKind,
+    /// one-line reason
+    pub reason: String,
+    /// original key
+    pub key: Option<Vec<u8>>,
+    /// original value
+    pub payload: Option<Vec<u8>>,
+    /// trace context of the record
+    pub trace: TraceContext,
+}
+
+impl DeadLetter {
+    /// The dead-letter record for `dlq_topic`: the original key and value,
+    /// the reason and source position in headers, stamped with the cycle's
+    /// `txn_id`.
+    pub fn to_future_record<'r>(
+        &'r self,
+        dlq_topic: &'r str,
+        source_topic: &str,
+        txn_id: &str,
+    ) -> FutureRecord<'r, [u8], [u8]> {
+        let partition = self.partition.to_string();
+        let offset = self.offset.to_string();
+        let traceparent = self.trace.to_header();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: ERROR_KIND_HEADER,
+                value: Some(self.kind.as_str()),
+            })
+            .insert(Header {
+                key: ERROR_HEADER,
+                value: Some(self.reason.as_str()),
+            })
+            .insert(Header {
+                key: SOURCE_TOPIC_HEADER,
+                value: Some(source_topic),
+            })
+            .insert(Header {
+                key: SOURCE_PARTITION_HEADER,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: SOURCE_OFFSET_HEADER,
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: TXN_ID_HEADER,
+                value: Some(txn_id),
+            })
+            .insert(Header {
+                key: TRACEPARENT_HEADER,
+                value: Some(traceparent.as_str()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic).headers(headers);
+        if let Some(key) = &self.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &self.payload {
+            record = record.payload(payload.as_slice());
+        }
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Headers;
+
+    use super::*;
+    use crate::model::record::ConsumedRecord;
+    use crate::processing::process_record;
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn batch() -> PartitionBatch {
+        let valid = br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-9","ad_id":"a","kind":"click","cost_micros":5,"occurred_at":"2026-11-26T10:15:30Z"}"#;
+        let records = [
+            (10, Some(valid.to_vec()), Some(TRACEPARENT)),
+            (11, Some(b"not json".to_vec()), None),
+            (12, Some(valid.to_vec()), None),
+        ]
+        .into_iter()
+        .map(|(offset, payload, traceparent)| {
+            process_record(ConsumedRecord {
+                partition: 4,
+                offset,
+                key: Some(format!("k{offset}").into_bytes()),
+                payload,
+                traceparent: traceparent.map(|text| text.as_bytes().to_vec()),
+            })
+        })
+        .collect();
+        PartitionBatch {
+            partition: 4,
+            start_offset: 10,
+            end_offset: 13,
+            outputs_from: 10,
+            records,
+        }
+    }
+
+    fn headers_of(record: &FutureRecord<'_, [u8], [u8]>) -> Vec<(String, String)> {
+        let headers = record.headers.as_ref().expect("headers");
+        (0..headers.count())
+            .map(|index| {
+                let header = headers.get_as::<str>(index).expect("utf-8 header");
+                (header.key.to_owned(), header.value.unwrap_or("").to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_owed_records_are_built_in_order_events_and_dead_letters_apart() {
+        let batch = batch();
+        let (outputs, dead_letters) = owed_records([(&batch, &[1_usize, 0][..])].into_iter());
+        assert_eq!(outputs.len(), 1, "record 2 is not owed");
+        assert_eq!(outputs[0].key, "c-9");
+        assert_eq!(
+            outputs[0].traceparent[..35],
+            TRACEPARENT[..35],
+            "same trace id"
+        );
+        let value: serde_json::Value = serde_json::from_slice(outputs[0].value).expect("json");
+        assert_eq!(value["billed_minute"], "2026-11-26T10:15:00Z");
+        assert_eq!(dead_letters.len(), 1);
+        assert_eq!((dead_letters[0].partition, dead_letters[0].offset), (4, 11));
+        assert_eq!(dead_letters[0].kind, DeadLetterKind::InvalidJson);
+        assert_eq!(dead_letters[0].payload.as_deref(), Some(&b"not json"[..]));
+        assert_eq!(dead_letters[0].key.as_deref(), Some(&b"k11"[..]));
+    }
+
+    #[test]
+    fn an_output_record_is_keyed_by_campaign_and_carries_txn_and_trace() {
+        let batch = batch();
+        let (outputs, _) = owed_records([(&batch, &[0_usize][..])].into_iter());
+        let record = outputs[0].to_future_record("billed", "txn-1");
+        assert_eq!(record.topic, "billed");
+        assert_eq!(record.key, Some(&b"c-9"[..]));
+        assert_eq!(
+            headers_of(&record),
+            [
+                ("onceflow-txn-id".to_owned(), "txn-1".to_owned()),
+                ("traceparent".to_owned(), outputs[0].traceparent.clone()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_record_keeps_the_original_bytes_and_names_its_source() {
+        let batch = batch();
+        let (_, dead_letters) = owed_records([(&batch, &[1_usize][..])].into_iter());
+        let record = dead_letters[0].to_future_record("dlq", "in", "txn-2");
+        assert_eq!(record.topic, "dlq");
+        assert_eq!(record.key, Some(&b"k11"[..]));
+        assert_eq!(record.payload, Some(&b"not json"[..]));
+        let headers = headers_of(&record);
+        let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "onceflow-error-kind",
+                "onceflow-error",
+                "onceflow-source-topic",
+                "onceflow-source-partition",
+                "onceflow-source-offset",
+                "onceflow-txn-id",
+                "traceparent"
+            ]
+        );
+        assert_eq!(headers[0].1, "invalid-json");
+        assert_eq!(headers[2].1, "in");
+        assert_eq!(headers[3].1, "4");
+        assert_eq!(headers[4].1, "11");
+        assert_eq!(headers[5].1, "txn-2");
+    }
+
+    #[test]
+    fn end_offsets_are_plain_offsets_per_partition() {
+        let offsets = end_offsets("in", [(0, 7), (3, 42)].into_iter()).expect("offsets");
+        let found = offsets
+            .find_partition("in", 3)
+            .expect("partition 3")
+            .offset();
+        assert_eq!(found, Offset::Offset(42));
+        assert_eq!(offsets.count(), 2);
+    }
+}

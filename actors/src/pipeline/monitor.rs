@@ -1,0 +1,88 @@
+//! A background task that keeps the time-based metrics current: the age of
+//! the open Kafka transaction (with a warning past `open_txn_warn_ms`) and
+//! the consumer lag of every assigned partition, measured to the high
+//! watermark so that a hanging transaction shows as growing lag.
+//!
+//! Guarantees: it only reads; a failed watermark query leaves the previous
+//! figure and is retried on the next tick.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::Offset;
+use rdkafka::consumer::Consumer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::clients::InputConsumer;
+use crate::settings::Settings;
+use crate::telemetry::status::PipelineStatus;
+
+/// How often the open transaction's age is checked.
+const TXN_AGE_PERIOD: Duration = Duration::from_secs(1);
+/// Lag is measured every this many age checks.
+const LAG_EVERY_TICKS: u32 = 5;
+
+/// Starts the monitor; it stops when `shutdown` is cancelled.
+pub fn spawn_monitor(
+    settings: Arc<Settings>,
+    consumer: Arc<InputConsumer>,
+    status: PipelineStatus,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let warn_after = settings.open_txn_warn;
+        let mut ticker = tokio::time::interval(TXN_AGE_PERIOD);
+        let mut tick: u32 = 0;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            if let Some(age) = status.open_txn_age()
+                && age > warn_after
+            {
+                tracing::warn!(
+                    open_ms = age.as_millis() as u64,
+                    limit_ms = warn_after.as_millis() as u64,
+                    "a Kafka transaction has been open too long"
+                );
+            }
+            tick = tick.wrapping_add(1);
+            if tick.is_multiple_of(LAG_EVERY_TICKS) {
+                let consumer = Arc::clone(&consumer);
+                let topic = settings.input_topic.clone();
+                let lags =
+                    tokio::task::spawn_blocking(move || measure_lag(&consumer, &topic)).await;
+                if let Ok(lags) = lags {
+                    for (partition, lag) in lags {
+                        status.set_lag(partition, lag);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `high watermark - position` of every assigned partition whose position
+/// and watermark are known.
+fn measure_lag(consumer: &InputConsumer, topic: &str) -> Vec<(i32, i64)> {
+    let Ok(positions) = consumer.position() else {
+        return Vec::new();
+    };
+    positions
+        .elements()
+        .iter()
+        .filter(|element| element.topic() == topic)
+        .filter_map(|element| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, element.partition(), Duration::from_secs(2))
+                .ok()?;
+            let position = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => return None,
+            };
+            Some((element.partition(), (high - position).max(0)))
+        })
+        .collect()
+}

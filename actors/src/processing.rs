@@ -1,0 +1,148 @@
+//! What processing makes of one consumed record: a billable event with its
+//! output value, or a dead letter with its reason; and, when spans are
+//! exported, the record's `process` span.
+//!
+//! Guarantees: processing is a pure function of the record (bytes, headers,
+//! position), so a replay after a rewind yields the same effects; it never
+//! fails, since every failure becomes a dead letter; tracing never changes
+//! what is processed.
+
+use chrono::SecondsFormat;
+
+use crate::model::ad_event::{AdEvent, parse_ad_event};
+use crate::model::record::{ConsumedRecord, ProcessedRecord, RecordEffect};
+use crate::telemetry::spans::{RecordSource, RecordSpan, span_export_enabled};
+use crate::telemetry::trace_context::TraceContext;
+
+/// The output record's value: the event plus its billed minute.
+pub fn output_value(event: &AdEvent) -> Vec<u8> {
+    let value = serde_json::json!({
+        "event_id": event.event_id,
+        "campaign_id": event.campaign_id,
+        "ad_id": event.ad_id,
+        "kind": event.kind.as_str(),
+        "cost_micros": event.cost_micros,
+        "occurred_at": event.occurred_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        "billed_minute": event.billed_minute().to_rfc3339_opts(SecondsFormat::Secs, true),
+    });
+    value.to_string().into_bytes()
+}
+
+/// Processes one consumed record (without a span of its own; see
+/// [`crate::processing::process_traced`]).
+pub fn process_record(record: ConsumedRecord) -> ProcessedRecord {
+    let trace = TraceContext::continue_from(record.traceparent.as_deref());
+    let effect = match parse_ad_event(record.payload.as_deref()) {
+        Ok(event) => {
+            let output_value = output_value(&event);
+            RecordEffect::Event {
+                event,
+                output_value,
+            }
+        }
+        Err(invalid) => RecordEffect::DeadLetter {
+            kind: invalid.kind,
+            reason: invalid.reason,
+        },
+    };
+    ProcessedRecord {
+        partition: record.partition,
+        offset: record.offset,
+        key: record.key,
+        payload: record.payload,
+        trace,
+        span: RecordSpan::none(),
+        effect,
+    }
+}
+
+/// Processes one record and, when span export is on and the record carries
+/// a valid upstream `traceparent`, opens its `process` span; the record's
+/// trace context is then the span's own, so its output continues the trace
+/// through it.
+pub fn process_traced(record: ConsumedRecord, source: &RecordSource) -> ProcessedRecord {
+    if !span_export_enabled() {
+        return process_record(record);
+    }
+    let Some(upstream) = record.traceparent.as_deref().and_then(TraceContext::parse) else {
+        return process_record(record);
+    };
+    let partition = record.partition;
+    let offset = record.offset;
+    let mut processed = process_record(record);
+    let effect = match &processed.effect {
+        RecordEffect::Event { .. } => "event",
+        RecordEffect::DeadLetter { kind, .. } => kind.as_str(),
+    };
+    let Some(record_span) = RecordSpan::open_process(source, partition, offset, effect, &upstream)
+    else {
+        return processed;
+    };
+    if let Some(context) = record_span
+        .span_context()
+        .as_ref()
+        .and_then(TraceContext::from_span_context)
+    {
+        processed.trace = context;
+        processed.span = record_span;
+    }
+    processed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ad_event::DeadLetterKind;
+
+    #[test]
+    fn valid_record_yields_output_with_billed_minute() {
+        let processed = process_record(ConsumedRecord {
+            partition: 2,
+            offset: 7,
+            key: Some(b"c-1".to_vec()),
+            payload: Some(br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-1","ad_id":"a","kind":"impression","cost_micros":5,"occurred_at":"2026-11-26T10:15:30.123+02:00"}"#.to_vec()),
+            traceparent: None,
+        });
+        let RecordEffect::Event { output_value, .. } = processed.effect else {
+            panic!("expected an event");
+        };
+        let json: serde_json::Value = serde_json::from_slice(&output_value).expect("json");
+        assert_eq!(json["billed_minute"], "2026-11-26T08:15:00Z");
+        assert_eq!(json["occurred_at"], "2026-11-26T08:15:30.123Z");
+        assert_eq!(json["kind"], "impression");
+    }
+
+    #[test]
+    fn the_output_keeps_the_input_instant_to_the_nanosecond() {
+        let processed = process_record(ConsumedRecord {
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: Some(br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-1","ad_id":"a","kind":"click","cost_micros":5,"occurred_at":"2026-11-26T10:15:59.999999999Z"}"#.to_vec()),
+            traceparent: None,
+        });
+        let RecordEffect::Event { output_value, .. } = processed.effect else {
+            panic!("expected an event");
+        };
+        let json: serde_json::Value = serde_json::from_slice(&output_value).expect("json");
+        assert_eq!(json["occurred_at"], "2026-11-26T10:15:59.999999999Z");
+        assert_eq!(json["billed_minute"], "2026-11-26T10:15:00Z");
+    }
+
+    #[test]
+    fn invalid_record_keeps_its_bytes() {
+        let processed = process_record(ConsumedRecord {
+            partition: 0,
+            offset: 1,
+            key: Some(vec![1, 2]),
+            payload: Some(vec![0xff]),
+            traceparent: None,
+        });
+        let RecordEffect::DeadLetter { kind, .. } = processed.effect else {
+            panic!("expected a dead letter");
+        };
+        assert_eq!(kind, DeadLetterKind::InvalidUtf8);
+        assert_eq!(processed.key, Some(vec![1, 2]));
+        assert_eq!(processed.payload, Some(vec![0xff]));
+    }
+}
