@@ -1,6 +1,8 @@
-//! What a platform running onceflow relies on, checked on the real binary:
-//! a configuration error exits 78 with one line naming the setting (a
-//! failure exits 1: `tests/failures.rs`, the fenced zombie).
+//! What a platform running onceflow relies on: a configuration error exits
+//! 78 with one line naming the setting (a failure exits 1:
+//! `tests/failures.rs`, the fenced zombie); a pod with the variables
+//! Kubernetes injects and a numeric instance id runs exactly once; and
+//! `deploy/kubernetes/` agrees with what the binary accepts.
 
 mod common;
 mod service;
@@ -65,4 +67,291 @@ async fn a_configuration_error_exits_78_with_one_line_naming_the_setting() -> an
         assert!(lines[0].contains(named), "{env:?}: {stderr}");
     }
     Ok(())
+}
+
+/// What Kubernetes injects into every pod of a namespace with a Service
+/// named `onceflow` (port 9464 named `http`).
+const KUBERNETES_SERVICE_VARIABLES: [(&str, &str); 8] = [
+    ("ONCEFLOW_SERVICE_HOST", "10.96.12.7"),
+    ("ONCEFLOW_SERVICE_PORT", "9464"),
+    ("ONCEFLOW_SERVICE_PORT_HTTP", "9464"),
+    ("ONCEFLOW_PORT", "tcp://10.96.12.7:9464"),
+    ("ONCEFLOW_PORT_9464_TCP", "tcp://10.96.12.7:9464"),
+    ("ONCEFLOW_PORT_9464_TCP_PROTO", "tcp"),
+    ("ONCEFLOW_PORT_9464_TCP_PORT", "9464"),
+    ("ONCEFLOW_PORT_9464_TCP_ADDR", "10.96.12.7"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_with_kubernetes_variables_and_a_numeric_instance_id_runs_exactly_once()
+-> anyhow::Result<()> {
+    let scenario = common::Scenario::new(service::bin(), 3).await?;
+    scenario.produce(2_000, 31).await?;
+    let mut env: Vec<(&str, &str)> = KUBERNETES_SERVICE_VARIABLES.to_vec();
+    env.push(("ONCEFLOW_INSTANCE_ID", "1"));
+    env.push(("ONCEFLOW_LOG_FORMAT", "json"));
+    let service = scenario.start(&env)?;
+    scenario
+        .wait_caught_up_with_input(Duration::from_secs(120))
+        .await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert_eq!(exit.code(), Some(0));
+    scenario.verdict().await?.assert_holds();
+    // The instance id is the text "1": it names the owner of the partitions.
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT owner_instance FROM consumer_offsets")
+            .fetch_all(&scenario.pool)
+            .await?;
+    assert_eq!(owners, vec!["1".to_owned()]);
+    scenario.drop_database().await?;
+    Ok(())
+}
+
+mod kubernetes_manifests {
+    //! `deploy/kubernetes/` against what the binary accepts: the pod's
+    //! settings load as `onceflow run` loads them (with the variables
+    //! Kubernetes injects, the ConfigMap's file and the Secret's files), the
+    //! instance id is the pod's name, probes and ports name the binary's
+    //! endpoints, and the selectors agree.
+
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use onceflow_actors::settings::Settings;
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    const DIR: &str = "deploy/kubernetes";
+
+    fn documents(file: &str) -> Vec<Value> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DIR).join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        serde_norway::Deserializer::from_str(&text)
+            .map(|document| {
+                Value::deserialize(document)
+                    .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            })
+            .collect()
+    }
+
+    /// Every object of the kustomization's resources, by kind.
+    fn objects() -> BTreeMap<String, Vec<Value>> {
+        let kustomization = &documents("kustomization.yaml")[0];
+        let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for resource in kustomization["resources"].as_array().expect("resources") {
+            for object in documents(resource.as_str().expect("a file name")) {
+                let kind = object["kind"].as_str().expect("a kind").to_owned();
+                by_kind.entry(kind).or_default().push(object);
+            }
+        }
+        by_kind
+    }
+
+    fn one<'a>(objects: &'a BTreeMap<String, Vec<Value>>, kind: &str) -> &'a Value {
+        let of_kind = &objects[kind];
+        assert_eq!(of_kind.len(), 1, "one {kind}");
+        &of_kind[0]
+    }
+
+    #[test]
+    // figment's `Jail` closure returns figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
+    fn the_pod_settings_load_as_onceflow_run_loads_them() {
+        let objects = objects();
+        let statefulset = one(&objects, "StatefulSet");
+        let pod = &statefulset["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let config_map = one(&objects, "ConfigMap");
+        let secret = &documents("secret.example.yaml")[0];
+        assert!(
+            !documents("kustomization.yaml")[0]["resources"]
+                .as_array()
+                .expect("resources")
+                .iter()
+                .any(|resource| resource == "secret.example.yaml"),
+            "the example Secret is not applied"
+        );
+
+        // Where the ConfigMap and the Secret are mounted.
+        let mounts: BTreeMap<String, (String, Option<String>)> = container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .map(|mount| {
+                (
+                    mount["name"].as_str().expect("name").to_owned(),
+                    (
+                        mount["mountPath"].as_str().expect("path").to_owned(),
+                        mount["subPath"].as_str().map(str::to_owned),
+                    ),
+                )
+            })
+            .collect();
+
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut instance_from_pod_name = false;
+        for variable in container["env"].as_array().expect("env") {
+            let name = variable["name"].as_str().expect("name").to_owned();
+            if let Some(value) = variable["value"].as_str() {
+                env.push((name, value.to_owned()));
+            } else if variable["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" {
+                assert_eq!(name, "ONCEFLOW_INSTANCE_ID");
+                instance_from_pod_name = true;
+                env.push((name, "onceflow-0".to_owned()));
+            } else {
+                panic!("{name}: an unexpected valueFrom");
+            }
+        }
+        assert!(instance_from_pod_name, "the instance id is the pod's name");
+        for (name, _) in &env {
+            assert!(
+                name.starts_with("ONCEFLOW_") || name == "RUST_LOG" || name.starts_with("OTEL_"),
+                "{name} is read by nobody"
+            );
+        }
+        let value_of = |name: &str| {
+            env.iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        assert!(matches!(
+            value_of("ONCEFLOW_LOG_FORMAT").as_deref(),
+            Some("json" | "text")
+        ));
+
+        figment::Jail::expect_with(|jail| {
+            // The config file where the pod has it, by the ConfigMap.
+            let config_path = value_of("ONCEFLOW_CONFIG").expect("ONCEFLOW_CONFIG");
+            let (mount, sub_path) = &mounts["config"];
+            assert_eq!(
+                Path::new(mount),
+                Path::new(&config_path),
+                "ONCEFLOW_CONFIG names the mounted file"
+            );
+            let file_name = sub_path.as_deref().expect("mounted by subPath");
+            let toml = config_map["data"][file_name].as_str().expect("the file");
+            jail.create_file("onceflow.toml", toml)?;
+            // The Secret's files, where the pod has them.
+            let (secret_dir, _) = &mounts["secrets"];
+            let mut expected_secrets = BTreeMap::new();
+            for (name, value) in &env {
+                if name.ends_with("_FILE") {
+                    let relative = Path::new(value)
+                        .strip_prefix(secret_dir)
+                        .unwrap_or_else(|_| panic!("{name} points outside the Secret's mount"));
+                    let key = relative.to_string_lossy().into_owned();
+                    let content = secret["stringData"][&key]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("the Secret has no {key}"));
+                    jail.create_file(&key, content)?;
+                    expected_secrets.insert(name.clone(), content.to_owned());
+                }
+            }
+            for (name, value) in &env {
+                let value = if name.ends_with("_FILE") {
+                    Path::new(value)
+                        .file_name()
+                        .expect("a file")
+                        .to_string_lossy()
+                        .into_owned()
+                } else {
+                    value.clone()
+                };
+                jail.set_env(name, value);
+            }
+            for (name, value) in super::KUBERNETES_SERVICE_VARIABLES {
+                jail.set_env(name, value);
+            }
+            let settings = Settings::load(Some(Path::new("onceflow.toml")))
+                .map_err(|error| error.to_string())?;
+            settings
+                .required_database_url()
+                .map_err(|error| error.to_string())?;
+            assert_eq!(settings.instance_id.as_deref(), Some("onceflow-0"));
+            assert_eq!(
+                settings.database_url.as_deref(),
+                expected_secrets
+                    .get("ONCEFLOW_DATABASE_URL_FILE")
+                    .map(String::as_str)
+            );
+            assert_eq!(
+                settings.kafka.get("sasl.password"),
+                expected_secrets.get("ONCEFLOW_KAFKA_SASL_PASSWORD_FILE")
+            );
+            // Probes and ports name the binary's endpoint.
+            let port = container["ports"]
+                .as_array()
+                .expect("ports")
+                .iter()
+                .find(|port| port["name"] == "http")
+                .expect("a port named http")["containerPort"]
+                .as_u64()
+                .expect("a number");
+            assert_eq!(port, u64::from(settings.http_addr.port()));
+            assert!(
+                settings.http_addr.ip().is_unspecified(),
+                "reachable from the kubelet"
+            );
+            Ok(())
+        });
+
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(container[probe]["httpGet"]["port"], "http");
+        }
+        // SIGTERM ends within 10 s (the contract); the pod waits longer.
+        assert!(pod["terminationGracePeriodSeconds"].as_u64().expect("set") > 10);
+        assert!(container["resources"]["requests"]["memory"].is_string());
+        assert!(container["resources"]["limits"]["memory"].is_string());
+    }
+
+    #[test]
+    fn selectors_agree_and_the_instance_names_are_stable() {
+        let objects = objects();
+        let statefulset = one(&objects, "StatefulSet");
+        let pod_labels = &statefulset["spec"]["template"]["metadata"]["labels"];
+        let selector = &statefulset["spec"]["selector"]["matchLabels"];
+        let labels = |value: &Value| -> BTreeMap<String, String> {
+            value
+                .as_object()
+                .expect("labels")
+                .iter()
+                .map(|(key, value)| (key.clone(), value.as_str().expect("text").to_owned()))
+                .collect()
+        };
+        let pod = labels(pod_labels);
+        let selects = |selector: &Value| {
+            labels(selector)
+                .iter()
+                .all(|(key, value)| pod.get(key) == Some(value))
+        };
+        assert!(selects(selector), "the StatefulSet selects its pods");
+        let budget = one(&objects, "PodDisruptionBudget");
+        assert!(selects(&budget["spec"]["selector"]["matchLabels"]));
+        let services = &objects["Service"];
+        for service in services {
+            assert!(
+                selects(&service["spec"]["selector"]),
+                "{}",
+                service["metadata"]["name"]
+            );
+        }
+        // The governing Service is headless; the one named `onceflow` is the
+        // one whose variables Kubernetes injects (tested above).
+        let governing = statefulset["spec"]["serviceName"]
+            .as_str()
+            .expect("serviceName");
+        let headless = services
+            .iter()
+            .find(|service| service["metadata"]["name"] == governing)
+            .expect("the governing Service exists");
+        assert_eq!(headless["spec"]["clusterIP"], "None");
+        assert!(
+            services
+                .iter()
+                .any(|service| service["metadata"]["name"] == "onceflow")
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! Service configuration: defaults, then the TOML file, then `ONCEFLOW_*`
-//! environment variables (the environment wins).
+//! environment variables (the environment wins; see `environment` for how
+//! a platform's variables are read: text as text, `*_FILE` secrets, the
+//! Kubernetes service variables skipped).
 //!
 //! Guarantees: unknown keys are rejected; every setting is validated before
 //! anything starts, and a bad one yields a single [`SettingsError`] line that
@@ -12,9 +14,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod environment;
+mod text;
 mod validation;
 
 /// The broker's default `transaction.max.timeout.ms` (15 minutes): a
@@ -50,21 +54,28 @@ impl SettingsError {
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Bootstrap servers of the Kafka cluster.
+    #[serde(deserialize_with = "text::string")]
     pub kafka_brokers: String,
     /// Database URL; required by `run`: PostgreSQL (`postgres://…`,
     /// `postgresql://…`) or an embedded SQLite file (`sqlite:///abs/path.db`,
     /// `sqlite:relative.db`).
+    #[serde(default, deserialize_with = "text::optional")]
     pub database_url: Option<String>,
     /// Consumer group shared by all instances.
+    #[serde(deserialize_with = "text::string")]
     pub group_id: String,
     /// Stable id of this instance: `group.instance.id` and part of the
     /// `transactional.id`. Defaults to the host name.
+    #[serde(default, deserialize_with = "text::optional")]
     pub instance_id: Option<String>,
     /// Topic the ad events are read from.
+    #[serde(deserialize_with = "text::string")]
     pub input_topic: String,
     /// Topic the billed events are written to.
+    #[serde(deserialize_with = "text::string")]
     pub output_topic: String,
     /// Topic invalid records are written to.
+    #[serde(deserialize_with = "text::string")]
     pub dlq_topic: String,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub http_addr: SocketAddr,
@@ -127,6 +138,7 @@ pub struct Settings {
     #[serde(rename = "breaker_max_cooldown_ms", with = "millis")]
     pub breaker_max_cooldown: Duration,
     /// librdkafka settings passed through unchanged (SASL/SSL included).
+    #[serde(deserialize_with = "text::table")]
     pub kafka: BTreeMap<String, String>,
 }
 
@@ -166,10 +178,6 @@ impl Default for Settings {
     }
 }
 
-/// Environment variables read by the binary itself rather than by this
-/// struct (the `--config` path, the log format).
-const ENV_KEYS_NOT_SETTINGS: &[&str] = &["config", "log_format"];
-
 impl Settings {
     /// Loads defaults, then `file` (if any), then the environment, and
     /// validates the result.
@@ -190,7 +198,9 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("ONCEFLOW_").ignore(ENV_KEYS_NOT_SETTINGS));
+        figment = figment.merge(environment::EnvironmentLayer(environment::layer(
+            std::env::vars(),
+        )?));
         let settings: Settings = figment
             .extract()
             .map_err(|error| SettingsError::Load(one_line(&error.to_string())))?;
@@ -276,6 +286,39 @@ mod tests {
                 .to_string();
             assert!(error.contains("comit_interval_ms"), "{error}");
             assert!(!error.contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
+    // figment's `Jail` closure returns figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
+    fn platform_variables_numeric_text_and_secret_files_load() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "onceflow.toml",
+                "output_topic = 42\n[kafka]\n\"linger.ms\" = 5\n\"sasl.username\" = \"u\"\n",
+            )?;
+            jail.create_file("password", "from-a-file\n")?;
+            jail.set_env("ONCEFLOW_INSTANCE_ID", "1");
+            jail.set_env("ONCEFLOW_GROUP_ID", "2024");
+            jail.set_env("ONCEFLOW_SERVICE_HOST", "10.0.0.7");
+            jail.set_env("ONCEFLOW_SERVICE_PORT_HTTP", "9464");
+            jail.set_env("ONCEFLOW_PORT_9464_TCP_ADDR", "10.0.0.7");
+            jail.set_env("ONCEFLOW_KAFKA_SASL_PASSWORD_FILE", "password");
+            let settings = Settings::load(Some(Path::new("onceflow.toml")))
+                .map_err(|error| error.to_string())?;
+            assert_eq!(settings.instance_id.as_deref(), Some("1"));
+            assert_eq!(settings.group_id, "2024");
+            assert_eq!(settings.output_topic, "42");
+            assert_eq!(settings.kafka["linger.ms"], "5");
+            assert_eq!(settings.kafka["sasl.username"], "u");
+            assert_eq!(settings.kafka["sasl.password"], "from-a-file");
+
+            // Any other unknown ONCEFLOW_* variable is still refused.
+            jail.set_env("ONCEFLOW_SERVICE_NAME", "x");
+            let error = Settings::load(None).expect_err("refused").to_string();
+            assert!(error.contains("service_name"), "{error}");
             Ok(())
         });
     }
