@@ -1,6 +1,9 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (200 while
-//! the process is sound) and `/readyz` (200 while the producer is ready and
-//! the circuit breaker is not open, else 503).
+//! the process is sound; 503 with the reason once a supervisor gave up or
+//! the pipeline is wedged: no committed cycle for `wedged_after_intervals`
+//! commit intervals while input waits and the database breaker is not open)
+//! and `/readyz` (200 while the producer is ready and the circuit breaker is
+//! not open, else 503: take no traffic, but no restart needed).
 //!
 //! Guarantees: the endpoints only read shared atomics; they never block the
 //! pipeline.
@@ -54,10 +57,9 @@ async fn metrics(State(status): State<PipelineStatus>) -> impl IntoResponse {
 }
 
 async fn healthz(State(status): State<PipelineStatus>) -> impl IntoResponse {
-    if status.is_healthy() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "escalated\n")
+    match status.unhealthy_reason() {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }
 

@@ -1,8 +1,9 @@
 //! What a platform running onceflow relies on: a configuration error exits
 //! 78 with one line naming the setting (a failure exits 1:
 //! `tests/failures.rs`, the fenced zombie); a pod with the variables
-//! Kubernetes injects and a numeric instance id runs exactly once; and
-//! `deploy/kubernetes/` agrees with what the binary accepts.
+//! Kubernetes injects and a numeric instance id runs exactly once; a wedged
+//! pipeline turns `/healthz` to 503; and `deploy/kubernetes/` agrees with
+//! what the binary accepts.
 
 mod common;
 mod service;
@@ -103,6 +104,57 @@ async fn a_pod_with_kubernetes_variables_and_a_numeric_instance_id_runs_exactly_
             .fetch_all(&scenario.pool)
             .await?;
     assert_eq!(owners, vec!["1".to_owned()]);
+    scenario.drop_database().await?;
+    Ok(())
+}
+
+/// A cycle that never ends (held at a kill point after its database
+/// commit) wedges the pipeline: `/healthz` says so, so a liveness probe
+/// restarts it; the restart loses nothing.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_pipeline_is_seen_by_healthz_and_a_restart_loses_nothing() -> anyhow::Result<()> {
+    let scenario = common::Scenario::new(service::bin(), 3).await?;
+    scenario.produce(3_000, 41).await?;
+    let wedged = scenario.start(&[
+        (
+            "FAILPOINTS",
+            "coordinator-after-db-commit=1*off->sleep(600000)",
+        ),
+        // 30 commit intervals of 100 ms: 3 s without a commit.
+        ("ONCEFLOW_WEDGED_AFTER_INTERVALS", "30"),
+    ])?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    let (code, body) = scenario.http_get("/healthz").await?;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "ok\n"),
+        "healthy while it commits"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (code, body) = scenario.http_get("/healthz").await?;
+        if code == 503 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported wedged: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(body.starts_with("wedged: no cycle committed"), "{body}");
+    // What a liveness probe leads to: the pod is killed and started again.
+    wedged.sigkill().await?;
+    let service = scenario.start(&[])?;
+    scenario
+        .wait_caught_up_with_input(Duration::from_secs(120))
+        .await?;
+    let (code, _) = scenario.http_get("/healthz").await?;
+    assert_eq!(code, 200);
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert_eq!(exit.code(), Some(0));
+    scenario.verdict().await?.assert_holds();
     scenario.drop_database().await?;
     Ok(())
 }

@@ -24,11 +24,13 @@ use crate::kafka::clients::create_input_consumer;
 use crate::messages::coordinator::CoordinatorMsg;
 use crate::messages::names::ActorNames;
 use crate::messages::root::RootMsg;
+use crate::model::ad_event::DeadLetterKind;
 use crate::model::position_ticket::PositionTickets;
 use crate::pipeline::monitor::spawn_monitor;
 use crate::settings::{Settings, SettingsError};
 use crate::store::Store;
 use crate::store::error::StoreError;
+use crate::telemetry::events::AbortReason;
 use crate::telemetry::status::PipelineStatus;
 
 /// Attempts to apply migrations while the database is unreachable (about
@@ -84,6 +86,16 @@ enum MembershipEnd {
     Lost(String),
 }
 
+/// Every `actor` label of `onceflow_actor_restarts_total`.
+const RESTARTED_ACTORS: [&str; 6] = [
+    "circuit_breaker",
+    "db_writer",
+    "dlq_forwarder",
+    "transaction_coordinator",
+    "consumer_supervisor",
+    "partition_consumer",
+];
+
 /// Runs the pipeline until `shutdown` is cancelled (Ok) or a supervisor
 /// escalates (Err).
 ///
@@ -102,6 +114,11 @@ pub async fn run_pipeline(
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     settings.validate()?;
+    status.metrics().start_series_at_zero(
+        &DeadLetterKind::ALL.map(DeadLetterKind::as_str),
+        &AbortReason::ALL.map(AbortReason::as_str),
+        &RESTARTED_ACTORS,
+    );
     let settings = Arc::new(settings);
     let store = Store::connect_lazy(
         settings.required_database_url()?,

@@ -1,7 +1,9 @@
 //! A background task that keeps the time-based metrics current: the age of
 //! the open Kafka transaction (with a warning past `open_txn_warn_ms`) and
-//! the consumer lag of every assigned partition, measured to the high
-//! watermark so that a hanging transaction shows as growing lag.
+//! the consumer lag of every assigned partition, from the group's committed
+//! offset (what is durably done) to the high watermark, so that a hanging
+//! transaction shows as growing lag; the lag also feeds `/healthz`'s wedge
+//! check.
 //!
 //! Guarantees: it only reads; a failed watermark query leaves the previous
 //! figure and is retried on the next tick.
@@ -30,6 +32,7 @@ pub fn spawn_monitor(
     status: PipelineStatus,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    status.set_wedge_limit(settings.wedged_after());
     tokio::spawn(async move {
         let warn_after = settings.open_txn_warn;
         let mut ticker = tokio::time::interval(TXN_AGE_PERIOD);
@@ -54,35 +57,39 @@ pub fn spawn_monitor(
                 let topic = settings.input_topic.clone();
                 let lags =
                     tokio::task::spawn_blocking(move || measure_lag(&consumer, &topic)).await;
-                if let Ok(lags) = lags {
-                    for (partition, lag) in lags {
-                        status.set_lag(partition, lag);
-                    }
+                if let Ok(Some(lags)) = lags {
+                    status.set_assigned_lags(&lags);
                 }
             }
         }
     })
 }
 
-/// `high watermark - position` of every assigned partition whose position
-/// and watermark are known.
-fn measure_lag(consumer: &InputConsumer, topic: &str) -> Vec<(i32, i64)> {
-    let Ok(positions) = consumer.position() else {
-        return Vec::new();
-    };
-    positions
-        .elements()
-        .iter()
-        .filter(|element| element.topic() == topic)
-        .filter_map(|element| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, element.partition(), Duration::from_secs(2))
-                .ok()?;
-            let position = match element.offset() {
-                Offset::Offset(offset) => offset,
-                _ => return None,
-            };
-            Some((element.partition(), (high - position).max(0)))
-        })
-        .collect()
+/// `high watermark - committed offset` of every assigned partition (the
+/// group's offset, committed with each Kafka transaction; before the first
+/// commit, the low watermark), or `None` when the assignment or the
+/// committed offsets cannot be read now. A partition whose watermarks
+/// cannot be read is left out.
+fn measure_lag(consumer: &InputConsumer, topic: &str) -> Option<Vec<(i32, i64)>> {
+    let assignment = consumer.assignment().ok()?;
+    let committed = consumer
+        .committed_offsets(assignment, Duration::from_secs(2))
+        .ok()?;
+    Some(
+        committed
+            .elements()
+            .iter()
+            .filter(|element| element.topic() == topic)
+            .filter_map(|element| {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, element.partition(), Duration::from_secs(2))
+                    .ok()?;
+                let committed = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    _ => low,
+                };
+                Some((element.partition(), (high - committed).max(0)))
+            })
+            .collect(),
+    )
 }

@@ -137,6 +137,10 @@ pub struct Settings {
     /// Longest wait between probes (the wait doubles after a failed probe).
     #[serde(rename = "breaker_max_cooldown_ms", with = "millis")]
     pub breaker_max_cooldown: Duration,
+    /// `/healthz` reports the pipeline wedged (503) once no cycle has
+    /// committed for this many commit intervals while input waits (lag
+    /// above zero) and the database breaker is not open.
+    pub wedged_after_intervals: u32,
     /// librdkafka settings passed through unchanged (SASL/SSL included).
     #[serde(deserialize_with = "text::table")]
     pub kafka: BTreeMap<String, String>,
@@ -173,6 +177,7 @@ impl Default for Settings {
             breaker_failure_threshold: 3,
             breaker_cooldown: Duration::from_millis(1_000),
             breaker_max_cooldown: Duration::from_millis(5_000),
+            wedged_after_intervals: 600,
             kafka: BTreeMap::new(),
         }
     }
@@ -228,6 +233,13 @@ impl Settings {
             reason: "required: set ONCEFLOW_DATABASE_URL or database_url in the config file"
                 .to_owned(),
         })
+    }
+
+    /// How long without a committed cycle (while input waits) makes the
+    /// pipeline wedged: `wedged_after_intervals` commit intervals.
+    pub fn wedged_after(&self) -> Duration {
+        self.commit_interval
+            .saturating_mul(self.wedged_after_intervals)
     }
 
     /// The keys (never the values) of the Kafka pass-through settings, for logs.

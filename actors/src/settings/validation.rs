@@ -65,7 +65,7 @@ impl Settings {
 
     /// The rules between settings, in the order they are checked: each
     /// names its setting and, if broken, says why.
-    fn rules(&self) -> [(&'static str, Option<String>); 20] {
+    fn rules(&self) -> [(&'static str, Option<String>); 21] {
         let at_least_one = |positive: bool| (!positive).then(|| "must be at least 1".to_owned());
         let broken = |broken: bool, reason: &str| broken.then(|| reason.to_owned());
         let broker_max = Duration::from_millis(BROKER_MAX_TRANSACTION_TIMEOUT_MS);
@@ -172,6 +172,10 @@ impl Settings {
                         || self.breaker_cooldown > self.breaker_max_cooldown,
                     "must be at least 1 and at most breaker_max_cooldown_ms",
                 ),
+            ),
+            (
+                "wedged_after_intervals",
+                at_least_one(self.wedged_after_intervals > 0),
             ),
         ]
     }

@@ -43,6 +43,15 @@ pub enum AbortReason {
 }
 
 impl AbortReason {
+    /// Every reason, so each label's series exists from the start.
+    pub const ALL: [AbortReason; 5] = [
+        AbortReason::Injected,
+        AbortReason::Database,
+        AbortReason::Abortable,
+        AbortReason::FencedOrFatal,
+        AbortReason::RetriesExhausted,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

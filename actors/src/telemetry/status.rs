@@ -79,6 +79,16 @@ pub struct PipelineMetrics {
     pub circuit_breaker_transitions: Family<Labels, Counter>,
     /// actor restarts, by actor
     pub actor_restarts: Family<Labels, Counter>,
+    /// 1, labelled with the version
+    pub build_info: Family<Labels, Gauge>,
+    /// the process's resident memory
+    pub process_resident_memory_bytes: Gauge,
+    /// CPU time of the process (user and system)
+    pub process_cpu_seconds: Counter<f64, AtomicU64>,
+    /// open file descriptors of the process
+    pub process_open_fds: Gauge,
+    /// start of the process, unix seconds
+    pub process_start_time_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl PipelineMetrics {
@@ -97,8 +107,29 @@ impl PipelineMetrics {
             circuit_breaker_state: Gauge::default(),
             circuit_breaker_transitions: Family::default(),
             actor_restarts: Family::default(),
+            build_info: Family::default(),
+            process_resident_memory_bytes: Gauge::default(),
+            process_cpu_seconds: Counter::default(),
+            process_open_fds: Gauge::default(),
+            process_start_time_seconds: Gauge::default(),
             registry: Registry::default(),
         };
+        metrics
+            .build_info
+            .get_or_create(&label("version", env!("CARGO_PKG_VERSION")))
+            .set(1);
+        metrics
+            .process_start_time_seconds
+            .set(unix_millis() as f64 / 1_000.0);
+        for state in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            let _ = metrics
+                .circuit_breaker_transitions
+                .get_or_create(&label("to", state.as_str()));
+        }
         registry.register(
             "onceflow_records_consumed",
             "Records read from the input topic",
@@ -136,7 +167,7 @@ impl PipelineMetrics {
         );
         registry.register(
             "onceflow_consumer_lag",
-            "Records between the position and the high watermark",
+            "Records between the group's committed offset and the high watermark, per assigned partition",
             metrics.consumer_lag.clone(),
         );
         registry.register(
@@ -159,14 +190,93 @@ impl PipelineMetrics {
             "Actor restarts by supervisors, by actor",
             metrics.actor_restarts.clone(),
         );
+        registry.register(
+            "onceflow_build_info",
+            "The running build: 1, labelled with its version",
+            metrics.build_info.clone(),
+        );
+        registry.register_with_unit(
+            "process_resident_memory",
+            "Resident memory of the process",
+            prometheus_client::registry::Unit::Bytes,
+            metrics.process_resident_memory_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "process_cpu",
+            "CPU time of the process, user and system",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.process_cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors of the process",
+            metrics.process_open_fds.clone(),
+        );
+        registry.register_with_unit(
+            "process_start_time",
+            "Start of the process, unix time",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.process_start_time_seconds.clone(),
+        );
         PipelineMetrics {
             registry,
             ..metrics
         }
     }
 
+    /// Creates every labelled series at zero, so the first dead letter,
+    /// abort or restart after a start is an increase `rate()` sees.
+    pub fn start_series_at_zero(
+        &self,
+        dlq_kinds: &[&str],
+        abort_reasons: &[&str],
+        actors: &[&str],
+    ) {
+        for kind in dlq_kinds {
+            let _ = self.dlq_records.get_or_create(&label("kind", *kind));
+        }
+        for reason in abort_reasons {
+            let _ = self.txn_aborts.get_or_create(&label("reason", *reason));
+        }
+        for actor in actors {
+            let _ = self.actor_restarts.get_or_create(&label("actor", *actor));
+        }
+    }
+
+    /// Reads the process figures from `/proc/self` (Linux; elsewhere they
+    /// stay at zero).
+    fn update_process_metrics(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+            && let Some(kilobytes) = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|number| number.parse::<i64>().ok())
+        {
+            self.process_resident_memory_bytes.set(kilobytes * 1_024);
+        }
+        // Nanoseconds on a CPU, the first field of schedstat.
+        if let Ok(schedstat) = std::fs::read_to_string("/proc/self/schedstat")
+            && let Some(nanoseconds) = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|number| number.parse::<u64>().ok())
+        {
+            let seconds = nanoseconds as f64 / 1e9;
+            let counted = self.process_cpu_seconds.get();
+            if seconds > counted {
+                self.process_cpu_seconds.inc_by(seconds - counted);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            self.process_open_fds
+                .set(i64::try_from(entries.count()).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        self.update_process_metrics();
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
             text.clear();
@@ -201,6 +311,15 @@ struct StatusInner {
     actor_restarts: AtomicU64,
     /// unix milliseconds at which the open transaction began; 0 if none
     txn_opened_at_ms: AtomicU64,
+    /// unix milliseconds of the last committed cycle, or of the start
+    last_commit_at_ms: AtomicU64,
+    /// milliseconds without a commit (while input waits) that make the
+    /// pipeline wedged; 0: never
+    wedged_after_ms: AtomicU64,
+    /// the lag of the assigned partitions, summed, at the last measurement
+    total_lag: AtomicI64,
+    /// partitions whose lag series is exported
+    lag_partitions: Mutex<std::collections::BTreeSet<i32>>,
     fatal: CancellationToken,
     fatal_reason: Mutex<Option<String>>,
     /// the current group membership: cancelled when the input consumer is
@@ -228,6 +347,10 @@ impl Default for PipelineStatus {
                 committed_cycles: AtomicI64::new(0),
                 actor_restarts: AtomicU64::new(0),
                 txn_opened_at_ms: AtomicU64::new(0),
+                last_commit_at_ms: AtomicU64::new(unix_millis()),
+                wedged_after_ms: AtomicU64::new(0),
+                total_lag: AtomicI64::new(0),
+                lag_partitions: Mutex::new(std::collections::BTreeSet::new()),
                 fatal: CancellationToken::new(),
                 fatal_reason: Mutex::new(None),
                 membership: Mutex::new(Membership::default()),
@@ -271,9 +394,44 @@ impl PipelineStatus {
             && self.breaker_state() != BreakerState::Open
     }
 
-    /// Healthy: no supervisor has given up.
+    /// Healthy: no supervisor has given up and the pipeline is not wedged
+    /// ([`PipelineStatus::unhealthy_reason`]).
     pub fn is_healthy(&self) -> bool {
-        !self.inner.escalated.load(Ordering::Acquire)
+        self.unhealthy_reason().is_none()
+    }
+
+    /// Why the pipeline is not healthy, if it is not: a supervisor gave up,
+    /// or no cycle committed for longer than the wedge limit while input
+    /// waits (lag above zero) and the database breaker is not open (an
+    /// outage the breaker handles is not a wedge: `/readyz` shows it).
+    pub fn unhealthy_reason(&self) -> Option<String> {
+        if self.inner.escalated.load(Ordering::Acquire) {
+            return Some("escalated: a supervisor gave up".to_owned());
+        }
+        let limit = self.inner.wedged_after_ms.load(Ordering::Acquire);
+        let lag = self.inner.total_lag.load(Ordering::Acquire);
+        let since =
+            unix_millis().saturating_sub(self.inner.last_commit_at_ms.load(Ordering::Acquire));
+        (limit > 0 && lag > 0 && since > limit && self.breaker_state() != BreakerState::Open).then(
+            || {
+                format!(
+                    "wedged: no cycle committed for {} s while {lag} records wait",
+                    since / 1_000
+                )
+            },
+        )
+    }
+
+    /// Sets how long without a committed cycle (while input waits) makes the
+    /// pipeline wedged, and starts counting from now.
+    pub fn set_wedge_limit(&self, limit: Duration) {
+        self.inner.wedged_after_ms.store(
+            u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        self.inner
+            .last_commit_at_ms
+            .store(unix_millis(), Ordering::Release);
     }
 
     /// A supervisor gave up.
@@ -396,6 +554,9 @@ impl PipelineStatus {
     /// Counts a committed cycle.
     pub fn count_commit(&self) {
         self.inner.committed_cycles.fetch_add(1, Ordering::AcqRel);
+        self.inner
+            .last_commit_at_ms
+            .store(unix_millis(), Ordering::Release);
         self.metrics().txn_commits.inc();
     }
 
@@ -434,11 +595,134 @@ impl PipelineStatus {
         self.inner.actor_restarts.load(Ordering::Acquire)
     }
 
-    /// Sets the lag of a partition.
-    pub fn set_lag(&self, partition: i32, lag: i64) {
-        self.metrics()
-            .consumer_lag
-            .get_or_create(&label("partition", partition.to_string()))
-            .set(lag);
+    /// Sets the lag of every partition assigned now; the series of a
+    /// partition no longer assigned is removed (another instance reports
+    /// it), so a sum over instances counts each partition once.
+    pub fn set_assigned_lags(&self, lags: &[(i32, i64)]) {
+        let assigned: std::collections::BTreeSet<i32> =
+            lags.iter().map(|(partition, _)| *partition).collect();
+        let mut exported = self
+            .inner
+            .lag_partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in exported.difference(&assigned) {
+            self.metrics()
+                .consumer_lag
+                .remove(&label("partition", gone.to_string()));
+        }
+        for (partition, lag) in lags {
+            self.metrics()
+                .consumer_lag
+                .get_or_create(&label("partition", partition.to_string()))
+                .set(*lag);
+        }
+        *exported = assigned;
+        self.inner
+            .total_lag
+            .store(lags.iter().map(|(_, lag)| *lag).sum(), Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wedged_only_without_commits_while_input_waits_and_the_breaker_is_not_open() {
+        let status = PipelineStatus::default();
+        status.set_wedge_limit(Duration::from_millis(50));
+        status.set_assigned_lags(&[(0, 10), (1, 0)]);
+        assert_eq!(status.unhealthy_reason(), None, "within the limit");
+        std::thread::sleep(Duration::from_millis(80));
+        let reason = status.unhealthy_reason().expect("wedged");
+        assert!(
+            reason.starts_with("wedged") && reason.contains("10 records"),
+            "{reason}"
+        );
+        assert!(!status.is_healthy());
+
+        // A commit resets the clock.
+        status.count_commit();
+        assert_eq!(status.unhealthy_reason(), None);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(status.unhealthy_reason().is_some());
+        // Nothing waiting: idle, not wedged.
+        status.set_assigned_lags(&[(0, 0)]);
+        assert_eq!(status.unhealthy_reason(), None);
+        // A database outage the breaker handles is not a wedge.
+        status.set_assigned_lags(&[(0, 3)]);
+        status.set_breaker_state(BreakerState::Open);
+        assert_eq!(status.unhealthy_reason(), None);
+        status.set_breaker_state(BreakerState::Closed);
+        assert!(status.unhealthy_reason().is_some());
+        // A supervisor that gave up is unhealthy whatever else holds.
+        status.count_commit();
+        status.mark_escalated();
+        assert!(
+            status
+                .unhealthy_reason()
+                .expect("escalated")
+                .starts_with("escalated")
+        );
+    }
+
+    #[test]
+    fn no_wedge_limit_never_wedges() {
+        let status = PipelineStatus::default();
+        status.set_assigned_lags(&[(0, 10)]);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(status.is_healthy());
+    }
+
+    #[test]
+    fn labelled_series_start_at_zero_and_the_build_and_process_are_described() {
+        let status = PipelineStatus::default();
+        status
+            .metrics()
+            .start_series_at_zero(&["invalid-json"], &["database"], &["db_writer"]);
+        let text = status.metrics().encode();
+        for line in [
+            "onceflow_dlq_records_total{kind=\"invalid-json\"} 0",
+            "onceflow_txn_aborts_total{reason=\"database\"} 0",
+            "onceflow_actor_restarts_total{actor=\"db_writer\"} 0",
+            "onceflow_circuit_breaker_transitions_total{to=\"open\"} 0",
+            &format!(
+                "onceflow_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(
+                text.lines().any(|exposed| exposed == line),
+                "no `{line}` in\n{text}"
+            );
+        }
+        let figure = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        assert!(figure("process_resident_memory_bytes") > 1_000_000.0);
+        assert!(figure("process_cpu_seconds_total") > 0.0);
+        assert!(figure("process_open_fds") >= 3.0);
+        assert!(figure("process_start_time_seconds") > 1.7e9);
+    }
+
+    #[test]
+    fn a_revoked_partition_s_lag_is_no_longer_exported() {
+        let status = PipelineStatus::default();
+        status.set_assigned_lags(&[(0, 5), (1, 7)]);
+        let text = status.metrics().encode();
+        assert!(
+            text.contains("onceflow_consumer_lag{partition=\"1\"} 7"),
+            "{text}"
+        );
+        status.set_assigned_lags(&[(0, 4)]);
+        let text = status.metrics().encode();
+        assert!(
+            text.contains("onceflow_consumer_lag{partition=\"0\"} 4"),
+            "{text}"
+        );
+        assert!(!text.contains("partition=\"1\""), "{text}");
     }
 }
