@@ -13,6 +13,7 @@ mod exit_status;
 mod http_server;
 mod json_log_format;
 mod produce;
+mod span_export_queue;
 mod telemetry;
 
 use std::path::PathBuf;

@@ -44,6 +44,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::json_log_format::{self, LogFormat};
+use crate::span_export_queue;
 
 /// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise.
 const DEFAULT_SERVICE_NAME: &str = "onceflow";
@@ -339,11 +340,11 @@ fn build_provider(
         .or_else(|| env_value("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .unwrap_or_default();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(WarnOnFailure {
+        .with_span_processor(span_export_queue::CountedSpanQueue::new(WarnOnFailure {
             inner: exporter,
             endpoint,
             failing: AtomicBool::new(false),
-        })
+        }))
         .with_resource(resource(config_file))
         .build())
 }

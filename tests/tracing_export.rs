@@ -524,6 +524,66 @@ async fn upstream_trace_runs_through_onceflow_to_the_output_records() -> anyhow:
     Ok(())
 }
 
+/// A burst of traced records larger than the SDK's default export queue
+/// (2,048 spans), in the default batch sizes (5,000 records a cycle): every
+/// record's `process` span reaches the collector, and nothing is counted as
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_10_000_traced_records_is_exported_whole() -> anyhow::Result<()> {
+    const BURST: usize = 10_000;
+    let collector = Collector::start().await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &scenario.bootstrap)
+        .set("linger.ms", "5")
+        .create()?;
+    let upstream = format!("00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01");
+    let values: Vec<String> = (0..BURST)
+        .map(|_| event_json(Uuid::new_v4(), "c-burst"))
+        .collect();
+    let sends = values.iter().enumerate().map(|(index, value)| {
+        let record = FutureRecord::<[u8], [u8]>::to(&scenario.topics.input)
+            .partition(i32::try_from(index % 3).unwrap_or(0))
+            .key(b"c-burst")
+            .payload(value.as_bytes())
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(upstream.as_str()),
+            }));
+        producer.send(record, Duration::from_secs(60))
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.map_err(|(error, _)| error)?;
+    }
+
+    let service = scenario.start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        // The defaults, not the scenario's small batches.
+        ("ONCEFLOW_MAX_BATCH_RECORDS", "5000"),
+        ("ONCEFLOW_MAX_BUFFERED_RECORDS", "20000"),
+    ])?;
+    scenario
+        .wait_caught_up(i64::try_from(BURST)?, 0, CATCH_UP)
+        .await?;
+    let dropped = scenario
+        .metric("onceflow_trace_spans_dropped_total", &[])
+        .await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit status {exit:?}");
+    let process_spans = collector
+        .spans()
+        .iter()
+        .filter(|(_, span)| span.name == "process" && hex(&span.trace_id) == UPSTREAM_TRACE)
+        .count();
+    assert_eq!(
+        (process_spans, dropped),
+        (BURST, 0.0),
+        "process spans received, spans counted as dropped"
+    );
+    scenario.drop_database().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line_and_name_the_exported_trace() -> anyhow::Result<()> {
     let collector = Collector::start().await?;

@@ -53,6 +53,15 @@ pub fn span_export_enabled() -> bool {
     SPAN_EXPORT.load(Ordering::Relaxed)
 }
 
+/// Spans the exporter's queue had no room for, since the start: one counter
+/// for the process, shared by the binary's export queue and `/metrics`
+/// (`onceflow_trace_spans_dropped_total`).
+pub fn dropped_spans() -> prometheus_client::metrics::counter::Counter {
+    static DROPPED: std::sync::OnceLock<prometheus_client::metrics::counter::Counter> =
+        std::sync::OnceLock::new();
+    DROPPED.get_or_init(Default::default).clone()
+}
+
 /// Where records come from, for the attributes of their spans.
 #[derive(Debug, Clone)]
 pub struct RecordSource {

@@ -191,6 +191,11 @@ impl PipelineMetrics {
             metrics.actor_restarts.clone(),
         );
         registry.register(
+            "onceflow_trace_spans_dropped",
+            "Spans the trace exporter's queue had no room for (never exported)",
+            crate::telemetry::spans::dropped_spans(),
+        );
+        registry.register(
             "onceflow_build_info",
             "The running build: 1, labelled with its version",
             metrics.build_info.clone(),
