@@ -496,6 +496,10 @@ async fn upstream_trace_runs_through_onceflow_to_the_output_records() -> anyhow:
                 parts[1], UPSTREAM_TRACE,
                 "an untraced event joined the upstream trace"
             );
+            assert_eq!(
+                parts[3], "00",
+                "an untraced event's context names no recorded span: not sampled"
+            );
         }
     }
     let dead_letters = read_committed(&scenario.bootstrap, &scenario.topics.dlq).await?;

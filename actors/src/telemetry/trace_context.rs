@@ -1,9 +1,14 @@
 //! W3C trace context (`traceparent`) carried in Kafka record headers.
 //!
-//! Guarantees: a valid upstream `traceparent` keeps its trace id on every
-//! record onceflow derives from it (output or dead letter), so one trace
-//! runs from the upstream producer to the downstream consumer; a missing or
-//! malformed one starts a new trace instead of failing the record. With span
+//! Guarantees: a valid upstream `traceparent` keeps its trace id (and its
+//! sampling decision) on every record onceflow derives from it (output or
+//! dead letter), so one trace runs from the upstream producer to the
+//! downstream consumer; a missing or malformed one starts a new trace
+//! instead of failing the record, marked not sampled: its span id names no
+//! recorded span, so no downstream sampler keeps it as a trace whose parent
+//! it cannot find (the commit cycle's span covers such records; naming it
+//! would put them into the trace of whichever traced record the cycle is
+//! parented to). With span
 //! export on, the record's context is its `process` span's own (see
 //! [`crate::telemetry::spans`]), converted with [`TraceContext::from_span_context`].
 
@@ -22,6 +27,10 @@ pub struct TraceContext {
     pub span_id: [u8; 8],
     /// trace flags (bit 0: sampled)
     pub flags: u8,
+    /// whether the span id names a span somebody records (upstream's, or
+    /// one onceflow exports); false for a root onceflow made up for a record
+    /// that came without a context (never sampled)
+    pub recorded: bool,
 }
 
 impl TraceContext {
@@ -49,10 +58,13 @@ impl TraceContext {
             trace_id,
             span_id,
             flags: flags[0],
+            recorded: true,
         })
     }
 
-    /// A new sampled root context.
+    /// A new root context for a record that came without one: not sampled
+    /// (no span of it is recorded), so no downstream sampler treats it as a
+    /// trace to keep, and marked as made up ([`TraceContext::recorded`]).
     pub fn new_root() -> TraceContext {
         let mut rng = rand::rng();
         let mut trace_id = [0u8; 16];
@@ -62,7 +74,8 @@ impl TraceContext {
         TraceContext {
             trace_id,
             span_id: new_span_id(),
-            flags: 1,
+            flags: 0,
+            recorded: false,
         }
     }
 
@@ -119,6 +132,7 @@ impl TraceContext {
             trace_id: context.trace_id().to_bytes(),
             span_id: context.span_id().to_bytes(),
             flags: context.trace_flags().to_u8(),
+            recorded: true,
         })
     }
 }
@@ -180,6 +194,19 @@ mod tests {
         );
         assert_eq!(otel.span_id().to_string(), "00f067aa0ba902b7");
         assert_eq!(TraceContext::from_span_context(&otel), Some(context));
+    }
+
+    #[test]
+    fn a_made_up_root_is_not_sampled_and_says_so() {
+        let root = TraceContext::continue_from(None);
+        assert_eq!(root.flags & 1, 0);
+        assert!(!root.recorded);
+        assert!(root.to_header().ends_with("-00"), "{}", root.to_header());
+        let upstream = TraceContext::continue_from(Some(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        assert!(upstream.recorded);
+        assert_eq!(upstream.flags, 0, "upstream's decision is kept");
     }
 
     #[test]
