@@ -14,7 +14,9 @@
 # a manifest or the lock file does, so the `cargo fetch` layer below stays
 # cached while only code changes. Found by name, not listed, so that new
 # workspace members need no change here.
-FROM rust:1-bookworm AS manifests
+# Base images pinned to a release (a floating tag changes the build under
+# the same Dockerfile); bump them deliberately.
+FROM rust:1.95.0-bookworm AS manifests
 WORKDIR /src
 COPY . .
 RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock -delete \
@@ -22,7 +24,7 @@ RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock -delete \
  && find . -name Cargo.toml -execdir sh -c 'mkdir -p src && touch src/lib.rs src/main.rs' \;
 
 # ---------------------------------------------------------------------------
-FROM rust:1-bookworm AS build
+FROM rust:1.95.0-bookworm AS build
 # librdkafka is compiled from source by rdkafka-sys (its configure script and
 # make, linked statically) and links the system zlib and OpenSSL (TLS to
 # Kafka and PostgreSQL): build-essential, zlib1g-dev, libssl-dev and
@@ -53,7 +55,7 @@ RUN --mount=type=cache,target=/src/target,id=onceflow-target \
  && install -D -m 0755 target/release/onceflow /out/onceflow
 
 # ---------------------------------------------------------------------------
-FROM debian:bookworm-slim AS runtime
+FROM debian:12.12-slim AS runtime
 # What the binary links dynamically (read off `ldd target/release/onceflow`):
 # libz (zlib1g: rdkafka's default `libz` feature), libssl and libcrypto
 # (libssl3: TLS to Kafka, PostgreSQL and https OTLP endpoints), libgcc_s
@@ -76,18 +78,31 @@ RUN if ldd /usr/local/bin/onceflow | grep 'not found'; then \
       echo 'onceflow links a library this image lacks (see above)' >&2; exit 1; \
     fi
 
+# The image's own settings, as a file (not ENV: an environment variable
+# would silently win over the `http_addr` of a config file a user mounts):
+# listen on every interface of the container (the built-in default,
+# 127.0.0.1, is unreachable from outside it). A file of your own replaces
+# this one (mount it here, or point ONCEFLOW_CONFIG elsewhere); environment
+# variables still win over either.
+COPY deploy/image/onceflow.toml /etc/onceflow/onceflow.toml
+ENV ONCEFLOW_CONFIG=/etc/onceflow/onceflow.toml
+# A writable directory for the SQLite store (`sqlite:///var/lib/onceflow/onceflow.db`),
+# owned by the user the process runs as; a volume, so the file outlives the
+# container.
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/onceflow
+VOLUME /var/lib/onceflow
+WORKDIR /var/lib/onceflow
+
 USER 10001:10001
 
-# The settings default `http_addr` to 127.0.0.1:9464, which nothing outside
-# the container could reach: listen on every interface of the container.
-ENV ONCEFLOW_HTTP_ADDR=0.0.0.0:9464
 # /metrics, /healthz and /readyz.
 EXPOSE 9464
 
-# /healthz answers 200 while no supervisor has given up. The port follows
-# ONCEFLOW_HTTP_ADDR, so overriding the address keeps the check right.
+# /healthz answers 200 while no supervisor has given up and the pipeline is
+# not wedged. The port follows ONCEFLOW_HTTP_ADDR when it is set, else the
+# image's file (9464).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["/bin/sh", "-c", "curl -fsS -o /dev/null http://127.0.0.1:${ONCEFLOW_HTTP_ADDR##*:}/healthz || exit 1"]
+  CMD ["/bin/sh", "-c", "addr=${ONCEFLOW_HTTP_ADDR:-0.0.0.0:9464}; curl -fsS -o /dev/null http://127.0.0.1:${addr##*:}/healthz || exit 1"]
 
 ENTRYPOINT ["onceflow"]
 CMD ["run"]

@@ -46,6 +46,9 @@ const LOG_VARIABLE: &str = "RUST_LOG";
 
 const COMPOSE_FILE: &str = "docker-compose.yml";
 const DOCKERFILE: &str = "Dockerfile";
+/// The image's config file: where the container has it, where the
+/// repository keeps it.
+const IMAGE_CONFIG: (&str, &str) = ("/etc/onceflow/onceflow.toml", "deploy/image/onceflow.toml");
 const ONCEFLOW_SERVICE: &str = "onceflow";
 const LOAD_GENERATOR_SERVICE: &str = "load-generator";
 const KAFKA_INIT_SERVICE: &str = "kafka-init";
@@ -614,6 +617,22 @@ fn dockerfile_agrees_with_the_service() {
     // The port is either written out or taken from ONCEFLOW_HTTP_ADDR.
     let checked_port = if check.contains("${ONCEFLOW_HTTP_ADDR##*:}") {
         http_port
+    } else if let Some(rest) = check.split("${ONCEFLOW_HTTP_ADDR:-").nth(1) {
+        // The port follows ONCEFLOW_HTTP_ADDR, else a fallback address: the
+        // one of the image's config file.
+        let fallback: SocketAddr = rest
+            .split('}')
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("{DOCKERFILE}: cannot read the fallback in `{check}`"));
+        let image_settings: toml_like::ImageConfig = toml_like::read(IMAGE_CONFIG.1);
+        assert_eq!(
+            Some(fallback.port()),
+            image_settings.http_port,
+            "{DOCKERFILE}: HEALTHCHECK's fallback port differs from {}'s http_addr",
+            IMAGE_CONFIG.1
+        );
+        http_port
     } else {
         let before = check
             .split("/healthz")
@@ -829,12 +848,22 @@ impl Deployment {
         reason = "the closure's error type is the one figment's Jail requires"
     )]
     fn onceflow_settings(&self) -> Settings {
-        let environment = self.effective_onceflow_environment();
-        assert!(
-            !environment.contains_key("ONCEFLOW_CONFIG"),
-            "{COMPOSE_FILE}: ONCEFLOW_CONFIG names a file inside the container, which this check cannot read; \
-             configure the service through ONCEFLOW_* variables"
-        );
+        let mut environment = self.effective_onceflow_environment();
+        // The one config file a container has: the image's own, copied from
+        // the repository (the Dockerfile must say so).
+        let config_file = environment.remove("ONCEFLOW_CONFIG").map(|path| {
+            assert_eq!(
+                path, IMAGE_CONFIG.0,
+                "{COMPOSE_FILE}: ONCEFLOW_CONFIG names a file inside the container other than the image's \
+                 own, which this check cannot read; configure the service through ONCEFLOW_* variables"
+            );
+            let copy = format!("COPY {} {}", IMAGE_CONFIG.1, IMAGE_CONFIG.0);
+            assert!(
+                read_repo_file(DOCKERFILE).lines().any(|line| line.trim() == copy),
+                "{DOCKERFILE}: no `{copy}`"
+            );
+            read_repo_file(IMAGE_CONFIG.1)
+        });
         let mut loaded = None;
         figment::Jail::expect_with(|jail| {
             // Only the service's environment, not the one running this test.
@@ -842,12 +871,19 @@ impl Deployment {
             for (name, value) in &environment {
                 jail.set_env(name, value);
             }
+            let config_path = match &config_file {
+                Some(text) => {
+                    jail.create_file("onceflow.toml", text)?;
+                    Some(std::path::Path::new("onceflow.toml"))
+                }
+                None => None,
+            };
             let refused = |error: onceflow_actors::settings::SettingsError| {
                 format!(
                     "{COMPOSE_FILE}: `onceflow run` refuses the settings of `{ONCEFLOW_SERVICE}`: {error}"
                 )
             };
-            let settings = Settings::load(None).map_err(refused)?;
+            let settings = Settings::load(config_path).map_err(refused)?;
             settings.required_database_url().map_err(refused)?;
             loaded = Some(settings);
             Ok(())
@@ -1604,60 +1640,42 @@ fn produce_default(variable: &str) -> String {
         .unwrap_or_else(|| panic!("src/produce.rs: no default_value next to `{marker}`"))
 }
 
-/// The metric names onceflow exposes, from the registrations in
-/// actors/src/telemetry/status.rs: `registry.register("name", "help", metrics.field…)`,
-/// the kind of each metric read off its field's type. Counters are exposed
-/// with `_total`, histograms as `_bucket`, `_sum` and `_count`.
+/// The metric names onceflow exposes, read off its own registry's
+/// exposition (`# TYPE name kind` lines): counters are exposed with
+/// `_total`, histograms as `_bucket`, `_sum` and `_count`.
 fn exposed_metric_names() -> BTreeSet<String> {
-    const SOURCE: &str = "actors/src/telemetry/status.rs";
-    let source = read_repo_file(SOURCE);
+    // Labelled families are exposed once they have a series: one each.
+    let status = onceflow_actors::PipelineStatus::default();
+    status
+        .metrics()
+        .start_series_at_zero(&["invalid-json"], &["database"], &["db_writer"]);
+    status.set_assigned_lags(&[(0, 0)]);
+    let exposition = status.metrics().encode();
     let mut names = BTreeSet::new();
-    for (at, marker) in source.match_indices(".register(") {
-        let call = &source[at + marker.len()..];
-        let mut literals = call.split('"');
-        let (Some(_), Some(name), Some(_), Some(_help), Some(after_help)) = (
-            literals.next(),
-            literals.next(),
-            literals.next(),
-            literals.next(),
-            literals.next(),
-        ) else {
-            panic!("{SOURCE}: cannot read the registration at byte {at}");
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
         };
-        let field = after_help
-            .split_once("metrics.")
-            .map(|(_, rest)| {
-                rest.chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect::<String>()
-            })
-            .unwrap_or_else(|| {
-                panic!("{SOURCE}: cannot find the metric object registered as `{name}`")
-            });
-        let declaration = format!("pub {field}: ");
-        let field_type = source
-            .lines()
-            .find_map(|line| line.trim().strip_prefix(declaration.as_str()))
-            .unwrap_or_else(|| {
-                panic!("{SOURCE}: no field declaration `{declaration}…` for metric `{name}`")
-            });
-        if field_type.contains("Histogram") {
-            for suffix in ["_bucket", "_sum", "_count"] {
-                names.insert(format!("{name}{suffix}"));
+        let (name, kind) = rest
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("cannot read the exposition line `{line}`"));
+        match kind {
+            "counter" => {
+                names.insert(format!("{name}_total"));
             }
-        } else if field_type.contains("Counter") {
-            names.insert(format!("{name}_total"));
-        } else if field_type.contains("Gauge") {
-            names.insert(name.to_owned());
-        } else {
-            panic!(
-                "{SOURCE}: metric `{name}` has type `{field_type}`: not a counter, gauge or histogram"
-            );
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                names.insert(name.to_owned());
+            }
         }
     }
     assert!(
-        !names.is_empty(),
-        "{SOURCE}: found no `.register(` call; has the registration changed?"
+        names.contains("onceflow_txn_commits_total"),
+        "the exposition lacks onceflow's metrics: {exposition}"
     );
     names
 }
@@ -1872,4 +1890,32 @@ fn small_parsers_read_what_they_should() {
             (2, ("kafka-2".to_owned(), 9093))
         ])
     );
+}
+
+/// The image's config file, as far as the checks need it.
+mod toml_like {
+    /// What the checks read of the image's config file.
+    pub struct ImageConfig {
+        /// the port of `http_addr`, if set
+        pub http_port: Option<u16>,
+    }
+
+    /// Reads the repository file `relative` as the image's config file.
+    pub fn read(relative: &str) -> ImageConfig {
+        let text = super::read_repo_file(relative);
+        let http_port = text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("http_addr"))
+            .filter_map(|rest| rest.trim().strip_prefix('='))
+            .filter_map(|value| {
+                value
+                    .trim()
+                    .trim_matches('"')
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+            })
+            .map(|addr| addr.port())
+            .next();
+        ImageConfig { http_port }
+    }
 }
