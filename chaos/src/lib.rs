@@ -12,6 +12,7 @@
 pub mod cluster_faults;
 pub mod error;
 pub mod harness;
+mod instance_stop;
 pub mod network_faults;
 pub mod outcome;
 pub mod random_mode;

@@ -22,6 +22,7 @@ use crate::error::{Context, Result};
 use crate::harness::{
     DatabaseOutage, KafkaCluster, NetworkCondition, Scenario, Service, WorkloadSpec, unique,
 };
+use crate::instance_stop::stop_instances;
 use crate::network_faults::{NetworkPath, set_condition};
 use crate::outcome::{JUDGED_BY_TRANSACTIONS, ScenarioOutcome, numbers_of};
 use crate::scenarios::{INSTANCE_ENV, ScenarioContext, block_table};
@@ -265,20 +266,8 @@ async fn run(
     let generated = load.await.context("the load task failed")??;
     let mut violations = scenario.liveness_violations(context.size.catch_up).await;
     let recover_seconds = faults_ended.elapsed().as_secs_f64();
-    if let Some((_, service)) = second {
-        let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
-        if !exit.success() {
-            violations.push(format!(
-                "the second instance did not exit 0 on SIGTERM: {exit:?}"
-            ));
-        }
-    }
-    let (exit, _) = main.terminate(Duration::from_secs(15)).await?;
-    if !exit.success() {
-        violations.push(format!(
-            "the main instance did not exit 0 on SIGTERM: {exit:?}"
-        ));
-    }
+    let others = second.map(|(_, service)| service).into_iter().collect();
+    violations.extend(stop_instances(main, others).await);
     let verdict = scenario.verdict().await?;
     let (lost, duplicated, dlq_exact) = numbers_of(&verdict);
     violations.extend(verdict.violations.iter().cloned());

@@ -41,6 +41,7 @@ use crate::harness::{
     DatabaseOutage, GeneratedSummary, KafkaCluster, MOCK_JUDGED_BY, NetworkCondition, Scenario,
     Service, WorkloadSpec, mock_judgement, unique, wait_for_progress,
 };
+use crate::instance_stop::stop_instances;
 use crate::network_faults::{NetworkFault, NetworkPath, inject_network_fault};
 use crate::outcome::{Injection, JUDGED_BY_TRANSACTIONS, ScenarioOutcome, numbers_of};
 
@@ -636,35 +637,7 @@ async fn run_on_kafka(
     let mut violations = scenario.liveness_violations(catch_up).await;
     let recover_seconds = faults_ended.elapsed().as_secs_f64();
     let actor_restarts = actor_restarts(&scenario).await;
-    let mut service = service;
-    let running = service.is_running();
-    if !running {
-        violations.push(format!(
-            "the instance exited before the end; log: {}",
-            service.log_path.display()
-        ));
-    }
-    for other in others {
-        let log = other.log_path.clone();
-        match other.terminate(Duration::from_secs(15)).await {
-            Ok((exit, _)) if exit.success() => {}
-            Ok((exit, _)) => violations.push(format!(
-                "another instance did not exit 0 on SIGTERM but {exit:?}; log: {}",
-                log.display()
-            )),
-            Err(error) => violations.push(format!("another instance: {error}")),
-        }
-    }
-    if running {
-        let log = service.log_path.clone();
-        let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
-        if !exit.success() {
-            violations.push(format!(
-                "SIGTERM did not end in exit 0 but {exit:?}; log: {}",
-                log.display()
-            ));
-        }
-    }
+    violations.extend(stop_instances(service, others).await);
     progress.set_message(format!("{}: judging", spec.name));
     let verdict = scenario.verdict().await?;
     let (lost, duplicated, dlq_exact) = numbers_of(&verdict);
@@ -1188,18 +1161,7 @@ async fn run_on_mock(
     let mut violations = scenario.liveness_violations(context.size.catch_up).await;
     let recover_seconds = faults_ended.elapsed().as_secs_f64();
     let restarts = actor_restarts(&scenario).await;
-    let mut service = service;
-    if service.is_running() {
-        let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
-        if !exit.success() {
-            violations.push(format!("SIGTERM did not end in exit 0 but {exit:?}"));
-        }
-    } else {
-        violations.push(format!(
-            "the instance exited before the end; log: {}",
-            service.log_path.display()
-        ));
-    }
+    violations.extend(stop_instances(service, Vec::new()).await);
     // Judged after the final stop: what the service left behind.
     let judgement = mock_judgement(&scenario).await?;
     violations.extend(judgement.violations.iter().cloned());

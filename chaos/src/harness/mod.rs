@@ -22,21 +22,44 @@ mod tls_postgres;
 mod topic_reader;
 mod verdict;
 
-pub use database::*;
-pub use generator::*;
-pub use ground_truth::*;
-pub use instance::*;
-pub use kafka_admin::*;
-pub use kafka_cluster::*;
-pub use live_reader::*;
-pub use metrics::*;
-pub use mock_verdict::*;
-pub use polling::*;
-pub use tcp_proxy::*;
-pub use tls_material::*;
-pub use tls_postgres::*;
-pub use topic_reader::*;
-pub use verdict::*;
+pub use database::{admin_url, drop_database, fresh_database};
+pub use generator::{
+    GeneratedRecord, GeneratedSummary, Generator, RecordKind, WorkloadSpec, write_workload,
+    write_workload_blocking,
+};
+pub use ground_truth::{
+    INVALID_EVENT, INVALID_JSON, INVALID_UTF8, InputTruth, InvalidRecord, Totals, ValidEvent,
+    check_event, input_truth,
+};
+pub use instance::{
+    DatabaseOutage, PartitionProgress, Scenario, Service, free_port, http_addr_in_log,
+    wait_for_progress,
+};
+pub use kafka_admin::{create_topic, fetch_broker_count};
+pub use kafka_cluster::{
+    ClientNetwork, ExtraListeners, KafkaCluster, NODES, PartitionPlacement, TlsListeners,
+    process_alive,
+};
+pub use live_reader::{
+    LiveObservations, LiveReader, LiveTarget, OwnedTables, SeenRecord, live_anomalies,
+};
+pub use metrics::{LABELLED_SERIES, Metrics, Sample};
+pub use mock_verdict::{
+    MOCK_JUDGED_BY, MockEvidence, MockJudgement, TopicsForLoss, judge_offsets, judge_on_mock,
+    judge_topics_for_loss, mock_judgement, mock_violations,
+};
+pub use polling::wait_until;
+pub use tcp_proxy::{NetworkCondition, ProxyCounters, TcpProxy};
+pub use tls_material::TlsMaterial;
+pub use tls_postgres::TlsPostgres;
+pub use topic_reader::{EndOfPartitionIsNoError, TopicRecord, high_watermarks, read_committed};
+pub use verdict::{
+    PipelineTopics, Tables, Verdict, check_exactly_once, check_exactly_once_in,
+    check_exactly_once_observed, is_traceparent, wait_for_catch_up,
+};
+
+pub(crate) use kafka_admin::partition_count;
+use verdict::{check_ad_events, check_campaign_spend, check_dead_letters};
 
 pub use crate::error::ChaosError;
 
