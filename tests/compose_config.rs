@@ -710,7 +710,7 @@ fn dashboard_uses_registered_metrics_through_the_provisioned_datasource() {
                 assert!(
                     exposed.contains(&name),
                     "{DASHBOARD_FILE}: panel `{title}` queries `{name}`, which onceflow does not expose \
-                     (actors/src/telemetry/status.rs exposes {exposed:?})"
+                     (actors/src/telemetry/metrics.rs exposes {exposed:?})"
                 );
             }
             expressions += 1;

@@ -159,6 +159,58 @@ async fn a_wedged_pipeline_is_seen_by_healthz_and_a_restart_loses_nothing() -> a
     Ok(())
 }
 
+/// A graceful stop that hangs (held at a kill point) is ended by the
+/// binary's 10 s deadline with exit 75, or at once by a second signal with
+/// 128 + its number; neither loses anything.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_shutdown_exits_75_by_its_deadline_and_130_on_a_second_sigint()
+-> anyhow::Result<()> {
+    let scenario = common::Scenario::new(service::bin(), 3).await?;
+    let hanging = [("FAILPOINTS", "pipeline-graceful-stop=return")];
+
+    scenario.produce(1_000, 51).await?;
+    let service = scenario.start(&hanging)?;
+    service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
+    service.signal("TERM").await?;
+    let exit = service.wait_exit(Duration::from_secs(30)).await?;
+    assert_eq!(exit.code(), Some(75), "forced by the deadline: {exit:?}");
+
+    scenario.produce(1_000, 52).await?;
+    let service = scenario.start(&hanging)?;
+    let log_path = service.log_path.clone();
+    // Running (its signal handlers long installed): ready.
+    let ready_by = std::time::Instant::now() + Duration::from_secs(60);
+    while !matches!(scenario.http_get("/readyz").await, Ok((200, _))) {
+        assert!(std::time::Instant::now() < ready_by, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the point where the graceful stop hangs: SIGTERM was logged.
+    service.signal("TERM").await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)?.contains("SIGTERM received") {
+        assert!(std::time::Instant::now() < deadline, "SIGTERM never logged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    service.signal("INT").await?;
+    let exit = service.wait_exit(Duration::from_secs(8)).await?;
+    assert_eq!(
+        exit.code(),
+        Some(130),
+        "forced by a second signal (SIGINT): {exit:?}"
+    );
+
+    let service = scenario.start(&[])?;
+    scenario
+        .wait_caught_up_with_input(Duration::from_secs(120))
+        .await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert_eq!(exit.code(), Some(0), "a graceful shutdown");
+    scenario.verdict().await?.assert_holds();
+    scenario.drop_database().await?;
+    Ok(())
+}
+
 mod kubernetes_manifests {
     //! `deploy/kubernetes/` against what the binary accepts: the pod's
     //! settings load as `onceflow run` loads them (with the variables

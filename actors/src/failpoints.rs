@@ -60,6 +60,12 @@ pub const DLQ_FORWARDER: &str = "dlq-forwarder";
 /// [`ALL_POINTS`]: the fetcher is a task, not an actor that can panic)
 pub const RECORD_FETCHER_FENCED: &str = "record-fetcher-fenced";
 
+/// in the pipeline, shutdown asked for, before the graceful stop (`return`:
+/// the graceful stop hangs for a minute, so the binary's shutdown deadline
+/// or a second signal has to end the process; not in [`ALL_POINTS`]: no
+/// actor dies there)
+pub const PIPELINE_GRACEFUL_STOP: &str = "pipeline-graceful-stop";
+
 /// Evaluates the point `name`.
 #[cfg(feature = "failpoints")]
 pub fn hit(name: &'static str) -> Result<(), InjectedFault> {

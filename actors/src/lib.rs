@@ -51,4 +51,5 @@ pub use pipeline::{PipelineError, run_pipeline};
 pub use settings::{Settings, SettingsError};
 pub use store::{Store, StoreBackend, StoreError};
 pub use telemetry::events::COMMIT_EVENTS_TARGET;
-pub use telemetry::status::{BreakerState, PipelineStatus};
+pub use telemetry::metrics::BreakerState;
+pub use telemetry::status::PipelineStatus;

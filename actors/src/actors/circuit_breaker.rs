@@ -22,7 +22,8 @@ use crate::messages::circuit_breaker::CircuitBreakerMsg;
 use crate::messages::coordinator::CoordinatorMsg;
 use crate::messages::names::ActorNames;
 use crate::store::Store;
-use crate::telemetry::status::{BreakerState, PipelineStatus};
+use crate::telemetry::metrics::BreakerState;
+use crate::telemetry::status::PipelineStatus;
 
 /// Start arguments.
 #[derive(Debug, Clone)]

@@ -266,6 +266,9 @@ async fn run_membership(
         });
     }
 
+    if crate::failpoints::hit(crate::failpoints::PIPELINE_GRACEFUL_STOP).is_err() {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
     stop_gracefully(&names, &root).await;
     monitor.abort();
     fetcher_slot.stop().await;

@@ -1,4 +1,4 @@
-//! What the pipeline tells the outside: metrics and health
+//! What the pipeline tells the outside: metrics ([`metrics`]), health
 //! ([`status`]), spans ([`spans`]) and W3C trace context
 //! ([`trace_context`]), and the commit cycle's typed outcome events
 //! ([`events`]).
@@ -7,6 +7,7 @@
 //! or committed.
 
 pub mod events;
+pub mod metrics;
 pub mod spans;
 pub mod status;
 pub mod trace_context;

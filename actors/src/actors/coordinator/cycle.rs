@@ -33,8 +33,8 @@ use crate::model::record::RecordEffect;
 use crate::telemetry::events::{
     COMMIT_EVENTS_TARGET, CycleAborted, CycleCommitted, CycleEnd, end_cycle_span,
 };
+use crate::telemetry::metrics::BreakerState;
 use crate::telemetry::spans::{self, RecordSpan};
-use crate::telemetry::status::BreakerState;
 
 /// How long a partition consumer has to hand over its batch. A late reply
 /// costs nothing: the batch stays in flight and is handed over again.

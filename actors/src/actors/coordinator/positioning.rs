@@ -28,7 +28,7 @@ use crate::messages::partition::{PartitionConsumerMsg, PositionOrder};
 use crate::recovery::recovery_position;
 use crate::store::StoredPartition;
 use crate::store::error::StoreError;
-use crate::telemetry::status::BreakerState;
+use crate::telemetry::metrics::BreakerState;
 
 /// How long to wait before reading recovery positions again after a read
 /// failed.
