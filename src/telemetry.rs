@@ -8,8 +8,9 @@
 //! unset = no export and no OpenTelemetry layer at all),
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or `http/protobuf`),
 //! `OTEL_SERVICE_NAME` (default `onceflow`), `OTEL_RESOURCE_ATTRIBUTES`,
-//! `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS` and
-//! `OTEL_EXPORTER_OTLP_TIMEOUT`; `OTEL_SDK_DISABLED=true` or
+//! `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_TIMEOUT` and `OTEL_EXPORTER_OTLP_CERTIFICATE` (a CA
+//! for an `https://` gRPC endpoint, besides the system's roots); `OTEL_SDK_DISABLED=true` or
 //! `OTEL_TRACES_EXPORTER=none` turn export off.
 //!
 //! Guarantees:
@@ -331,9 +332,26 @@ fn build_provider(
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .build(),
-        _ => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build(),
+        _ => {
+            let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            match trusted_certificate()? {
+                // The system's roots and the named CA (a collector with a
+                // certificate of a private CA).
+                Some(pem) => {
+                    use opentelemetry_otlp::WithTonicConfig;
+                    use opentelemetry_otlp::tonic_types::transport::{
+                        Certificate, ClientTlsConfig,
+                    };
+                    builder.with_tls_config(
+                        ClientTlsConfig::new()
+                            .with_native_roots()
+                            .ca_certificate(Certificate::from_pem(pem)),
+                    )
+                }
+                None => builder,
+            }
+            .build()
+        }
     }
     .map_err(|error| error.to_string())?;
     let endpoint = env_value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -347,6 +365,23 @@ fn build_provider(
         }))
         .with_resource(resource(config_file))
         .build())
+}
+
+/// The CA certificate (PEM) an `https://` gRPC endpoint is verified with,
+/// besides the system's roots: the file `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`
+/// or `OTEL_EXPORTER_OTLP_CERTIFICATE` names (the standard variables).
+fn trusted_certificate() -> Result<Option<Vec<u8>>, String> {
+    let Some((variable, path)) = [
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ]
+    .into_iter()
+    .find_map(|variable| env_value(variable).map(|path| (variable, path))) else {
+        return Ok(None);
+    };
+    std::fs::read(&path)
+        .map(Some)
+        .map_err(|error| format!("{variable}: cannot read {path}: {error}"))
 }
 
 /// `service.name`, `service.version` and `service.instance.id`, merged with

@@ -80,11 +80,27 @@ impl TraceService for Receiver {
 
 impl Collector {
     async fn start() -> anyhow::Result<Collector> {
+        Collector::start_with_tls(None).await
+    }
+
+    /// A collector; with `tls` (certificate and key, PEM) on `https://`.
+    async fn start_with_tls(tls: Option<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<Collector> {
         let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse()?)?;
         let port = incoming.local_addr()?.port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        let scheme = match tls {
+            Some((certificate, key)) => {
+                builder = builder.tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(certificate, key)),
+                )?;
+                "https"
+            }
+            None => "http",
+        };
+        let server = builder
             .add_service(TraceServiceServer::new(Receiver {
                 requests: Arc::clone(&requests),
             }))
@@ -93,7 +109,7 @@ impl Collector {
             });
         tokio::spawn(server);
         Ok(Collector {
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
             requests,
             stop: Some(stop),
         })
@@ -654,6 +670,63 @@ async fn json_logs_are_one_object_per_line_and_name_the_exported_trace() -> anyh
             "{ids:?} was logged but never exported"
         );
     }
+    Ok(())
+}
+
+/// OTLP over `https://` to a collector whose certificate a private CA
+/// signed: verified with the CA `OTEL_EXPORTER_OTLP_CERTIFICATE` names (the
+/// trace arrives); without it the collector is not trusted (nothing
+/// arrives, one warning).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_export_trusts_the_ca_the_standard_variable_names() -> anyhow::Result<()> {
+    let material = onceflow_chaos::harness::TlsMaterial::generate()?;
+    let identity = (
+        std::fs::read(&material.server_certificate)?,
+        std::fs::read(&material.server_key)?,
+    );
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    let upstream = format!("00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01");
+    let traced = |campaign: &str| -> Vec<Input> {
+        (0..3)
+            .map(|partition| Input {
+                partition,
+                value: event_json(Uuid::new_v4(), campaign),
+                traceparent: Some(upstream.clone()),
+            })
+            .collect()
+    };
+    let ca = material.ca_certificate.to_string_lossy().into_owned();
+
+    // Not trusted: the system's roots do not know the test's CA.
+    let untrusted = Collector::start_with_tls(Some(identity.clone())).await?;
+    write_inputs(&scenario, &traced("c-untrusted")).await?;
+    let service =
+        scenario.start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", untrusted.endpoint.as_str())])?;
+    scenario.wait_caught_up(3, 0, CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    assert!(
+        untrusted.spans().is_empty(),
+        "spans crossed an unverified TLS connection"
+    );
+
+    // Trusted through the named CA.
+    let collector = Collector::start_with_tls(Some(identity)).await?;
+    write_inputs(&scenario, &traced("c-trusted")).await?;
+    let service = scenario.start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+    ])?;
+    scenario.wait_caught_up(6, 0, CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    let process_spans = collector
+        .spans()
+        .iter()
+        .filter(|(_, span)| span.name == "process" && hex(&span.trace_id) == UPSTREAM_TRACE)
+        .count();
+    assert_eq!(process_spans, 3, "the trace arrived over https");
+    scenario.drop_database().await?;
     Ok(())
 }
 
