@@ -142,11 +142,15 @@ async fn an_instance_joining_during_a_stalled_cycle_doubles_nothing() -> anyhow:
     let scenario = Scenario::new(service::bin(), 4).await?;
     let mut producer = scenario.produce_in_background(8_000, 400, 1_005)?;
     // Instance A stalls 15 s right after one database commit, longer than
-    // the 10 s the drain before a revocation waits.
-    let first = scenario.start(&[(
-        "FAILPOINTS",
-        "coordinator-after-db-commit=40*off->1*sleep(15000)->off",
-    )])?;
+    // the 10 s the drain before a revocation waits. The stall comes after
+    // the 5th commit: the input (20 s of it, at most 800 records a cycle:
+    // 200 per partition) spans at least 10 cycles on any machine, so the
+    // stall is always reached while input still flows (after the 40th, as
+    // before, a loaded machine with fewer, larger cycles never got there).
+    const COMMITS_BEFORE_THE_STALL: u32 = 5;
+    let failpoints =
+        format!("coordinator-after-db-commit={COMMITS_BEFORE_THE_STALL}*off->1*sleep(15000)->off");
+    let first = scenario.start(&[("FAILPOINTS", failpoints.as_str())])?;
     // The stall: commits stop while the input flows.
     let stalled_at = {
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -158,7 +162,9 @@ async fn an_instance_joining_during_a_stalled_cycle_doubles_nothing() -> anyhow:
                 .unwrap_or(0.0);
             if commits != last.0 {
                 last = (commits, Instant::now());
-            } else if commits >= 40.0 && last.1.elapsed() > Duration::from_millis(1_500) {
+            } else if commits >= f64::from(COMMITS_BEFORE_THE_STALL)
+                && last.1.elapsed() > Duration::from_millis(1_500)
+            {
                 break commits;
             }
             assert!(Instant::now() < deadline, "instance A never stalled");
