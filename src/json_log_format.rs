@@ -55,11 +55,6 @@ impl LogFormat {
     }
 }
 
-/// The span fields' formatter the JSON lines need (fields kept as JSON).
-pub fn json_fields() -> JsonFields {
-    JsonFields::new()
-}
-
 /// The event formatter of [`LogFormat::Json`]. Clones share the dispatcher
 /// bound with [`JsonLines::bind`].
 #[derive(Debug, Default, Clone)]
@@ -238,7 +233,7 @@ mod tests {
         let captured = Captured::default();
         let writer = captured.clone();
         let layer = tracing_subscriber::fmt::layer()
-            .fmt_fields(json_fields())
+            .fmt_fields(JsonFields::new())
             .event_format(JsonLines::default())
             .with_writer(move || writer.clone());
         let subscriber = tracing_subscriber::registry().with(layer);
@@ -305,7 +300,7 @@ mod tests {
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
             .with(
                 tracing_subscriber::fmt::layer()
-                    .fmt_fields(json_fields())
+                    .fmt_fields(JsonFields::new())
                     .event_format(json_lines.clone())
                     .with_writer(move || writer.clone()),
             );

@@ -210,7 +210,7 @@ where
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .fmt_fields(json_log_format::json_fields())
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(json_lines.clone())
             .with_writer(std::io::stderr)
             .boxed(),

@@ -625,10 +625,15 @@ fn dockerfile_agrees_with_the_service() {
             .next()
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("{DOCKERFILE}: cannot read the fallback in `{check}`"));
-        let image_settings: toml_like::ImageConfig = toml_like::read(IMAGE_CONFIG.1);
+        use figment::providers::Format;
+        let image_addr: SocketAddr = figment::Figment::from(figment::providers::Toml::string(
+            &read_repo_file(IMAGE_CONFIG.1),
+        ))
+        .extract_inner("http_addr")
+        .unwrap_or_else(|error| panic!("{}: no http_addr: {error}", IMAGE_CONFIG.1));
         assert_eq!(
-            Some(fallback.port()),
-            image_settings.http_port,
+            fallback.port(),
+            image_addr.port(),
             "{DOCKERFILE}: HEALTHCHECK's fallback port differs from {}'s http_addr",
             IMAGE_CONFIG.1
         );
@@ -1890,32 +1895,4 @@ fn small_parsers_read_what_they_should() {
             (2, ("kafka-2".to_owned(), 9093))
         ])
     );
-}
-
-/// The image's config file, as far as the checks need it.
-mod toml_like {
-    /// What the checks read of the image's config file.
-    pub struct ImageConfig {
-        /// the port of `http_addr`, if set
-        pub http_port: Option<u16>,
-    }
-
-    /// Reads the repository file `relative` as the image's config file.
-    pub fn read(relative: &str) -> ImageConfig {
-        let text = super::read_repo_file(relative);
-        let http_port = text
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("http_addr"))
-            .filter_map(|rest| rest.trim().strip_prefix('='))
-            .filter_map(|value| {
-                value
-                    .trim()
-                    .trim_matches('"')
-                    .parse::<std::net::SocketAddr>()
-                    .ok()
-            })
-            .map(|addr| addr.port())
-            .next();
-        ImageConfig { http_port }
-    }
 }

@@ -13,7 +13,9 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Context, Result};
-use crate::harness::{NetworkCondition, ProxyCounters, Scenario, wait_for_progress};
+use crate::harness::{
+    ClientNetwork, NetworkCondition, ProxyCounters, Scenario, TcpProxy, wait_for_progress,
+};
 use crate::outcome::Injection;
 use crate::scenarios::{
     BACKGROUND_RATE, FaultPhase, ScenarioContext, with_instance_env, work_left,
@@ -48,41 +50,50 @@ const DELAY_AT_LEAST: Duration = Duration::from_secs(10);
 /// after it (the stillness is measured from then on).
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(2);
 
+/// The proxies of one path of the scenario.
+enum Link<'a> {
+    Brokers(&'a ClientNetwork),
+    Database(&'a TcpProxy),
+}
+
+impl<'a> Link<'a> {
+    fn of(scenario: &'a Scenario, path: NetworkPath) -> Result<Link<'a>> {
+        Ok(match path {
+            NetworkPath::Brokers => Link::Brokers(
+                scenario
+                    .cluster
+                    .as_ref()
+                    .and_then(|cluster| cluster.client_network())
+                    .context("the scenario's brokers are not behind proxies")?,
+            ),
+            NetworkPath::Database => Link::Database(
+                scenario
+                    .database_proxy()
+                    .context("the scenario's database is not behind a proxy")?,
+            ),
+        })
+    }
+}
+
 /// The condition `path` has now, for every connection of the service.
 pub(crate) fn set_condition(
     scenario: &Scenario,
     path: NetworkPath,
     condition: NetworkCondition,
 ) -> Result<()> {
-    match path {
-        NetworkPath::Brokers => scenario
-            .cluster
-            .as_ref()
-            .and_then(|cluster| cluster.client_network())
-            .context("the scenario's brokers are not behind proxies")?
-            .set(condition),
-        NetworkPath::Database => scenario
-            .database_proxy()
-            .context("the scenario's database is not behind a proxy")?
-            .set(condition),
+    match Link::of(scenario, path)? {
+        Link::Brokers(network) => network.set(condition),
+        Link::Database(proxy) => proxy.set(condition),
     }
     Ok(())
 }
 
 /// What the proxies of `path` met so far.
 pub(crate) fn counters(scenario: &Scenario, path: NetworkPath) -> Result<ProxyCounters> {
-    match path {
-        NetworkPath::Brokers => Ok(scenario
-            .cluster
-            .as_ref()
-            .and_then(|cluster| cluster.client_network())
-            .context("the scenario's brokers are not behind proxies")?
-            .counters()),
-        NetworkPath::Database => Ok(scenario
-            .database_proxy()
-            .context("the scenario's database is not behind a proxy")?
-            .counters()),
-    }
+    Ok(match Link::of(scenario, path)? {
+        Link::Brokers(network) => network.counters(),
+        Link::Database(proxy) => proxy.counters(),
+    })
 }
 
 /// What moves when something commits through `path`.
