@@ -1,7 +1,9 @@
 //! End-to-end exactly-once tests of the real `onceflow` binary against the
-//! real PostgreSQL and a noida-db broker: the happy path, a Kafka abort after
+//! real PostgreSQL and a real three-node Kafka cluster: the happy path, a Kafka abort after
 //! the database commit, SIGKILLs mid-run, a coordinator killed mid-cycle, and
-//! SIGTERM; and once on the embedded SQLite store, through a SIGKILL between
+//! SIGTERM; a history of database commits whose Kafka transactions all
+//! aborted (the liveness check must see the owed outputs, a restart must
+//! produce them); and once on the embedded SQLite store, through a SIGKILL between
 //! the database and the Kafka commit. Each verdict is computed from the input topic, the output and DLQ
 //! topics (`read_committed`) and the tables, independently of onceflow.
 //! Kill points need the `failpoints` feature (scripts/test.sh enables it).
@@ -88,6 +90,72 @@ async fn kafka_abort_after_database_commit_replays_each_output_once() -> anyhow:
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success());
 
+    let verdict = scenario.verdict().await?;
+    verdict.assert_holds();
+    scenario.drop_database().await?;
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_owed_after_database_commits_are_not_caught_up_until_produced() -> anyhow::Result<()>
+{
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    scenario.produce(600, 31).await?;
+    let (events, _, _) = expected_counts(&scenario).await?;
+    let input_end: i64 = scenario
+        .partition_progress()
+        .await?
+        .iter()
+        .map(|progress| progress.high_watermark)
+        .sum();
+
+    // Every cycle commits to the database and aborts before its Kafka
+    // transaction, and every abort rewinds to the group's start: the store
+    // reaches the end of the input once one cycle takes a whole partition
+    // (batches as large as the input, a cycle a second to fetch it all),
+    // Kafka never moves.
+    let service = scenario.start(&[
+        ("FAILPOINTS", "coordinator-after-db-commit=return"),
+        ("ONCEFLOW_COMMIT_INTERVAL_MS", "1000"),
+        ("ONCEFLOW_MAX_BATCH_RECORDS", "1000"),
+        ("ONCEFLOW_MAX_BUFFERED_RECORDS", "2000"),
+    ])?;
+    let at_end = scenario
+        .wait_for(
+            "the stored offsets at the end of the input",
+            CATCH_UP,
+            async |s| s.stored_offset_total().await.ok() == Some(input_end),
+        )
+        .await;
+    if let Err(error) = at_end {
+        anyhow::bail!("{error}: {:?}", scenario.partition_progress().await?);
+    }
+    let (stored_events, _) = scenario.table_counts().await?;
+    assert_eq!(stored_events, events, "every event is in the database");
+    // The liveness check sees the outputs owed on every partition.
+    let stalled = scenario.liveness_violations(Duration::from_secs(2)).await;
+    assert_eq!(
+        stalled.len(),
+        3,
+        "each partition with its outputs owed is not caught up: {stalled:?}"
+    );
+    for violation in &stalled {
+        assert!(
+            violation.contains("stored next_offset") && violation.contains("no group offset"),
+            "the violation says where each side is: {violation}"
+        );
+    }
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+
+    // A clean start replays from the group's start and produces them all,
+    // counting nothing twice in the database.
+    let service = scenario.start(&[])?;
+    let stalled = scenario.liveness_violations(CATCH_UP).await;
+    assert!(stalled.is_empty(), "caught up on both sides: {stalled:?}");
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
     let verdict = scenario.verdict().await?;
     verdict.assert_holds();
     scenario.drop_database().await?;

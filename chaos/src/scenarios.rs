@@ -16,9 +16,12 @@
 //!   seen moved, a second instance seen owning partitions, the input not yet
 //!   consumed when the fault began); without it the scenario fails as
 //!   `not injected`;
-//! - liveness: every partition's stored `next_offset` must reach its high
-//!   watermark within the catch-up window, else `liveness: partition P
-//!   stalled at …`;
+//! - liveness: every partition's stored `next_offset` and, on a real
+//!   cluster, its group offset (the Kafka commit, outputs produced) must
+//!   reach its high watermark within the catch-up window, else `liveness:
+//!   partition P stalled at …`; the stop comes only after both sides caught
+//!   up, so a cycle aborted after its database commit is replayed before the
+//!   verdict;
 //! - the verdict is taken after the final SIGTERM, not on a snapshot while
 //!   the service runs.
 

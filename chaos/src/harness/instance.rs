@@ -7,9 +7,12 @@
 //! Every instance binds its HTTP endpoint on port 0 and the harness reads
 //! the bound address from the instance's own log (`http endpoint listening
 //! addr=…`, or its JSON line), so no port is picked ahead of time and none is reused across
-//! restarts. Waiting for catch-up is a liveness check: when it times out,
-//! the error names every partition whose stored `next_offset` did not reach
-//! the partition's high watermark, and where it stopped.
+//! restarts. Waiting for catch-up is a liveness check of both commits: a
+//! partition has caught up when its stored `next_offset` (the database
+//! side) and, on a broker that keeps transactional offsets, the group's
+//! committed offset (the Kafka side: outputs produced) reached its high
+//! watermark. When it times out, the error names every partition that did
+//! not, and where each side stopped.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -412,6 +415,7 @@ impl Scenario {
         let group = self.group_id.clone();
         let topic = self.topics.input.clone();
         let partitions = self.partitions;
+        let group_offsets_kept = self.cluster.is_some();
         let kafka = tokio::task::spawn_blocking(move || {
             kafka_progress(&bootstrap, &group, &topic, partitions)
         })
@@ -425,6 +429,7 @@ impl Scenario {
                     high_watermark,
                     stored_next_offset: stored.get(&partition).copied().flatten(),
                     group_offset,
+                    group_offsets_kept,
                 },
             )
             .collect())
@@ -459,8 +464,8 @@ impl Scenario {
             .await
     }
 
-    /// The liveness check, in words: every partition whose stored offset has
-    /// not reached its high watermark, and where it is.
+    /// The liveness check, in words: every partition that has not caught up
+    /// (see [`PartitionProgress::caught_up`]), and where each side is.
     pub async fn stalled_partitions(&self) -> Result<Vec<String>> {
         Ok(self
             .partition_progress()
@@ -471,10 +476,10 @@ impl Scenario {
             .collect())
     }
 
-    /// Waits until every partition's stored offset reached its high
-    /// watermark; on timeout, one violation per stalled partition
-    /// (`liveness: partition P stalled at …`). Empty when every partition
-    /// caught up.
+    /// Waits until every partition caught up on both sides (see
+    /// [`PartitionProgress::caught_up`]); on timeout, one violation per
+    /// stalled partition (`liveness: partition P stalled at …`). Empty when
+    /// every partition caught up.
     pub async fn liveness_violations(&self, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -598,13 +603,24 @@ pub struct PartitionProgress {
     pub stored_next_offset: Option<i64>,
     /// the group's committed Kafka offset (None: none)
     pub group_offset: Option<i64>,
+    /// whether the broker keeps transactional offsets (a real cluster; not
+    /// librdkafka's mock, which discards them)
+    pub group_offsets_kept: bool,
 }
 
 impl PartitionProgress {
-    /// Whether the stored offset reached the end of the input (an empty
-    /// partition is caught up without a row).
+    /// Whether the pipeline caught up with this partition: its database side
+    /// (the stored offset) and, where the broker keeps them, its Kafka side
+    /// (the group's offset, moved only by a transaction that produced the
+    /// outputs) reached the end of the input. The database side alone is
+    /// not enough: a cycle that aborted after its database commit leaves the
+    /// stored offset at the end and the outputs owed until the replay. An
+    /// empty partition is caught up without a row.
     pub fn caught_up(&self) -> bool {
-        self.high_watermark == 0 || self.stored_next_offset >= Some(self.high_watermark)
+        let end = Some(self.high_watermark);
+        self.high_watermark == 0
+            || (self.stored_next_offset >= end
+                && (!self.group_offsets_kept || self.group_offset >= end))
     }
 
     /// `partition 1 stalled at stored next_offset 1234 of 5000 (group offset 1200)`.
@@ -872,5 +888,59 @@ impl Scenario {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PartitionProgress;
+    use proptest::prelude::*;
+
+    fn progress(
+        high: i64,
+        stored: Option<i64>,
+        group: Option<i64>,
+        kept: bool,
+    ) -> PartitionProgress {
+        PartitionProgress {
+            partition: 0,
+            high_watermark: high,
+            stored_next_offset: stored,
+            group_offset: group,
+            group_offsets_kept: kept,
+        }
+    }
+
+    #[test]
+    fn a_database_at_the_end_with_outputs_owed_has_not_caught_up() {
+        // The cycle of [880, 1000) aborted after its database commit: the
+        // store says 1000, Kafka still 880, the outputs are owed.
+        let owed = progress(1000, Some(1000), Some(880), true);
+        assert!(!owed.caught_up());
+        assert!(owed.describe().contains("group offset 880"));
+        assert!(progress(1000, Some(1000), Some(1000), true).caught_up());
+        assert!(!progress(1000, Some(1000), None, true).caught_up());
+    }
+
+    #[test]
+    fn on_a_broker_that_discards_offsets_the_database_side_decides() {
+        assert!(progress(1000, Some(1000), None, false).caught_up());
+        assert!(!progress(1000, Some(999), None, false).caught_up());
+    }
+
+    proptest! {
+        /// Caught up exactly when every side the broker keeps is at the end.
+        #[test]
+        fn caught_up_iff_each_kept_side_reached_the_end(
+            high in 0i64..50,
+            stored in proptest::option::of(0i64..60),
+            group in proptest::option::of(0i64..60),
+            kept in any::<bool>(),
+        ) {
+            let expected = high == 0
+                || (stored.is_some_and(|s| s >= high)
+                    && (!kept || group.is_some_and(|g| g >= high)));
+            prop_assert_eq!(progress(high, stored, group, kept).caught_up(), expected);
+        }
     }
 }
