@@ -1,9 +1,12 @@
 //! Construction of onceflow's two Kafka clients: the input consumer (static
 //! group member, `read_committed`, no auto-commit) with its rebalance
-//! context, and the transactional producer.
+//! context, and the output producer: transactional under `exactly-once`,
+//! idempotent without transactions under `at-least-once`.
 //!
-//! Guarantees: offsets are never committed by the consumer itself (only by
-//! the producer's transaction); a newly assigned partition is paused before
+//! Guarantees: offsets are never committed by the consumer on its own (no
+//! auto-commit): under `exactly-once` only the producer's transaction
+//! commits them, under `at-least-once` the coordinator commits them after
+//! the outputs were acknowledged; a newly assigned partition is paused before
 //! the rebalance callback returns, so nothing is fetched from it until the
 //! coordinator has positioned it at its recovery offset.
 
@@ -69,6 +72,22 @@ pub fn create_input_consumer(settings: &Settings) -> Result<Arc<InputConsumer>, 
     let consumer: InputConsumer = config.create_with_context(context)?;
     consumer.subscribe(&[settings.input_topic.as_str()])?;
     Ok(Arc::new(consumer))
+}
+
+/// Creates the producer of the outputs and dead letters for the configured
+/// guarantee. Blocking: call from a blocking task.
+pub fn create_output_producer(settings: &Settings) -> Result<FutureProducer, KafkaTxnError> {
+    if settings.guarantee.is_transactional() {
+        return create_transactional_producer(settings);
+    }
+    let mut config = base_config(settings);
+    config
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5");
+    config.create().map_err(|source| KafkaTxnError::Client {
+        operation: "create producer",
+        source,
+    })
 }
 
 /// Creates the transactional producer and runs `init_transactions`, which

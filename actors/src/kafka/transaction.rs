@@ -59,25 +59,23 @@ impl<'p> KafkaTransaction<'p> {
         self.producer
     }
 
-    /// Produces `count` records to `topic` and waits for every
-    /// acknowledgement (span `kafka.produce`).
+    /// Produces `count` records to `topic` in the transaction and waits for
+    /// every acknowledgement (span `kafka.produce`).
     pub async fn produce<'a>(
         &self,
         topic: &str,
         count: usize,
         records: impl Iterator<Item = FutureRecord<'a, [u8], [u8]>>,
     ) -> Result<usize, KafkaTxnError> {
-        let txn_id = self.txn_id;
-        let span = tracing::info_span!(
-            "kafka.produce",
-            otel.kind = "producer",
-            messaging.system = "kafka",
-            messaging.operation.name = "send",
-            messaging.destination.name = topic,
-            messaging.batch.message_count = count,
-            %txn_id
-        );
-        in_span(span, send_all(self.producer, topic, records, self.timeout)).await
+        produce(
+            self.producer,
+            self.txn_id,
+            topic,
+            count,
+            records,
+            self.timeout,
+        )
+        .await
     }
 
     /// Sends the consumed `offsets` of `topic` by group `group_id` (as of
@@ -129,6 +127,29 @@ impl<'p> KafkaTransaction<'p> {
         )
         .await
     }
+}
+
+/// Produces `count` records of cycle `txn_id` to `topic` (in the open
+/// transaction, if the producer has one) and waits for every
+/// acknowledgement, at most `timeout` in all (span `kafka.produce`).
+pub async fn produce<'a>(
+    producer: &FutureProducer,
+    txn_id: Uuid,
+    topic: &str,
+    count: usize,
+    records: impl Iterator<Item = FutureRecord<'a, [u8], [u8]>>,
+    timeout: Duration,
+) -> Result<usize, KafkaTxnError> {
+    let span = tracing::info_span!(
+        "kafka.produce",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.name = "send",
+        messaging.destination.name = topic,
+        messaging.batch.message_count = count,
+        %txn_id
+    );
+    in_span(span, send_all(producer, topic, records, timeout)).await
 }
 
 impl std::fmt::Debug for KafkaTransaction<'_> {

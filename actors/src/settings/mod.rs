@@ -18,8 +18,11 @@ use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 mod environment;
+mod guarantee;
 mod text;
 mod validation;
+
+pub use guarantee::Guarantee;
 
 /// The broker's default `transaction.max.timeout.ms` (15 minutes): a
 /// transactional producer asking for more is refused by the broker.
@@ -141,6 +144,9 @@ pub struct Settings {
     /// committed for this many commit intervals while input waits (lag
     /// above zero) and the database breaker is not open.
     pub wedged_after_intervals: u32,
+    /// The delivery guarantee of the outputs: `exactly-once` (default) or
+    /// `at-least-once` (no Kafka transaction; see [`Guarantee`]).
+    pub guarantee: Guarantee,
     /// librdkafka settings passed through unchanged (SASL/SSL included).
     #[serde(deserialize_with = "text::table")]
     pub kafka: BTreeMap<String, String>,
@@ -178,6 +184,7 @@ impl Default for Settings {
             breaker_cooldown: Duration::from_millis(1_000),
             breaker_max_cooldown: Duration::from_millis(5_000),
             wedged_after_intervals: 600,
+            guarantee: Guarantee::ExactlyOnce,
             kafka: BTreeMap::new(),
         }
     }

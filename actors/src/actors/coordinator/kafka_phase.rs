@@ -1,7 +1,9 @@
-//! The Kafka phase of a commit cycle: one transaction with the outputs
-//! still owed, the dead letters (produced by the DLQ forwarder), every
-//! committed partition's end offset with the group metadata, and the
-//! commit.
+//! The Kafka phase of a commit cycle. Under `exactly-once`: one
+//! transaction with the outputs still owed, the dead letters (produced by
+//! the DLQ forwarder), every committed partition's end offset with the group
+//! metadata, and the commit. Under `at-least-once`: the same records
+//! produced without a transaction, then the offsets committed by the
+//! consumer once every record was acknowledged.
 //!
 //! Guarantees:
 //! - Kafka offsets are sent only for partitions whose database transaction
@@ -11,12 +13,17 @@
 //!   cycle took its batches, and a partition no longer assigned when the
 //!   offsets are sent or the transaction commits aborts the transaction: an
 //!   old owner's commit is refused by the broker (stale generation) instead
-//!   of landing after the new owner read the group offset.
+//!   of landing after the new owner read the group offset;
+//! - under `at-least-once`, the offsets are committed only after every
+//!   output and dead letter of the cycle was acknowledged: a failure in
+//!   between replays them (produced again), never skips them.
 
 use std::time::Instant;
 
 use ractor::rpc::CallResult;
-use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::producer::FutureProducer;
 use uuid::Uuid;
 
 use super::database::CommittedBatch;
@@ -24,11 +31,12 @@ use super::state::CoordinatorState;
 use crate::failpoints;
 use crate::kafka::error::{ForwarderFailure, KafkaTxnError};
 use crate::kafka::records::{self, DeadLetter};
-use crate::kafka::transaction::KafkaTransaction;
+use crate::kafka::transaction::{self, KafkaTransaction};
 use crate::messages::dlq_forwarder::{DlqForwarderMsg, ForwardRequest};
+use crate::telemetry::spans::in_span;
 
 impl CoordinatorState {
-    /// Runs the Kafka transaction of a cycle.
+    /// Runs the Kafka phase of a cycle for the configured guarantee.
     pub(super) async fn kafka_phase(
         &self,
         txn_id: Uuid,
@@ -39,34 +47,18 @@ impl CoordinatorState {
         let settings = &self.args.settings;
         let opened = Instant::now();
         self.args.status.txn_opened();
-        let txn = KafkaTransaction::begin(producer, txn_id, settings.kafka_call_timeout)?;
-
-        let (outputs, dead_letters) = records::owed_records(
-            committed
-                .iter()
-                .map(|done| (&*done.batch, done.outcome.owed_records.as_slice())),
-        );
-        let txn_id_text = txn_id.to_string();
-        let output_topic = settings.output_topic.as_str();
-        let produced = outputs
-            .iter()
-            .map(|output| output.to_future_record(output_topic, &txn_id_text));
-        txn.produce(output_topic, outputs.len(), produced).await?;
-        if !dead_letters.is_empty() {
-            self.forward_dead_letters(&txn, txn_id, dead_letters)
-                .await?;
+        if !settings.guarantee.is_transactional() {
+            self.produce_owed(producer, txn_id, committed).await?;
+            let offsets = self.end_offsets(committed)?;
+            // Produced and acknowledged, offsets not committed: the replay
+            // produces them again.
+            failpoints::hit(failpoints::COORDINATOR_DURING_KAFKA_COMMIT)?;
+            self.refuse_revoked("commit offsets", committed)?;
+            return self.commit_offsets(txn_id, offsets).await;
         }
-
-        let offsets = records::end_offsets(
-            &settings.input_topic,
-            committed
-                .iter()
-                .map(|done| (done.batch.partition, done.batch.end_offset)),
-        )
-        .map_err(|source| KafkaTxnError::Client {
-            operation: "send_offsets_to_transaction",
-            source,
-        })?;
+        let txn = KafkaTransaction::begin(producer, txn_id, settings.kafka_call_timeout)?;
+        self.produce_owed(txn.producer(), txn_id, committed).await?;
+        let offsets = self.end_offsets(committed)?;
         // A partition revoked while the cycle ran is never committed here:
         // its new owner may already have read the group offset.
         self.refuse_revoked("send_offsets_to_transaction", committed)?;
@@ -87,6 +79,94 @@ impl CoordinatorState {
         Ok(())
     }
 
+    /// Produces the outputs and dead letters the committed batches still
+    /// owe (in the open transaction, if there is one) and waits for every
+    /// acknowledgement.
+    async fn produce_owed(
+        &self,
+        producer: &FutureProducer,
+        txn_id: Uuid,
+        committed: &[CommittedBatch],
+    ) -> Result<(), KafkaTxnError> {
+        let settings = &self.args.settings;
+        let (outputs, dead_letters) = records::owed_records(
+            committed
+                .iter()
+                .map(|done| (&*done.batch, done.outcome.owed_records.as_slice())),
+        );
+        let txn_id_text = txn_id.to_string();
+        let output_topic = settings.output_topic.as_str();
+        let produced = outputs
+            .iter()
+            .map(|output| output.to_future_record(output_topic, &txn_id_text));
+        transaction::produce(
+            producer,
+            txn_id,
+            output_topic,
+            outputs.len(),
+            produced,
+            settings.kafka_call_timeout,
+        )
+        .await?;
+        if !dead_letters.is_empty() {
+            self.forward_dead_letters(producer, txn_id, dead_letters)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every committed partition's end offset.
+    fn end_offsets(
+        &self,
+        committed: &[CommittedBatch],
+    ) -> Result<TopicPartitionList, KafkaTxnError> {
+        records::end_offsets(
+            &self.args.settings.input_topic,
+            committed
+                .iter()
+                .map(|done| (done.batch.partition, done.batch.end_offset)),
+        )
+        .map_err(|source| KafkaTxnError::Client {
+            operation: "send_offsets_to_transaction",
+            source,
+        })
+    }
+
+    /// Under `at-least-once`: commits `offsets` through the consumer (the
+    /// group's current generation; a stale one is refused by the broker),
+    /// synchronously (span `kafka.commit_offsets`).
+    async fn commit_offsets(
+        &self,
+        txn_id: Uuid,
+        offsets: TopicPartitionList,
+    ) -> Result<(), KafkaTxnError> {
+        let settings = &self.args.settings;
+        let span = tracing::info_span!(
+            "kafka.commit_offsets",
+            messaging.system = "kafka",
+            messaging.destination.name = %settings.input_topic,
+            messaging.consumer.group.name = %settings.group_id,
+            partitions = offsets.count(),
+            %txn_id
+        );
+        let consumer = std::sync::Arc::clone(&self.args.consumer);
+        let committing =
+            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync));
+        in_span(span, async move {
+            committing
+                .await
+                .map_err(|error| KafkaTxnError::TaskLost {
+                    operation: "commit offsets",
+                    reason: error.to_string(),
+                })?
+                .map_err(|source| KafkaTxnError::Client {
+                    operation: "commit offsets",
+                    source,
+                })
+        })
+        .await
+    }
+
     /// Fails with the first partition of the cycle that Kafka no longer
     /// assigns here, before `operation`.
     fn refuse_revoked(
@@ -103,11 +183,11 @@ impl CoordinatorState {
         }
     }
 
-    /// Has the DLQ forwarder produce the cycle's dead letters inside its
-    /// open transaction, and waits for it (bounded).
+    /// Has the DLQ forwarder produce the cycle's dead letters (inside the
+    /// open transaction, if there is one), and waits for it (bounded).
     async fn forward_dead_letters(
         &self,
-        txn: &KafkaTransaction<'_>,
+        producer: &FutureProducer,
         txn_id: Uuid,
         dead_letters: Vec<DeadLetter>,
     ) -> Result<(), KafkaTxnError> {
@@ -119,7 +199,7 @@ impl CoordinatorState {
             .ok_or(unavailable(ForwarderFailure::Restarting))?;
         let settings = &self.args.settings;
         let request = ForwardRequest {
-            producer: txn.producer().clone(),
+            producer: producer.clone(),
             parent: tracing::Span::current(),
             txn_id,
             source_topic: settings.input_topic.clone(),

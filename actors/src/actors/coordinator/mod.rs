@@ -84,10 +84,18 @@ impl Actor for TransactionCoordinator {
         let producer = producer::new_producer(&state.args.settings).await?;
         state.producer = Some(producer);
         state.args.status.set_coordinator_ready(true);
-        tracing::info!(
-            transactional_id = %state.args.settings.transactional_id(),
-            "transactional producer initialised"
-        );
+        let settings = &state.args.settings;
+        if settings.guarantee.is_transactional() {
+            tracing::info!(
+                transactional_id = %settings.transactional_id(),
+                "transactional producer initialised"
+            );
+        } else {
+            tracing::warn!(
+                guarantee = settings.guarantee.as_str(),
+                "producer initialised without transactions: outputs may be produced twice"
+            );
+        }
         state
             .args
             .names

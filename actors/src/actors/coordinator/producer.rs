@@ -1,5 +1,6 @@
-//! The coordinator's transactional producer: created (fencing the previous
-//! incarnation's), and after a failed transaction either aborted or
+//! The coordinator's producer: created (under `exactly-once` transactional,
+//! fencing the previous incarnation's), and after a failed cycle either
+//! kept (its transaction aborted; under `at-least-once` there is none) or
 //! recreated.
 //!
 //! Guarantees: a producer whose state is unknown is never reused (it is
@@ -14,7 +15,7 @@ use rdkafka::producer::FutureProducer;
 use uuid::Uuid;
 
 use super::state::CoordinatorState;
-use crate::kafka::clients::create_transactional_producer;
+use crate::kafka::clients::create_output_producer;
 use crate::kafka::error::{KafkaFailureClass, KafkaTxnError};
 use crate::kafka::transaction::{self, init_transactions_span};
 use crate::settings::Settings;
@@ -26,7 +27,7 @@ pub(super) async fn new_producer(
     settings: &Arc<Settings>,
 ) -> Result<FutureProducer, KafkaTxnError> {
     let settings = Arc::clone(settings);
-    tokio::task::spawn_blocking(move || create_transactional_producer(&settings))
+    tokio::task::spawn_blocking(move || create_output_producer(&settings))
         .await
         .map_err(|error| KafkaTxnError::TaskLost {
             operation: "init_transactions",
@@ -43,6 +44,13 @@ impl CoordinatorState {
         txn_id: Uuid,
         class: KafkaFailureClass,
     ) -> Result<(), ActorProcessingErr> {
+        if class != KafkaFailureClass::RecreateProducer
+            && !self.args.settings.guarantee.is_transactional()
+        {
+            // No transaction to abort: what was produced stays produced and
+            // is produced again by the replay (at least once).
+            return Ok(());
+        }
         if class != KafkaFailureClass::RecreateProducer
             && let Some(producer) = &self.producer
         {
