@@ -7,6 +7,7 @@
 //! signal forces the exit with 128 + its number, the 10 s deadline with 75);
 //! an escalated failure exits 1 (see `exit_status`).
 
+mod bench_command;
 mod chaos_command;
 mod demo;
 mod exit_status;
@@ -51,6 +52,10 @@ enum Command {
     /// and check exactly-once from the outside.
     #[command(subcommand)]
     Chaos(chaos_command::ChaosCommand),
+    /// The benchmark: PostgreSQL's ceiling, onceflow exactly-once and
+    /// at-least-once, the per-message pattern and latency at half load, in
+    /// one run on a real cluster (`scripts/bench.sh` sets it up).
+    Bench(bench_command::BenchArgs),
 }
 
 /// Longest graceful shutdown before the process exits anyway.
@@ -78,7 +83,7 @@ fn main() -> ExitCode {
     // The chaos suite prints a table; its own logs only matter when something is wrong.
     // The demo draws progress bars; its logs are there for RUST_LOG to show.
     let default_log_filter = match cli.command {
-        Command::Chaos(_) => "warn",
+        Command::Chaos(_) | Command::Bench(_) => "warn",
         Command::Demo(_) => "off",
         _ => "info",
     };
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
             Command::Run { config } => run(config).await,
             Command::Produce(args) => produce::run_produce(&args).await.map(|_| true),
             Command::Chaos(command) => chaos_command::run_chaos(command).await.map(|()| true),
+            Command::Bench(args) => bench_command::run_bench(args).await.map(|()| true),
             Command::Demo(args) => demo::run_demo(args, committed_transactions)
                 .await
                 .map(|()| true),

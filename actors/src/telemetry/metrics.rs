@@ -258,33 +258,26 @@ impl PipelineMetrics {
     }
 
     /// Reads the process figures from `/proc/self` (Linux; elsewhere they
-    /// stay at zero).
+    /// stay at zero): resident memory, CPU time of every thread (user and
+    /// system, from `stat`), open descriptors.
     fn update_process_metrics(&self) {
-        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
-            && let Some(kilobytes) = status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|number| number.parse::<i64>().ok())
-        {
-            self.process_resident_memory_bytes.set(kilobytes * 1_024);
-        }
-        // Nanoseconds on a CPU, the first field of schedstat.
-        if let Ok(schedstat) = std::fs::read_to_string("/proc/self/schedstat")
-            && let Some(nanoseconds) = schedstat
-                .split_whitespace()
-                .next()
-                .and_then(|number| number.parse::<u64>().ok())
-        {
-            let seconds = nanoseconds as f64 / 1e9;
+        let Ok(process) = procfs::process::Process::myself() else {
+            return;
+        };
+        if let Ok(stat) = process.stat() {
+            let page_size = procfs::page_size();
+            self.process_resident_memory_bytes
+                .set(i64::try_from(stat.rss.saturating_mul(page_size)).unwrap_or(i64::MAX));
+            let ticks = stat.utime.saturating_add(stat.stime);
+            let seconds = ticks as f64 / procfs::ticks_per_second() as f64;
             let counted = self.process_cpu_seconds.get();
             if seconds > counted {
                 self.process_cpu_seconds.inc_by(seconds - counted);
             }
         }
-        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        if let Ok(descriptors) = process.fd_count() {
             self.process_open_fds
-                .set(i64::try_from(entries.count()).unwrap_or(i64::MAX));
+                .set(i64::try_from(descriptors).unwrap_or(i64::MAX));
         }
     }
 

@@ -61,6 +61,8 @@ pub struct Scenario {
     /// first instance's start; on a real cluster only), finished by
     /// [`Scenario::verdict`]
     live: std::sync::Mutex<Option<LiveReader>>,
+    /// whether instances start the live reader ([`Scenario::without_live_reader`])
+    live_reading: bool,
     /// the proxy between the service and PostgreSQL, if the scenario put
     /// one there ([`Scenario::with_database_behind_proxy`])
     database_proxy: Option<super::TcpProxy>,
@@ -133,6 +135,7 @@ impl Scenario {
             partitions,
             main_log: std::sync::Mutex::new(None),
             live: std::sync::Mutex::new(None),
+            live_reading: true,
             database_proxy: None,
         })
     }
@@ -549,9 +552,16 @@ impl Scenario {
         .await
     }
 
+    /// No live reader: the verdict reads the topics after the run only
+    /// (a benchmark's clients must not share the machine's cores with one).
+    pub fn without_live_reader(mut self) -> Scenario {
+        self.live_reading = false;
+        self
+    }
+
     /// Starts the live `read_committed` reader once, on a real cluster.
     fn start_live_reader(&self) {
-        if self.cluster.is_none() {
+        if self.cluster.is_none() || !self.live_reading {
             return;
         }
         let mut live = self
@@ -783,6 +793,11 @@ impl Service {
                     self.log_path.display()
                 )
             })??)
+    }
+
+    /// The process id, while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The service's log so far.

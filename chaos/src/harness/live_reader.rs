@@ -374,6 +374,7 @@ mod tests {
             key: None,
             value: None,
             headers: Vec::new(),
+            timestamp_ms: None,
         }
     }
 

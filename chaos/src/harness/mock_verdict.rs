@@ -302,6 +302,7 @@ mod tests {
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), value.as_bytes().to_vec()))
                 .collect(),
+            timestamp_ms: None,
         }
     }
 

@@ -20,6 +20,9 @@ pub struct TopicRecord {
     pub value: Option<Vec<u8>>,
     /// Headers in order; a header without a value has an empty one.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp in ms since the epoch (create or log-append
+    /// time, as the topic keeps it), if it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl TopicRecord {
@@ -135,6 +138,7 @@ fn read_committed_blocking(
                     key: message.key().map(<[u8]>::to_vec),
                     value: message.payload().map(<[u8]>::to_vec),
                     headers,
+                    timestamp_ms: message.timestamp().to_millis(),
                 });
             }
         }

@@ -1,0 +1,164 @@
+//! onceflow against a cold backlog: the input is written first, then one
+//! instance starts with the product's default settings and runs until both
+//! its commits (the stored offsets and the group's offsets) reached the end
+//! of every partition. Measured from outside: wall time from the process
+//! start (start-up included) and from its first database commit, CPU time of
+//! the process (all threads) and its peak resident memory; then the verdict
+//! of the guarantee the run was made under, so a fast wrong run reports no
+//! figure.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use onceflow_actors::settings::{Guarantee, Settings};
+use onceflow_chaos::harness::{Scenario, WorkloadSpec, input_truth};
+use onceflow_chaos::outcome::numbers_of;
+
+use crate::error::{BenchError, Result};
+use crate::process_usage::process_usage;
+
+/// The figures of one backlog run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BacklogRun {
+    /// `exactly-once` or `at-least-once`
+    pub guarantee: &'static str,
+    /// input records (invalid ones and repeats included)
+    pub records: u64,
+    /// seconds from the process start to both sides caught up
+    pub seconds: f64,
+    /// seconds from the first database commit to both sides caught up
+    pub processing_seconds: f64,
+    /// records per second, start-up included
+    pub records_per_second: f64,
+    /// records per second from the first commit on
+    pub processing_records_per_second: f64,
+    /// CPU time of the process per input record, µs (start-up included)
+    pub cpu_us_per_record: f64,
+    /// peak resident memory of the process, MiB
+    pub peak_rss_mib: f64,
+    /// records whose output is missing (must be 0)
+    pub lost: u64,
+    /// records produced more than once (0 under exactly-once)
+    pub duplicated: u64,
+}
+
+/// The environment of an instance with the product's defaults (the test
+/// harness starts its instances with small batches and debug logs).
+pub fn product_env(guarantee: Guarantee) -> Vec<(&'static str, String)> {
+    let defaults = Settings::default();
+    vec![
+        (
+            "ONCEFLOW_MAX_BATCH_RECORDS",
+            defaults.max_batch_records.to_string(),
+        ),
+        (
+            "ONCEFLOW_MAX_BUFFERED_RECORDS",
+            defaults.max_buffered_records.to_string(),
+        ),
+        ("ONCEFLOW_GUARANTEE", guarantee.as_str().to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+}
+
+/// Borrowed view of an environment list, as `Scenario::start` takes it.
+pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(key, value)| (*key, value.as_str())).collect()
+}
+
+/// Runs `binary` under `guarantee` against a cold backlog of `spec`.
+pub async fn backlog_run(
+    binary: &Path,
+    spec: WorkloadSpec,
+    guarantee: Guarantee,
+    timeout: Duration,
+) -> Result<BacklogRun> {
+    let scenario = Scenario::new(binary, spec.partitions)
+        .await?
+        .without_live_reader();
+    scenario.generate(spec).await?;
+    let truth = input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
+    let input_end: i64 = scenario
+        .partition_progress()
+        .await?
+        .iter()
+        .map(|progress| progress.high_watermark)
+        .sum();
+
+    let env = product_env(guarantee);
+    let service = scenario.start(&env_refs(&env))?;
+    let started = Instant::now();
+    let pid = service.pid().ok_or(BenchError::Process {
+        pid: 0,
+        reason: "exited at once".to_owned(),
+    })?;
+    let mut first_commit = None;
+    // The database side is read with SQL (cheap, every 50 ms); the Kafka
+    // side, which needs a client of its own, only once the database caught up.
+    loop {
+        let stored = scenario.stored_offset_total().await.unwrap_or(0);
+        if first_commit.is_none() && stored > 0 {
+            first_commit = Some(started.elapsed());
+        }
+        if stored >= input_end
+            && scenario
+                .partition_progress()
+                .await?
+                .iter()
+                .all(|progress| progress.caught_up())
+        {
+            break;
+        }
+        if started.elapsed() > timeout {
+            let stalled = scenario.stalled_partitions().await?.join("; ");
+            return Err(BenchError::TimedOut {
+                step: "backlog run",
+                seconds: timeout.as_secs(),
+                detail: stalled,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let usage = process_usage(pid)?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    if !exit.success() {
+        return Err(BenchError::Violated {
+            step: "backlog run",
+            count: 1,
+            first: format!("the instance exited with {exit}"),
+        });
+    }
+    let verdict = scenario.verdict().await?;
+    let (lost, duplicated, _) = numbers_of(&verdict);
+    let violations: Vec<&String> = verdict
+        .violations
+        .iter()
+        .filter(|violation| {
+            guarantee.is_transactional()
+                || !(violation.starts_with("duplicate")
+                    || violation.contains("dead-lettered twice (also at"))
+        })
+        .collect();
+    if let Some(first) = violations.first() {
+        return Err(BenchError::Violated {
+            step: "backlog run",
+            count: violations.len(),
+            first: (*first).clone(),
+        });
+    }
+    scenario.drop_database().await?;
+    let records = truth.records;
+    let processing_seconds = seconds - first_commit.map_or(0.0, |at| at.as_secs_f64());
+    Ok(BacklogRun {
+        guarantee: guarantee.as_str(),
+        records,
+        seconds,
+        processing_seconds,
+        records_per_second: records as f64 / seconds,
+        processing_records_per_second: records as f64 / processing_seconds.max(f64::EPSILON),
+        cpu_us_per_record: usage.cpu_seconds * 1e6 / records.max(1) as f64,
+        peak_rss_mib: usage.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+        lost,
+        duplicated,
+    })
+}

@@ -1,0 +1,207 @@
+//! Latency at a steady rate: one instance with the product's defaults, the
+//! input written at a fixed rate (half the measured maximum, by default)
+//! for a while, and a `read_committed` reader of the output beside it.
+//!
+//! - end-to-end latency of a record: the moment the reader first sees its
+//!   output minus the input record's timestamp (its producer's create time),
+//!   per distinct event, all on this machine's clock;
+//! - commit latency: onceflow's own `onceflow_commit_duration_seconds`
+//!   histogram over the run (database and Kafka commit of a cycle),
+//!   quantiles interpolated within buckets as Prometheus'
+//!   `histogram_quantile` does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use onceflow_actors::settings::Guarantee;
+use onceflow_chaos::harness::{Metrics, Scenario, WorkloadSpec, read_committed, unique};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use uuid::Uuid;
+
+use crate::backlog_run::{env_refs, product_env};
+use crate::error::{BenchError, Result};
+use crate::quantiles::{Quantiles, histogram_quantile, quantiles_of};
+
+/// The figures of one steady-rate run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LatencyRun {
+    /// input records per second written
+    pub rate: u64,
+    /// seconds the input was written for
+    pub seconds: u64,
+    /// end-to-end latency, ms (input timestamp → visible downstream)
+    pub end_to_end_ms: Quantiles,
+    /// commit latency of a cycle, ms (onceflow's histogram)
+    pub commit_p50_ms: f64,
+    /// commit latency of a cycle, ms (onceflow's histogram)
+    pub commit_p99_ms: f64,
+    /// cycles committed during the run
+    pub cycles: f64,
+}
+
+const COMMIT_BUCKETS: &str = "onceflow_commit_duration_seconds_bucket";
+
+/// Runs `binary` at `rate` input records per second for `seconds`.
+pub async fn latency_run(
+    binary: &std::path::Path,
+    partitions: i32,
+    rate: u64,
+    seconds: u64,
+    seed: u64,
+) -> Result<LatencyRun> {
+    let scenario = Scenario::new(binary, partitions)
+        .await?
+        .without_live_reader();
+    let env = product_env(Guarantee::ExactlyOnce);
+    let service = scenario.start(&env_refs(&env))?;
+    scenario
+        .wait_for("the instance ready", Duration::from_secs(60), async |s| {
+            matches!(s.http_get("/readyz").await, Ok((200, _)))
+        })
+        .await?;
+    let before = scenario.metrics().await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = Arc::clone(&stop);
+        let bootstrap = scenario.bootstrap.clone();
+        let topic = scenario.topics.output.clone();
+        tokio::task::spawn_blocking(move || watch_outputs(&bootstrap, &topic, partitions, &stop))
+    };
+    let spec = WorkloadSpec {
+        invalid_share: 0.0,
+        repeat_share: 0.0,
+        conflicting_repeats: false,
+        awkward_share: 0.0,
+        ..WorkloadSpec::mixed(rate.saturating_mul(seconds), partitions, seed)
+    };
+    scenario.generate_in_background(spec, rate).await??;
+    let started = Instant::now();
+    loop {
+        let progress = scenario.partition_progress().await?;
+        if progress.iter().all(|partition| partition.caught_up()) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            stop.store(true, Ordering::SeqCst);
+            return Err(BenchError::TimedOut {
+                step: "latency run",
+                seconds: 120,
+                detail: scenario.stalled_partitions().await?.join("; "),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = scenario.metrics().await?;
+    // The reader has seen everything committed once it reads the end.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let seen = watcher.await??;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    let verdict = scenario.verdict().await?;
+    if let Some(first) = verdict.violations.first() {
+        return Err(BenchError::Violated {
+            step: "latency run",
+            count: verdict.violations.len(),
+            first: first.clone(),
+        });
+    }
+    if !exit.success() {
+        return Err(BenchError::Violated {
+            step: "latency run",
+            count: 1,
+            first: format!("the instance exited with {exit}"),
+        });
+    }
+
+    let input = read_committed(&scenario.bootstrap, &scenario.topics.input).await?;
+    let mut written: HashMap<Uuid, i64> = HashMap::new();
+    for record in &input {
+        if let (Some(event_id), Some(at)) = (event_id_of(record.value.as_deref()), record.timestamp_ms) {
+            written.entry(event_id).and_modify(|t| *t = (*t).min(at)).or_insert(at);
+        }
+    }
+    let latencies: Vec<f64> = seen
+        .iter()
+        .filter_map(|(event_id, seen_at)| {
+            written
+                .get(event_id)
+                .map(|written_at| (*seen_at - *written_at) as f64)
+        })
+        .collect();
+    let commit = bucket_delta(&before, &after)?;
+    scenario.drop_database().await?;
+    Ok(LatencyRun {
+        rate,
+        seconds,
+        end_to_end_ms: quantiles_of(latencies),
+        commit_p50_ms: histogram_quantile(0.5, &commit) * 1e3,
+        commit_p99_ms: histogram_quantile(0.99, &commit) * 1e3,
+        cycles: commit.last().map_or(0.0, |(_, count)| *count),
+    })
+}
+
+/// The event id in an output or input value.
+fn event_id_of(value: Option<&[u8]>) -> Option<Uuid> {
+    let json: serde_json::Value = serde_json::from_slice(value?).ok()?;
+    json.get("event_id")?.as_str()?.parse().ok()
+}
+
+/// Reads `topic` with `read_committed` until `stop`, recording when each
+/// event id was first visible (ms since the epoch).
+fn watch_outputs(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    stop: &AtomicBool,
+) -> Result<HashMap<Uuid, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("bench-latency"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut seen = HashMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        let Some(message) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
+        if let Some(event_id) = event_id_of(message?.payload()) {
+            seen.entry(event_id).or_insert(now_ms);
+        }
+    }
+    Ok(seen)
+}
+
+/// The commit histogram's buckets over the run: (upper bound in seconds,
+/// cumulative count), ascending, `+Inf` last.
+fn bucket_delta(before: &Metrics, after: &Metrics) -> Result<Vec<(f64, f64)>> {
+    let before = before.by_label(COMMIT_BUCKETS, "le")?;
+    let after = after.by_label(COMMIT_BUCKETS, "le")?;
+    let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for (le, count) in &after {
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse::<f64>().unwrap_or(f64::INFINITY)
+        };
+        let delta = count - before.get(le).copied().unwrap_or(0.0);
+        buckets.insert(bound.to_bits(), (bound, delta));
+    }
+    let mut sorted: Vec<(f64, f64)> = buckets.into_values().collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(sorted)
+}
