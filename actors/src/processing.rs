@@ -14,18 +14,37 @@ use crate::model::record::{ConsumedRecord, ProcessedRecord, RecordEffect};
 use crate::telemetry::spans::{RecordSource, RecordSpan, span_export_enabled};
 use crate::telemetry::trace_context::TraceContext;
 
+/// The output record's value, serialised straight from borrowed fields (no
+/// intermediate JSON tree). Keys in alphabetical order, the order the
+/// values always had.
+#[derive(serde::Serialize)]
+struct OutputValue<'a> {
+    ad_id: &'a str,
+    billed_minute: String,
+    campaign_id: &'a str,
+    cost_micros: i64,
+    event_id: &'a uuid::Uuid,
+    kind: &'static str,
+    occurred_at: String,
+}
+
 /// The output record's value: the event plus its billed minute.
 pub fn output_value(event: &AdEvent) -> Vec<u8> {
-    let value = serde_json::json!({
-        "event_id": event.event_id,
-        "campaign_id": event.campaign_id,
-        "ad_id": event.ad_id,
-        "kind": event.kind.as_str(),
-        "cost_micros": event.cost_micros,
-        "occurred_at": event.occurred_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        "billed_minute": event.billed_minute().to_rfc3339_opts(SecondsFormat::Secs, true),
-    });
-    value.to_string().into_bytes()
+    let value = OutputValue {
+        ad_id: &event.ad_id,
+        billed_minute: event
+            .billed_minute()
+            .to_rfc3339_opts(SecondsFormat::Secs, true),
+        campaign_id: &event.campaign_id,
+        cost_micros: event.cost_micros,
+        event_id: &event.event_id,
+        kind: event.kind.as_str(),
+        occurred_at: event
+            .occurred_at
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    };
+    // Serialising strings, numbers and a uuid cannot fail.
+    serde_json::to_vec(&value).unwrap_or_default()
 }
 
 /// Processes one consumed record (without a span of its own; see
@@ -110,6 +129,27 @@ mod tests {
         assert_eq!(json["billed_minute"], "2026-11-26T08:15:00Z");
         assert_eq!(json["occurred_at"], "2026-11-26T08:15:30.123Z");
         assert_eq!(json["kind"], "impression");
+    }
+
+    #[test]
+    fn the_output_value_is_the_json_object_it_always_was_byte_for_byte() {
+        // Escapes, multibyte text, a negative offset and nanoseconds.
+        let payload = r#"{"event_id":"1B4E28BA-2FA1-4D3B-A3F5-EF19B5A7633B","campaign_id":"c\"1\u00e9","ad_id":"ad/ü","kind":"click","cost_micros":123456789,"occurred_at":"1999-12-31T23:59:59.123456789-08:00"}"#;
+        let event = crate::model::ad_event::parse_ad_event(Some(payload.as_bytes()))
+            .expect("a valid event");
+        let tree = serde_json::json!({
+            "event_id": event.event_id,
+            "campaign_id": event.campaign_id,
+            "ad_id": event.ad_id,
+            "kind": event.kind.as_str(),
+            "cost_micros": event.cost_micros,
+            "occurred_at": event.occurred_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            "billed_minute": event.billed_minute().to_rfc3339_opts(SecondsFormat::Secs, true),
+        });
+        assert_eq!(
+            String::from_utf8(output_value(&event)).expect("utf-8"),
+            tree.to_string()
+        );
     }
 
     #[test]
