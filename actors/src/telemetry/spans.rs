@@ -8,8 +8,9 @@
 //! its batch is committed or dropped (rewind, abort, shutdown). Its context
 //! is what the record's output or dead-letter record carries in
 //! `traceparent` (with the upstream `tracestate`), so the downstream
-//! consumer continues the same trace through a span that was exported. A record without one gets no span of its own (it is covered by
-//! its commit cycle's span); otherwise every record would flood the exporter.
+//! consumer continues the same trace through a span that was exported. A
+//! record without one gets no span of its own (it is covered by its commit
+//! cycle's span); otherwise every record would flood the exporter.
 //!
 //! A commit cycle's span is a child of the `process` span of the first
 //! sampled traced record it commits (so a trace begun upstream contains the
