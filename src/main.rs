@@ -2,8 +2,9 @@
 //! endpoints around the actors crate. All pipeline logic lives in
 //! `onceflow-actors`; this file only wires it to the outside world.
 //!
-//! Guarantees: a bad setting stops start-up with one line naming it and
-//! exit code 78; SIGTERM/SIGINT shut down gracefully with exit 0 (a second
+//! Guarantees: a bad setting (an `ONCEFLOW_*` setting, `ONCEFLOW_LOG_FORMAT`,
+//! `OTEL_PROPAGATORS`) stops start-up with one line naming it and exit code
+//! 78; SIGTERM/SIGINT shut down gracefully with exit 0 (a second
 //! signal forces the exit with 128 + its number, the 10 s deadline with 75);
 //! an escalated failure exits 1 (see `exit_status`).
 
@@ -22,6 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use onceflow_actors::telemetry::propagation::{self, Propagators};
 use onceflow_actors::{PipelineStatus, Settings, run_pipeline};
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +72,21 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_status::CONFIGURATION_ERROR);
         }
     };
+    // Before any record is read: the propagator that carries trace context
+    // across Kafka (`OTEL_PROPAGATORS`).
+    let propagators = match Propagators::from_env() {
+        Ok(propagators) => propagators,
+        Err(problem) => {
+            eprintln!("onceflow: {problem}");
+            return ExitCode::from(exit_status::CONFIGURATION_ERROR);
+        }
+    };
+    if let Err(in_force) = propagation::install(propagators) {
+        eprintln!(
+            "onceflow: OTEL_PROPAGATORS: {} was already in force; keeping it",
+            in_force.names()
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,7 +11,9 @@
 //! `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`,
 //! `OTEL_EXPORTER_OTLP_TIMEOUT` and `OTEL_EXPORTER_OTLP_CERTIFICATE` (a CA
 //! for an `https://` gRPC endpoint, besides the system's roots); `OTEL_SDK_DISABLED=true` or
-//! `OTEL_TRACES_EXPORTER=none` turn export off.
+//! `OTEL_TRACES_EXPORTER=none` turn export off. What is propagated across
+//! Kafka (`OTEL_PROPAGATORS`) does not depend on export: `main` reads it
+//! before anything else (`onceflow_actors::telemetry::propagation`).
 //!
 //! Guarantees:
 //! - an invalid `RUST_LOG` falls back to `info` with a warning;

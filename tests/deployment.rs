@@ -1,4 +1,5 @@
-//! What a platform running onceflow relies on: a configuration error exits
+//! What a platform running onceflow relies on: a configuration error
+//! (`OTEL_PROPAGATORS` naming a propagator onceflow lacks included) exits
 //! 78 with one line naming the setting (a failure exits 1:
 //! `tests/failures.rs`, the fenced zombie); a pod with the variables
 //! Kubernetes injects and a numeric instance id runs exactly once; a wedged
@@ -59,6 +60,10 @@ async fn a_configuration_error_exits_78_with_one_line_naming_the_setting() -> an
         (
             vec![database, ("ONCEFLOW_HTTP_ADDR_UNUSED", "x")],
             "http_addr_unused",
+        ),
+        (
+            vec![database, ("OTEL_PROPAGATORS", "tracecontext,b3")],
+            "OTEL_PROPAGATORS=\"tracecontext,b3\": `b3` is not supported",
         ),
     ] {
         let (code, stderr) = run_to_exit(&env).await?;

@@ -737,7 +737,7 @@ fn processed(partition: i32, offset: i64, payload: &[u8]) -> ProcessedRecord {
         offset,
         key: Some(b"k".to_vec()),
         payload: Some(payload.to_vec()),
-        traceparent: None,
+        trace_headers: onceflow_actors::telemetry::carrier::TraceHeaders::none(),
     })
 }
 

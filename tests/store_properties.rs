@@ -285,7 +285,7 @@ fn record(
         offset,
         key: None,
         payload: Some(payload),
-        traceparent: None,
+        trace_headers: onceflow_actors::telemetry::carrier::TraceHeaders::none(),
     });
     if let (RecordSpec::Event(which), RecordEffect::Event { event, .. }) =
         (spec, &mut processed.effect)

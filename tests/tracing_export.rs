@@ -9,7 +9,9 @@
 //! commit cycles that took those records, with their database and Kafka
 //! commit spans (same `txn_id`), are in the same trace; output and DLQ
 //! records carry the trace id and the `process` span as parent; records
-//! without a `traceparent` get no span of their own. Also: the same trace
+//! without a `traceparent` get no span of their own; upstream `tracestate`
+//! and `baggage` arrive unchanged on outputs and dead letters, and
+//! `OTEL_PROPAGATORS=tracecontext` leaves the baggage out. Also: the same trace
 //! over OTLP/HTTP (protobuf) to an HTTP receiver; an unreachable collector
 //! costs one warning and neither start-up nor shutdown time. The
 //! no-endpoint path is what every other integration test runs.
@@ -24,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use onceflow_chaos::harness::{read_committed, wait_for_progress};
+use onceflow_chaos::harness::{TopicRecord, read_committed, wait_for_progress};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -226,23 +228,51 @@ struct Input {
     traceparent: Option<String>,
 }
 
+/// One record to write: partition, value, headers (name, value).
+type RecordToWrite<'a> = (i32, &'a str, Vec<(&'a str, &'a str)>);
+
 /// Writes the records; returns (partition, offset) of each, in order.
 async fn write_inputs(scenario: &Scenario, inputs: &[Input]) -> anyhow::Result<Vec<(i32, i64)>> {
+    let records: Vec<RecordToWrite<'_>> = inputs
+        .iter()
+        .map(|input| {
+            let headers = input
+                .traceparent
+                .as_deref()
+                .map(|traceparent| vec![("traceparent", traceparent)])
+                .unwrap_or_default();
+            (input.partition, input.value.as_str(), headers)
+        })
+        .collect();
+    write_records(scenario, &records).await
+}
+
+/// Writes (partition, value, headers) records to the input topic, in order;
+/// returns (partition, offset) of each.
+async fn write_records(
+    scenario: &Scenario,
+    records: &[RecordToWrite<'_>],
+) -> anyhow::Result<Vec<(i32, i64)>> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &scenario.bootstrap)
         .set("message.timeout.ms", "30000")
         .create()?;
     let mut positions = Vec::new();
-    for input in inputs {
+    for (partition, value, headers) in records {
         let mut record = FutureRecord::<[u8], [u8]>::to(&scenario.topics.input)
-            .partition(input.partition)
+            .partition(*partition)
             .key(b"c-1")
-            .payload(input.value.as_bytes());
-        if let Some(traceparent) = &input.traceparent {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "traceparent",
-                value: Some(traceparent.as_str()),
-            }));
+            .payload(value.as_bytes());
+        if !headers.is_empty() {
+            let headers = headers
+                .iter()
+                .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                    headers.insert(Header {
+                        key,
+                        value: Some(*value),
+                    })
+                });
+            record = record.headers(headers);
         }
         let delivered = producer
             .send(record, Duration::from_secs(30))
@@ -541,6 +571,158 @@ async fn upstream_trace_runs_through_onceflow_to_the_output_records() -> anyhow:
             "the dead letter's parent is its record's process span"
         );
     }
+    Ok(())
+}
+
+/// The output record of event `event_id` among `outputs`.
+fn output_of(outputs: &[TopicRecord], event_id: Uuid) -> anyhow::Result<&TopicRecord> {
+    outputs
+        .iter()
+        .find(|record| {
+            serde_json::from_slice::<serde_json::Value>(record.value.as_deref().unwrap_or_default())
+                .is_ok_and(|value| value["event_id"] == event_id.to_string())
+        })
+        .with_context(|| format!("no output of event {event_id}"))
+}
+
+/// Upstream `tracestate` and `baggage` ride through onceflow: an input
+/// record with `traceparent`, `tracestate` and `baggage` yields an output
+/// and a dead letter whose `traceparent` continues the upstream trace
+/// through the record's `process` span and whose `tracestate` and `baggage`
+/// are the upstream ones. Then, with `OTEL_PROPAGATORS=tracecontext` (and no
+/// export: the path without a span), the trace and its `tracestate` still
+/// arrive, the baggage does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracestate_and_baggage_reach_the_output_and_the_dead_letter() -> anyhow::Result<()> {
+    const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    const BAGGAGE: &str = "tenant=acme,plan=gold;ttl=60";
+    let entries = |baggage: &str| -> BTreeSet<String> {
+        baggage
+            .split(',')
+            .map(|entry| entry.trim().to_owned())
+            .collect()
+    };
+    let collector = Collector::start().await?;
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    let upstream = format!("00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01");
+    let headers = vec![
+        ("traceparent", upstream.as_str()),
+        ("tracestate", TRACESTATE),
+        ("baggage", BAGGAGE),
+    ];
+
+    // With the default propagators (tracecontext,baggage) and export on;
+    // an untraced event on the third partition (every partition has input,
+    // so the group commits an offset for each).
+    let propagated = Uuid::new_v4();
+    let propagated_json = event_json(propagated, "c-propagated");
+    let untraced = Uuid::new_v4();
+    let untraced_json = event_json(untraced, "c-untraced");
+    let first = write_records(
+        &scenario,
+        &[
+            (0, propagated_json.as_str(), headers.clone()),
+            (1, "{not json", headers.clone()),
+            (2, untraced_json.as_str(), Vec::new()),
+        ],
+    )
+    .await?;
+    let service =
+        scenario.start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str())])?;
+    scenario.wait_caught_up(2, 1, CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit status {exit:?}");
+    let process_spans: BTreeSet<String> = collector
+        .spans()
+        .iter()
+        .filter(|(_, span)| span.name == "process")
+        .map(|(_, span)| {
+            assert_eq!(hex(&span.trace_id), UPSTREAM_TRACE);
+            assert_eq!(
+                hex(&span.parent_span_id),
+                UPSTREAM_SPAN,
+                "child of upstream"
+            );
+            hex(&span.span_id)
+        })
+        .collect();
+    assert_eq!(process_spans.len(), 2, "one process span per traced record");
+
+    let outputs = read_committed(&scenario.bootstrap, &scenario.topics.output).await?;
+    let dead_letters = read_committed(&scenario.bootstrap, &scenario.topics.dlq).await?;
+    assert_eq!((outputs.len(), dead_letters.len()), (2, 1));
+    for record in [output_of(&outputs, propagated)?, &dead_letters[0]] {
+        let at = format!("{}/{}", record.partition, record.offset);
+        for name in ["traceparent", "tracestate", "baggage"] {
+            assert_eq!(record.header_count(name), 1, "{at}: {name} once");
+        }
+        let traceparent = record.header_str("traceparent").context("traceparent")?;
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{at}: {traceparent}");
+        assert_eq!(parts[1], UPSTREAM_TRACE, "{at}: the upstream trace");
+        assert!(
+            process_spans.contains(parts[2]),
+            "{at}: the parent is the record's process span: {traceparent}"
+        );
+        assert_eq!(parts[3], "01", "{at}: sampled, as upstream");
+        assert_eq!(record.header_str("tracestate"), Some(TRACESTATE), "{at}");
+        assert_eq!(
+            record.header_str("baggage").map(entries),
+            Some(entries(BAGGAGE)),
+            "{at}: the upstream baggage (entries in any order)"
+        );
+    }
+    assert_eq!(
+        dead_letters[0].header_str("onceflow-source-offset"),
+        Some(first[1].1.to_string().as_str())
+    );
+    // The untraced event: a made-up unsampled root, nothing of upstream's.
+    let plain = output_of(&outputs, untraced)?;
+    let traceparent = plain.header_str("traceparent").context("traceparent")?;
+    assert!(
+        !traceparent.contains(UPSTREAM_TRACE) && traceparent.ends_with("-00"),
+        "{traceparent}"
+    );
+    assert_eq!(plain.header_count("tracestate"), 0);
+    assert_eq!(plain.header_count("baggage"), 0);
+
+    // OTEL_PROPAGATORS=tracecontext, no export: no baggage downstream.
+    let unpropagated = Uuid::new_v4();
+    let unpropagated_json = event_json(unpropagated, "c-trace-only");
+    let second = write_records(
+        &scenario,
+        &[
+            (2, unpropagated_json.as_str(), headers.clone()),
+            (2, "{still not json", headers.clone()),
+        ],
+    )
+    .await?;
+    let service = scenario.start(&[("OTEL_PROPAGATORS", "tracecontext")])?;
+    scenario.wait_caught_up(3, 2, CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit status {exit:?}");
+    let outputs = read_committed(&scenario.bootstrap, &scenario.topics.output).await?;
+    let output = output_of(&outputs, unpropagated)?;
+    let dead_letters = read_committed(&scenario.bootstrap, &scenario.topics.dlq).await?;
+    let offset = second[1].1.to_string();
+    let dead_letter = dead_letters
+        .iter()
+        .find(|record| {
+            record.header_str("onceflow-source-partition") == Some("2")
+                && record.header_str("onceflow-source-offset") == Some(offset.as_str())
+        })
+        .context("the second run's dead letter")?;
+    for record in [output, dead_letter] {
+        let at = format!("{}/{}", record.partition, record.offset);
+        let traceparent = record.header_str("traceparent").context("traceparent")?;
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{at}: {traceparent}");
+        assert_eq!(parts[1], UPSTREAM_TRACE, "{at}: the upstream trace");
+        assert_eq!(parts[3], "01", "{at}: sampled, as upstream");
+        assert_eq!(record.header_str("tracestate"), Some(TRACESTATE), "{at}");
+        assert_eq!(record.header_count("baggage"), 0, "{at}: baggage is off");
+    }
+    scenario.drop_database().await?;
     Ok(())
 }
 

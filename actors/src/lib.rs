@@ -11,9 +11,11 @@
 //!
 //! - [`failpoints`]: the named kill points of the failure tests and chaos
 //!   scenarios (nothing without the `failpoints` feature).
-//! - [`telemetry`]: the metrics and health status, the spans and W3C trace
-//!   context, and the commit cycle's typed outcome events (one `emit()`
-//!   writes the log line, the metric and the span outcome).
+//! - [`telemetry`]: the metrics and health status, the spans, the trace
+//!   context a record carries on and the OpenTelemetry propagator that
+//!   reads and writes it in Kafka headers (`OTEL_PROPAGATORS`), and the
+//!   commit cycle's typed outcome events (one `emit()` writes the log line,
+//!   the metric and the span outcome).
 //! - [`model`]: the data passed between stages: the ad event, a record as
 //!   consumed and as processed, a partition batch, positioning tickets and
 //!   fetch credit.

@@ -1,6 +1,8 @@
 //! What processing makes of one consumed record: a billable event with its
-//! output value, or a dead letter with its reason; and, when spans are
-//! exported, the record's `process` span.
+//! output value, or a dead letter with its reason; the trace context it
+//! carries on, continued from the upstream context the process's
+//! OpenTelemetry propagator reads from its headers; and, when spans are
+//! exported, the record's `process` span, a child of that upstream context.
 //!
 //! Guarantees: processing is a pure function of the record (bytes, headers,
 //! position), so a replay after a rewind yields the same effects; it never
@@ -12,7 +14,7 @@ use chrono::SecondsFormat;
 use crate::model::ad_event::{AdEvent, parse_ad_event};
 use crate::model::record::{ConsumedRecord, ProcessedRecord, RecordEffect};
 use crate::telemetry::spans::{RecordSource, RecordSpan, span_export_enabled};
-use crate::telemetry::trace_context::TraceContext;
+use crate::telemetry::trace_context::{TraceContext, has_upstream_span, upstream_context};
 
 /// The output record's value, serialised straight from borrowed fields (no
 /// intermediate JSON tree). Keys in alphabetical order, the order the
@@ -48,10 +50,52 @@ pub fn output_value(event: &AdEvent) -> Vec<u8> {
 }
 
 /// Processes one consumed record (without a span of its own; see
-/// [`crate::processing::process_traced`]).
+/// [`crate::processing::process_traced`]): its trace context continues the
+/// upstream one its headers carry, or is a new unsampled root.
 pub fn process_record(record: ConsumedRecord) -> ProcessedRecord {
-    let trace = TraceContext::continue_from(record.traceparent.as_deref());
-    let effect = match parse_ad_event(record.payload.as_deref()) {
+    let upstream = upstream_context(&record.trace_headers);
+    let trace = TraceContext::continue_from(&upstream);
+    let effect = effect_of(&record);
+    processed(record, trace, RecordSpan::none(), effect)
+}
+
+/// Processes one record and, when span export is on and the record carries
+/// a valid upstream context (read by the process's propagator), opens its
+/// `process` span as a child of that context; the record's trace context is
+/// then the span's own (with the upstream `tracestate` and baggage), so its
+/// output continues the trace through it.
+pub fn process_traced(record: ConsumedRecord, source: &RecordSource) -> ProcessedRecord {
+    if !span_export_enabled() {
+        return process_record(record);
+    }
+    let upstream = upstream_context(&record.trace_headers);
+    let effect = effect_of(&record);
+    if has_upstream_span(&upstream) {
+        let effect_name = match &effect {
+            RecordEffect::Event { .. } => "event",
+            RecordEffect::DeadLetter { kind, .. } => kind.as_str(),
+        };
+        let opened = RecordSpan::open_process(
+            source,
+            record.partition,
+            record.offset,
+            effect_name,
+            &upstream,
+        );
+        if let Some((span, context)) =
+            opened.and_then(|span| span.span_context().map(|context| (span, context)))
+        {
+            let trace = TraceContext::through_span(&upstream, context);
+            return processed(record, trace, span, effect);
+        }
+    }
+    let trace = TraceContext::continue_from(&upstream);
+    processed(record, trace, RecordSpan::none(), effect)
+}
+
+/// What the record asks for: an event, or a dead letter with its reason.
+fn effect_of(record: &ConsumedRecord) -> RecordEffect {
+    match parse_ad_event(record.payload.as_deref()) {
         Ok(event) => {
             let output_value = output_value(&event);
             RecordEffect::Event {
@@ -63,55 +107,31 @@ pub fn process_record(record: ConsumedRecord) -> ProcessedRecord {
             kind: invalid.kind,
             reason: invalid.reason,
         },
-    };
+    }
+}
+
+fn processed(
+    record: ConsumedRecord,
+    trace: TraceContext,
+    span: RecordSpan,
+    effect: RecordEffect,
+) -> ProcessedRecord {
     ProcessedRecord {
         partition: record.partition,
         offset: record.offset,
         key: record.key,
         payload: record.payload,
         trace,
-        span: RecordSpan::none(),
+        span,
         effect,
     }
-}
-
-/// Processes one record and, when span export is on and the record carries
-/// a valid upstream `traceparent`, opens its `process` span; the record's
-/// trace context is then the span's own, so its output continues the trace
-/// through it.
-pub fn process_traced(record: ConsumedRecord, source: &RecordSource) -> ProcessedRecord {
-    if !span_export_enabled() {
-        return process_record(record);
-    }
-    let Some(upstream) = record.traceparent.as_deref().and_then(TraceContext::parse) else {
-        return process_record(record);
-    };
-    let partition = record.partition;
-    let offset = record.offset;
-    let mut processed = process_record(record);
-    let effect = match &processed.effect {
-        RecordEffect::Event { .. } => "event",
-        RecordEffect::DeadLetter { kind, .. } => kind.as_str(),
-    };
-    let Some(record_span) = RecordSpan::open_process(source, partition, offset, effect, &upstream)
-    else {
-        return processed;
-    };
-    if let Some(context) = record_span
-        .span_context()
-        .as_ref()
-        .and_then(TraceContext::from_span_context)
-    {
-        processed.trace = context;
-        processed.span = record_span;
-    }
-    processed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::ad_event::DeadLetterKind;
+    use crate::telemetry::carrier::TraceHeaders;
 
     #[test]
     fn valid_record_yields_output_with_billed_minute() {
@@ -120,7 +140,7 @@ mod tests {
             offset: 7,
             key: Some(b"c-1".to_vec()),
             payload: Some(br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-1","ad_id":"a","kind":"impression","cost_micros":5,"occurred_at":"2026-11-26T10:15:30.123+02:00"}"#.to_vec()),
-            traceparent: None,
+            trace_headers: TraceHeaders::none(),
         });
         let RecordEffect::Event { output_value, .. } = processed.effect else {
             panic!("expected an event");
@@ -159,7 +179,7 @@ mod tests {
             offset: 0,
             key: None,
             payload: Some(br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-1","ad_id":"a","kind":"click","cost_micros":5,"occurred_at":"2026-11-26T10:15:59.999999999Z"}"#.to_vec()),
-            traceparent: None,
+            trace_headers: TraceHeaders::none(),
         });
         let RecordEffect::Event { output_value, .. } = processed.effect else {
             panic!("expected an event");
@@ -176,7 +196,7 @@ mod tests {
             offset: 1,
             key: Some(vec![1, 2]),
             payload: Some(vec![0xff]),
-            traceparent: None,
+            trace_headers: TraceHeaders::none(),
         });
         let RecordEffect::DeadLetter { kind, .. } = processed.effect else {
             panic!("expected a dead letter");

@@ -2,7 +2,10 @@
 //! records.
 //!
 //! Guarantees: these names are part of the contract (`docs/` and the
-//! verdict read them); they are spelled once, here.
+//! verdict read them); they are spelled once, here. The trace headers
+//! besides `traceparent` (`tracestate`, `baggage`) are named by the
+//! OpenTelemetry propagator that writes them
+//! ([`crate::telemetry::propagation`]), not here.
 
 pub use crate::telemetry::trace_context::TRACEPARENT_HEADER;
 

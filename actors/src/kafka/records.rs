@@ -4,7 +4,11 @@
 //!
 //! Guarantees: building is pure (no producer, no I/O), so what a cycle
 //! sends is decided here and unit-tested; a dead-letter record carries the
-//! original key and value unchanged and its context in headers.
+//! original key and value unchanged and its context in headers. Every
+//! output and dead-letter record carries its record's trace context as the
+//! process's OpenTelemetry propagator writes it: always `traceparent`, and
+//! `tracestate` and `baggage` when the context has them (see
+//! [`crate::telemetry::trace_context`]).
 
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -13,12 +17,12 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::headers::{
     ERROR_HEADER, ERROR_KIND_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER,
-    SOURCE_TOPIC_HEADER, TRACEPARENT_HEADER, TXN_ID_HEADER,
+    SOURCE_TOPIC_HEADER, TXN_ID_HEADER,
 };
 use crate::model::ad_event::DeadLetterKind;
 use crate::model::batch::PartitionBatch;
 use crate::model::record::RecordEffect;
-use crate::telemetry::trace_context::TraceContext;
+use crate::telemetry::carrier::InjectedHeaders;
 
 /// One output record a cycle owes: a new event (or an own replay whose
 /// output Kafka has not committed).
@@ -28,8 +32,8 @@ pub struct OutputRecord<'a> {
     pub key: &'a str,
     /// the output value (see [`crate::processing::output_value`])
     pub value: &'a [u8],
-    /// the `traceparent` the record carries on
-    pub traceparent: String,
+    /// the trace headers the propagator wrote (`traceparent`, …)
+    pub trace_headers: InjectedHeaders,
 }
 
 impl OutputRecord<'_> {
@@ -39,15 +43,13 @@ impl OutputRecord<'_> {
         topic: &'r str,
         txn_id: &str,
     ) -> FutureRecord<'r, [u8], [u8]> {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
+        let headers = with_trace_headers(
+            OwnedHeaders::new().insert(Header {
                 key: TXN_ID_HEADER,
                 value: Some(txn_id),
-            })
-            .insert(Header {
-                key: TRACEPARENT_HEADER,
-                value: Some(self.traceparent.as_str()),
-            });
+            }),
+            &self.trace_headers,
+        );
         FutureRecord::<[u8], [u8]>::to(topic)
             .key(self.key.as_bytes())
             .payload(self.value)
@@ -74,7 +76,7 @@ pub fn owed_records<'a>(
                 } => outputs.push(OutputRecord {
                     key: event.campaign_id.as_str(),
                     value: output_value.as_slice(),
-                    traceparent: record.trace.to_header(),
+                    trace_headers: record.trace.headers(),
                 }),
                 RecordEffect::DeadLetter { kind, reason } => dead_letters.push(DeadLetter {
                     partition: record.partition,
@@ -83,7 +85,7 @@ pub fn owed_records<'a>(
                     reason: reason.clone(),
                     key: record.key.clone(),
                     payload: record.payload.clone(),
-                    trace: record.trace,
+                    trace_headers: record.trace.headers(),
                 }),
             }
         }
@@ -119,8 +121,8 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     /// original value
     pub payload: Option<Vec<u8>>,
-    /// trace context of the record
-    pub trace: TraceContext,
+    /// the trace headers the propagator wrote (`traceparent`, …)
+    pub trace_headers: InjectedHeaders,
 }
 
 impl DeadLetter {
@@ -135,7 +137,6 @@ impl DeadLetter {
     ) -> FutureRecord<'r, [u8], [u8]> {
         let partition = self.partition.to_string();
         let offset = self.offset.to_string();
-        let traceparent = self.trace.to_header();
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: ERROR_KIND_HEADER,
@@ -160,11 +161,8 @@ impl DeadLetter {
             .insert(Header {
                 key: TXN_ID_HEADER,
                 value: Some(txn_id),
-            })
-            .insert(Header {
-                key: TRACEPARENT_HEADER,
-                value: Some(traceparent.as_str()),
             });
+        let headers = with_trace_headers(headers, &self.trace_headers);
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic).headers(headers);
         if let Some(key) = &self.key {
             record = record.key(key.as_slice());
@@ -176,6 +174,16 @@ impl DeadLetter {
     }
 }
 
+/// `headers` followed by the trace headers, in the order they were written.
+fn with_trace_headers(headers: OwnedHeaders, trace: &InjectedHeaders) -> OwnedHeaders {
+    trace.iter().fold(headers, |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use rdkafka::message::Headers;
@@ -183,24 +191,32 @@ mod tests {
     use super::*;
     use crate::model::record::ConsumedRecord;
     use crate::processing::process_record;
+    use crate::telemetry::carrier::TraceHeaders;
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    const BAGGAGE: &str = "tenant=acme";
+    const TRACED: [(&str, &str); 3] = [
+        ("traceparent", TRACEPARENT),
+        ("tracestate", TRACESTATE),
+        ("baggage", BAGGAGE),
+    ];
 
     fn batch() -> PartitionBatch {
         let valid = br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-9","ad_id":"a","kind":"click","cost_micros":5,"occurred_at":"2026-11-26T10:15:30Z"}"#;
         let records = [
-            (10, Some(valid.to_vec()), Some(TRACEPARENT)),
-            (11, Some(b"not json".to_vec()), None),
-            (12, Some(valid.to_vec()), None),
+            (10, Some(valid.to_vec()), &TRACED[..]),
+            (11, Some(b"not json".to_vec()), &TRACED[..]),
+            (12, Some(valid.to_vec()), &[][..]),
         ]
         .into_iter()
-        .map(|(offset, payload, traceparent)| {
+        .map(|(offset, payload, headers)| {
             process_record(ConsumedRecord {
                 partition: 4,
                 offset,
                 key: Some(format!("k{offset}").into_bytes()),
                 payload,
-                traceparent: traceparent.map(|text| text.as_bytes().to_vec()),
+                trace_headers: TraceHeaders::from_pairs(headers.iter().copied()),
             })
         })
         .collect();
@@ -229,9 +245,10 @@ mod tests {
         let (outputs, dead_letters) = owed_records([(&batch, &[1_usize, 0][..])].into_iter());
         assert_eq!(outputs.len(), 1, "record 2 is not owed");
         assert_eq!(outputs[0].key, "c-9");
+        let traceparent = outputs[0].trace_headers.get("traceparent");
         assert_eq!(
-            outputs[0].traceparent[..35],
-            TRACEPARENT[..35],
+            traceparent.and_then(|value| value.get(..35)),
+            TRACEPARENT.get(..35),
             "same trace id"
         );
         let value: serde_json::Value = serde_json::from_slice(outputs[0].value).expect("json");
@@ -250,13 +267,33 @@ mod tests {
         let record = outputs[0].to_future_record("billed", "txn-1");
         assert_eq!(record.topic, "billed");
         assert_eq!(record.key, Some(&b"c-9"[..]));
+        let traceparent = outputs[0]
+            .trace_headers
+            .get("traceparent")
+            .expect("traceparent")
+            .to_owned();
         assert_eq!(
             headers_of(&record),
             [
                 ("onceflow-txn-id".to_owned(), "txn-1".to_owned()),
-                ("traceparent".to_owned(), outputs[0].traceparent.clone()),
+                ("traceparent".to_owned(), traceparent),
+                ("tracestate".to_owned(), TRACESTATE.to_owned()),
+                ("baggage".to_owned(), BAGGAGE.to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn an_untraced_record_s_output_carries_only_an_unsampled_traceparent() {
+        let batch = batch();
+        let (outputs, _) = owed_records([(&batch, &[2_usize][..])].into_iter());
+        let record = outputs[0].to_future_record("billed", "txn-3");
+        let headers = headers_of(&record);
+        let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["onceflow-txn-id", "traceparent"]);
+        let traceparent = &headers[1].1;
+        assert!(!traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert!(traceparent.ends_with("-00"), "{traceparent}");
     }
 
     #[test]
@@ -278,9 +315,14 @@ mod tests {
                 "onceflow-source-partition",
                 "onceflow-source-offset",
                 "onceflow-txn-id",
-                "traceparent"
+                "traceparent",
+                "tracestate",
+                "baggage",
             ]
         );
+        assert!(headers[6].1.starts_with(&TRACEPARENT[..35]), "same trace");
+        assert_eq!(headers[7].1, TRACESTATE);
+        assert_eq!(headers[8].1, BAGGAGE);
         assert_eq!(headers[0].1, "invalid-json");
         assert_eq!(headers[2].1, "in");
         assert_eq!(headers[3].1, "4");

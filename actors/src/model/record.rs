@@ -7,6 +7,7 @@
 //! it produces carries on.
 
 use crate::model::ad_event::{AdEvent, DeadLetterKind};
+use crate::telemetry::carrier::TraceHeaders;
 use crate::telemetry::spans::RecordSpan;
 use crate::telemetry::trace_context::TraceContext;
 
@@ -21,8 +22,9 @@ pub struct ConsumedRecord {
     pub key: Option<Vec<u8>>,
     /// record value, unchanged
     pub payload: Option<Vec<u8>>,
-    /// upstream `traceparent` header, if any
-    pub traceparent: Option<Vec<u8>>,
+    /// the record's headers that the propagator may read (`traceparent`,
+    /// `tracestate`, `baggage`, …: those its `fields()` name), unchanged
+    pub trace_headers: TraceHeaders,
 }
 
 /// The effect a record asks for.

@@ -2,13 +2,15 @@
 //! cycles are tied to those, and small helpers for the spans of a cycle.
 //!
 //! The rule (see docs/tracing.md): a record that arrives with a valid
-//! upstream `traceparent` gets one `process` span, a child of the upstream
-//! span, that lives from the moment the record is processed until its batch
-//! is committed or dropped (rewind, abort, shutdown). Its context is what
-//! the record's output or dead-letter record carries in `traceparent`, so
-//! the downstream consumer continues the same trace through a span that was
-//! exported. A record without one gets no span of its own (it is covered by
-//! its commit cycle's span); otherwise every record would flood the exporter.
+//! upstream context (a `traceparent` the propagator accepts, see
+//! [`crate::telemetry::propagation`]) gets one `process` span, a child of the
+//! upstream span, that lives from the moment the record is processed until
+//! its batch is committed or dropped (rewind, abort, shutdown). Its context
+//! is what the record's output or dead-letter record carries in
+//! `traceparent` (with the upstream `tracestate`), so the downstream
+//! consumer continues the same trace through a span that was exported. A
+//! record without one gets no span of its own (it is covered by its commit
+//! cycle's span); otherwise every record would flood the exporter.
 //!
 //! A commit cycle's span is a child of the `process` span of the first
 //! sampled traced record it commits (so a trace begun upstream contains the
@@ -29,8 +31,6 @@ use opentelemetry::trace::{SpanContext, Status, TraceContextExt};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
-
-use crate::telemetry::trace_context::TraceContext;
 
 /// Target of the per-record `process` spans: the binary keeps them out of
 /// the log (formatting their fields for every traced record would cost more
@@ -109,7 +109,8 @@ impl RecordSpan {
     }
 
     /// Opens the `process` span of the record at `partition`/`offset` of
-    /// `source`, a child of the upstream span `upstream`, with `effect`
+    /// `source`, a child of the upstream context `upstream` (as the
+    /// propagator extracted it: remote span context and baggage), with `effect`
     /// (`event` or the dead-letter kind) as an attribute. `None` if the span
     /// is disabled or no layer is installed: the record then has no span of
     /// its own.
@@ -118,7 +119,7 @@ impl RecordSpan {
         partition: i32,
         offset: i64,
         effect: &str,
-        upstream: &TraceContext,
+        upstream: &opentelemetry::Context,
     ) -> Option<RecordSpan> {
         let span = tracing::info_span!(
             target: RECORD_SPAN_TARGET,
@@ -137,12 +138,7 @@ impl RecordSpan {
         );
         // Fails only if the span is disabled or no layer is installed: the
         // record then has no span of its own.
-        if span
-            .set_parent(
-                opentelemetry::Context::new().with_remote_span_context(upstream.to_span_context()),
-            )
-            .is_err()
-        {
+        if span.set_parent(upstream.clone()).is_err() {
             return None;
         }
         Some(RecordSpan(Some(span)))

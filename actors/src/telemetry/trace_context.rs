@@ -1,237 +1,349 @@
-//! W3C trace context (`traceparent`) carried in Kafka record headers.
+//! The trace context a record hands on to the record it produces (output
+//! or dead letter): read from the input record's headers and written into
+//! the new record's headers by the process's OpenTelemetry propagator
+//! ([`crate::telemetry::propagation`]; the headers as its carrier:
+//! [`crate::telemetry::carrier`]).
 //!
-//! Guarantees: a valid upstream `traceparent` keeps its trace id (and its
-//! sampling decision) on every record onceflow derives from it (output or
-//! dead letter), so one trace runs from the upstream producer to the
-//! downstream consumer; a missing or malformed one starts a new trace
-//! instead of failing the record, marked not sampled: its span id names no
-//! recorded span, so no downstream sampler keeps it as a trace whose parent
-//! it cannot find (the commit cycle's span covers such records; naming it
-//! would put them into the trace of whichever traced record the cycle is
-//! parented to). With span
-//! export on, the record's context is its `process` span's own (see
-//! [`crate::telemetry::spans`]), converted with [`TraceContext::from_span_context`].
+//! Guarantees: a valid upstream context keeps its trace id, its sampling
+//! decision and its `tracestate` on every record onceflow derives from it,
+//! so one trace runs from the upstream producer to the downstream consumer;
+//! upstream baggage, when the baggage propagator is on, arrives downstream
+//! with the same entries. A missing or malformed `traceparent` starts a new
+//! trace instead of failing the record, marked not sampled and not
+//! [`TraceContext::recorded`]: its span id names no recorded span, so no
+//! downstream sampler keeps it as a trace whose parent it cannot find (the
+//! commit cycle's span covers such records; naming it would put them into
+//! the trace of whichever traced record the cycle is parented to); such a
+//! root carries no `tracestate` (it belongs to the trace that was not
+//! continued). With span export on, a traced record's context is its
+//! `process` span's own (see [`crate::telemetry::spans`],
+//! [`TraceContext::through_span`]). Every record onceflow writes carries a
+//! `traceparent`: a record's context is always valid, and W3C trace context
+//! is always among the propagators.
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-use rand::RngCore;
+use opentelemetry::Context;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
-/// Header name of the W3C trace context.
+use crate::telemetry::carrier::{InjectedHeaders, TraceHeaders};
+use crate::telemetry::propagation;
+
+/// Header name of the W3C trace context: the one trace header the contract
+/// requires on every output and dead-letter record.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
-/// A parsed `traceparent`: version 00, trace id, parent span id, flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The upstream context the process's propagator reads from an input
+/// record's headers: the remote span context when `traceparent` is valid,
+/// and the baggage when that propagator is on. Empty without headers.
+pub fn upstream_context(headers: &TraceHeaders) -> Context {
+    upstream_context_with(propagation::propagator(), headers)
+}
+
+/// [`upstream_context`] with the given propagator. Starts from an empty
+/// context, never from whatever is current on the thread.
+pub fn upstream_context_with(
+    propagator: &dyn TextMapPropagator,
+    headers: &TraceHeaders,
+) -> Context {
+    if headers.is_empty() {
+        return Context::new();
+    }
+    propagator.extract_with_context(&Context::new(), headers)
+}
+
+/// Whether `upstream` holds a valid span context to continue.
+pub fn has_upstream_span(upstream: &Context) -> bool {
+    upstream.span().span_context().is_valid()
+}
+
+/// The trace context a processed record carries on: the OpenTelemetry
+/// context (span context with its `tracestate`, and baggage) that the
+/// propagator injects into the records it produces.
+#[derive(Debug, Clone)]
 pub struct TraceContext {
-    /// 16-byte trace id, never all zero
-    pub trace_id: [u8; 16],
-    /// 8-byte span id, never all zero
-    pub span_id: [u8; 8],
-    /// trace flags (bit 0: sampled)
-    pub flags: u8,
-    /// whether the span id names a span somebody records (upstream's, or
-    /// one onceflow exports); false for a root onceflow made up for a record
-    /// that came without a context (never sampled)
-    pub recorded: bool,
+    context: Context,
+    recorded: bool,
 }
 
 impl TraceContext {
-    /// Parses a `traceparent` header value; `None` if it is not a valid one.
-    pub fn parse(value: &[u8]) -> Option<TraceContext> {
-        let text = std::str::from_utf8(value).ok()?.trim();
-        let mut parts = text.split('-');
-        let version = parts.next()?;
-        let trace_hex = parts.next()?;
-        let span_hex = parts.next()?;
-        let flags_hex = parts.next()?;
-        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
-            return None;
-        }
-        let mut trace_id = [0u8; 16];
-        let mut span_id = [0u8; 8];
-        decode_hex(trace_hex, &mut trace_id)?;
-        decode_hex(span_hex, &mut span_id)?;
-        let mut flags = [0u8; 1];
-        decode_hex(flags_hex, &mut flags)?;
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        Some(TraceContext {
-            trace_id,
-            span_id,
-            flags: flags[0],
-            recorded: true,
-        })
-    }
-
     /// A new root context for a record that came without one: not sampled
     /// (no span of it is recorded), so no downstream sampler treats it as a
-    /// trace to keep, and marked as made up ([`TraceContext::recorded`]).
+    /// trace to keep, and not [`TraceContext::recorded`].
     pub fn new_root() -> TraceContext {
-        let mut rng = rand::rng();
-        let mut trace_id = [0u8; 16];
-        while trace_id == [0; 16] {
-            rng.fill_bytes(&mut trace_id);
-        }
+        TraceContext::new_root_in(&Context::new())
+    }
+
+    /// A new root inside `upstream`: its span context (if any) is replaced,
+    /// what else it holds (baggage) is kept.
+    fn new_root_in(upstream: &Context) -> TraceContext {
+        let ids = RandomIdGenerator::default();
+        let root = loop {
+            let candidate = SpanContext::new(
+                ids.new_trace_id(),
+                ids.new_span_id(),
+                TraceFlags::NOT_SAMPLED,
+                false,
+                TraceState::NONE,
+            );
+            // An all-zero id is invalid (and would write no traceparent).
+            if candidate.is_valid() {
+                break candidate;
+            }
+        };
         TraceContext {
-            trace_id,
-            span_id: new_span_id(),
-            flags: 0,
+            context: upstream.with_remote_span_context(root),
             recorded: false,
         }
     }
 
-    /// A context in the same trace with a new span id.
-    pub fn child(&self) -> TraceContext {
+    /// The context a record with upstream context `upstream` (see
+    /// [`upstream_context`]) carries on without a span of its own: a child
+    /// of the upstream span (same trace id, flags and `tracestate`, a new
+    /// span id) if there is a valid one, else a new root; baggage is kept
+    /// either way.
+    pub fn continue_from(upstream: &Context) -> TraceContext {
+        if !has_upstream_span(upstream) {
+            return TraceContext::new_root_in(upstream);
+        }
+        let parent = upstream.span().span_context().clone();
+        let ids = RandomIdGenerator::default();
+        let span_id = loop {
+            let candidate = ids.new_span_id();
+            if candidate != opentelemetry::trace::SpanId::INVALID {
+                break candidate;
+            }
+        };
+        let child = SpanContext::new(
+            parent.trace_id(),
+            span_id,
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        );
         TraceContext {
-            span_id: new_span_id(),
-            ..*self
-        }
-    }
-
-    /// The child of an upstream header if it is valid, else a new root.
-    pub fn continue_from(header: Option<&[u8]>) -> TraceContext {
-        header
-            .and_then(TraceContext::parse)
-            .map(|parent| parent.child())
-            .unwrap_or_else(TraceContext::new_root)
-    }
-
-    /// The header value: `00-{trace}-{span}-{flags}`.
-    pub fn to_header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            encode_hex(&self.trace_id),
-            encode_hex(&self.span_id),
-            self.flags
-        )
-    }
-
-    /// The trace id in lowercase hex.
-    pub fn trace_id_hex(&self) -> String {
-        encode_hex(&self.trace_id)
-    }
-
-    /// The same context as an OpenTelemetry span context received from
-    /// another process (remote), for use as a parent or a link.
-    pub fn to_span_context(&self) -> SpanContext {
-        SpanContext::new(
-            TraceId::from_bytes(self.trace_id),
-            SpanId::from_bytes(self.span_id),
-            TraceFlags::new(self.flags),
-            true,
-            TraceState::NONE,
-        )
-    }
-
-    /// The context of an OpenTelemetry span; `None` if it is not valid (no
-    /// OpenTelemetry layer installed, or the span is disabled).
-    pub fn from_span_context(context: &SpanContext) -> Option<TraceContext> {
-        if !context.is_valid() {
-            return None;
-        }
-        Some(TraceContext {
-            trace_id: context.trace_id().to_bytes(),
-            span_id: context.span_id().to_bytes(),
-            flags: context.trace_flags().to_u8(),
+            context: upstream.with_remote_span_context(child),
             recorded: true,
-        })
+        }
     }
-}
 
-fn new_span_id() -> [u8; 8] {
-    let mut rng = rand::rng();
-    let mut span_id = [0u8; 8];
-    while span_id == [0; 8] {
-        rng.fill_bytes(&mut span_id);
+    /// The context of a record processed inside its own span `span` (a
+    /// child of `upstream`): the span's ids, flags and `tracestate`, and
+    /// `upstream`'s baggage.
+    pub fn through_span(upstream: &Context, span: SpanContext) -> TraceContext {
+        TraceContext {
+            context: upstream.with_remote_span_context(span),
+            recorded: true,
+        }
     }
-    span_id
-}
 
-fn decode_hex(text: &str, out: &mut [u8]) -> Option<()> {
-    if text.len() != out.len() * 2
-        || !text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
+    /// Whether the context continues an upstream one (false for a root
+    /// onceflow made up for a record that came without one).
+    pub fn recorded(&self) -> bool {
+        self.recorded
     }
-    for (index, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
-    Some(())
-}
 
-fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    /// The span context the record's products name as their parent.
+    pub fn span_context(&self) -> SpanContext {
+        self.context.span().span_context().clone()
+    }
+
+    /// The headers the process's propagator writes for this context:
+    /// `traceparent`, `tracestate` (if not empty), `baggage` (if on and not
+    /// empty).
+    pub fn headers(&self) -> InjectedHeaders {
+        self.headers_with(propagation::propagator())
+    }
+
+    /// [`TraceContext::headers`] with the given propagator.
+    pub fn headers_with(&self, propagator: &dyn TextMapPropagator) -> InjectedHeaders {
+        let mut headers = InjectedHeaders::default();
+        propagator.inject_context(&self.context, &mut headers);
+        headers
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use opentelemetry::trace::{SpanId, TraceId};
+
     use super::*;
+    use crate::telemetry::propagation::Propagators;
 
-    #[test]
-    fn child_keeps_the_trace_id_and_round_trips() {
-        let header = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let parent = TraceContext::parse(header).expect("valid");
-        let child = TraceContext::continue_from(Some(header));
-        assert_eq!(child.trace_id, parent.trace_id);
-        assert_ne!(child.span_id, parent.span_id);
-        assert_eq!(
-            TraceContext::parse(child.to_header().as_bytes()),
-            Some(child)
+    const UPSTREAM: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const TRACESTATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+    const BAGGAGE: &str = "tenant=acme,plan=gold;ttl=60";
+
+    fn parts(traceparent: &str) -> Vec<String> {
+        traceparent.split('-').map(str::to_owned).collect()
+    }
+
+    fn entries(baggage: &str) -> BTreeSet<String> {
+        baggage.split(',').map(str::to_owned).collect()
+    }
+
+    /// Extracts with `propagators`, continues without a span, injects.
+    fn hop(propagators: Propagators, headers: &[(&str, &str)]) -> (TraceContext, InjectedHeaders) {
+        let propagator = propagators.propagator();
+        let upstream = upstream_context_with(
+            &propagator,
+            &TraceHeaders::from_pairs(headers.iter().copied()),
         );
-        assert_eq!(child.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let trace = TraceContext::continue_from(&upstream);
+        let written = trace.headers_with(&propagator);
+        (trace, written)
     }
 
     #[test]
-    fn converts_to_and_from_opentelemetry() {
-        let header = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let context = TraceContext::parse(header).expect("valid");
-        let otel = context.to_span_context();
-        assert!(otel.is_remote() && otel.is_sampled());
-        assert_eq!(
-            otel.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
+    fn tracestate_round_trips_and_the_trace_id_and_flags_are_kept() {
+        let (trace, written) = hop(
+            Propagators::TRACE_CONTEXT,
+            &[("traceparent", UPSTREAM), ("tracestate", TRACESTATE)],
         );
-        assert_eq!(otel.span_id().to_string(), "00f067aa0ba902b7");
-        assert_eq!(TraceContext::from_span_context(&otel), Some(context));
+        assert!(trace.recorded());
+        let traceparent = written.get("traceparent").expect("traceparent");
+        let (sent, received) = (parts(traceparent), parts(UPSTREAM));
+        assert_eq!(sent[0], "00");
+        assert_eq!(sent[1], received[1], "same trace id");
+        assert_ne!(sent[2], received[2], "a child: a new span id");
+        assert_eq!(sent[3], "01", "upstream's sampling decision is kept");
+        assert_eq!(written.get("tracestate"), Some(TRACESTATE));
+        let names: Vec<&str> = written.iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["traceparent", "tracestate"]);
     }
 
     #[test]
-    fn a_made_up_root_is_not_sampled_and_says_so() {
-        let root = TraceContext::continue_from(None);
-        assert_eq!(root.flags & 1, 0);
-        assert!(!root.recorded);
-        assert!(root.to_header().ends_with("-00"), "{}", root.to_header());
-        let upstream = TraceContext::continue_from(Some(
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-        ));
-        assert!(upstream.recorded);
-        assert_eq!(upstream.flags, 0, "upstream's decision is kept");
+    fn an_unsampled_upstream_stays_unsampled() {
+        let (trace, written) = hop(
+            Propagators::default(),
+            &[(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            )],
+        );
+        assert!(trace.recorded());
+        let traceparent = written.get("traceparent").expect("traceparent");
+        assert!(
+            traceparent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{traceparent}"
+        );
+        assert!(traceparent.ends_with("-00"), "{traceparent}");
+        assert_eq!(
+            written.get("tracestate"),
+            None,
+            "none upstream, none written"
+        );
     }
 
     #[test]
-    fn malformed_headers_start_a_new_trace() {
+    fn baggage_is_carried_when_its_propagator_is_on_and_only_then() {
+        let headers = [
+            ("traceparent", UPSTREAM),
+            ("tracestate", TRACESTATE),
+            ("baggage", BAGGAGE),
+        ];
+        let (_, with_baggage) = hop(Propagators::default(), &headers);
+        assert_eq!(
+            with_baggage.get("baggage").map(entries),
+            Some(entries(BAGGAGE)),
+            "the same entries (the W3C encoding does not keep their order)"
+        );
+        assert_eq!(with_baggage.get("tracestate"), Some(TRACESTATE));
+        let (_, without) = hop(Propagators::TRACE_CONTEXT, &headers);
+        assert_eq!(without.get("baggage"), None);
+        assert_eq!(without.get("tracestate"), Some(TRACESTATE));
+        assert!(without.get("traceparent").is_some());
+    }
+
+    #[test]
+    fn malformed_traceparents_start_a_new_unsampled_trace_without_tracestate() {
         for bad in [
-            &b"garbage"[..],
-            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
         ] {
+            let (trace, written) = hop(
+                Propagators::default(),
+                &[
+                    ("traceparent", bad),
+                    ("tracestate", TRACESTATE),
+                    ("baggage", "tenant=acme"),
+                ],
+            );
+            assert!(!trace.recorded(), "{bad:?}");
+            let traceparent = written.get("traceparent").expect("always written");
+            assert!(
+                !traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+                "{bad:?} joined the upstream trace: {traceparent}"
+            );
+            assert!(traceparent.ends_with("-00"), "{bad:?}: {traceparent}");
+            assert_eq!(written.get("tracestate"), None, "{bad:?}");
             assert_eq!(
-                TraceContext::parse(bad),
-                None,
-                "{}",
-                String::from_utf8_lossy(bad)
+                written.get("baggage"),
+                Some("tenant=acme"),
+                "{bad:?}: baggage does not depend on the trace context"
             );
         }
-        let a = TraceContext::continue_from(Some(b"garbage"));
-        assert_eq!(
-            TraceContext::from_span_context(&SpanContext::empty_context()),
-            None
+        let (first, _) = hop(Propagators::default(), &[("traceparent", "garbage")]);
+        let (second, _) = hop(Propagators::default(), &[("traceparent", "garbage")]);
+        assert_ne!(
+            first.span_context().trace_id(),
+            second.span_context().trace_id(),
+            "each made-up root is a trace of its own"
         );
-        let b = TraceContext::continue_from(None);
-        assert_ne!(a.trace_id, b.trace_id);
+    }
+
+    #[test]
+    fn an_untraced_record_gets_a_made_up_unsampled_root_and_nothing_else() {
+        let upstream = upstream_context(&TraceHeaders::none());
+        assert!(!has_upstream_span(&upstream));
+        for trace in [
+            TraceContext::continue_from(&upstream),
+            TraceContext::new_root(),
+        ] {
+            assert!(!trace.recorded());
+            assert!(trace.span_context().is_valid());
+            assert!(!trace.span_context().is_sampled());
+            let written = trace.headers_with(&Propagators::default().propagator());
+            let names: Vec<&str> = written.iter().map(|(name, _)| name).collect();
+            assert_eq!(names, ["traceparent"]);
+        }
+    }
+
+    #[test]
+    fn through_a_span_the_span_is_the_parent_and_baggage_is_kept() {
+        let propagator = Propagators::default().propagator();
+        let upstream = upstream_context_with(
+            &propagator,
+            &TraceHeaders::from_pairs([("traceparent", UPSTREAM), ("baggage", "tenant=acme")]),
+        );
+        let span = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex"),
+            SpanId::from_hex("b7ad6b7169203331").expect("hex"),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::from_key_value([("rojo", "1")]).expect("valid"),
+        );
+        let trace = TraceContext::through_span(&upstream, span);
+        assert!(trace.recorded());
+        let written = trace.headers_with(&propagator);
+        assert_eq!(
+            written.iter().collect::<Vec<_>>(),
+            [
+                (
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+                ),
+                ("tracestate", "rojo=1"),
+                ("baggage", "tenant=acme"),
+            ]
+        );
     }
 }

@@ -38,8 +38,9 @@ use crate::model::fetch_credit::FetchCredit;
 use crate::model::position_ticket::{PositionBook, PositionTicket};
 use crate::model::record::ConsumedRecord;
 use crate::recovery::StartPosition;
+use crate::telemetry::carrier::TraceHeaders;
+use crate::telemetry::propagation;
 use crate::telemetry::status::PipelineStatus;
-use crate::telemetry::trace_context::TRACEPARENT_HEADER;
 
 /// How long to wait before a failed seek is tried again (doubling up to
 /// [`SEEK_RETRY_MAX`]).
@@ -271,18 +272,22 @@ impl Fetcher {
         let Some(route) = self.routes.get_mut(&partition) else {
             return;
         };
-        let traceparent = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|header| header.key == TRACEPARENT_HEADER)
-                .and_then(|header| header.value.map(<[u8]>::to_vec))
-        });
+        // The headers the propagator may read (its `fields()`), nothing else.
+        let trace_headers = message
+            .headers()
+            .map(|headers| {
+                TraceHeaders::collect(
+                    headers.iter().map(|header| (header.key, header.value)),
+                    propagation::propagator(),
+                )
+            })
+            .unwrap_or_default();
         let record = ConsumedRecord {
             partition,
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
-            traceparent,
+            trace_headers,
         };
         let sequence = route.next_sequence;
         route.next_sequence += 1;

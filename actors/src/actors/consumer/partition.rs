@@ -23,8 +23,8 @@
 //!   `max_buffered_records` and this actor resumes it at half;
 //! - it keeps nothing that recovery needs: a restarted partition consumer is
 //!   repositioned from the stored offsets by the coordinator;
-//! - a record with an upstream `traceparent` is processed inside its own
-//!   `process` span when spans are exported (see [`crate::telemetry::spans`]).
+//! - a record with a valid upstream trace context is processed inside its
+//!   own `process` span when spans are exported (see [`crate::telemetry::spans`]).
 
 use std::sync::Arc;
 
@@ -345,7 +345,7 @@ mod tests {
             offset,
             key: None,
             payload: Some(payload.into_bytes()),
-            traceparent: None,
+            trace_headers: crate::telemetry::carrier::TraceHeaders::none(),
         }
     }
 
