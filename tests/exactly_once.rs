@@ -56,6 +56,12 @@ async fn happy_path_is_exactly_once_with_invalid_records_and_repeats() -> anyhow
     );
     // A replayed record is consumed again: at least every record once.
     assert!(metrics.sum("onceflow_records_consumed_total", &[])? >= truth.records as f64);
+    // Without an abort, every record's end-to-end latency is observed once,
+    // at the commit of its cycle.
+    assert_eq!(
+        metrics.sum("onceflow_end_to_end_latency_seconds_count", &[])?,
+        truth.records as f64
+    );
 
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success(), "exit status {exit:?}");

@@ -65,6 +65,7 @@ fn event_record(
         payload: None,
         trace: TraceContext::new_root(),
         span: RecordSpan::none(),
+        timestamp_ms: None,
         effect: RecordEffect::Event {
             output_value: output_value(&event),
             event,
@@ -80,6 +81,7 @@ fn dead_letter_record(partition: i32, offset: i64) -> ProcessedRecord {
         payload: Some(b"{".to_vec()),
         trace: TraceContext::new_root(),
         span: RecordSpan::none(),
+        timestamp_ms: None,
         effect: RecordEffect::DeadLetter {
             kind: DeadLetterKind::InvalidJson,
             reason: "value is not json".to_owned(),
@@ -738,6 +740,7 @@ fn processed(partition: i32, offset: i64, payload: &[u8]) -> ProcessedRecord {
         key: Some(b"k".to_vec()),
         payload: Some(payload.to_vec()),
         trace_headers: onceflow_actors::telemetry::carrier::TraceHeaders::none(),
+        timestamp_ms: None,
     })
 }
 

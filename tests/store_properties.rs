@@ -286,6 +286,7 @@ fn record(
         key: None,
         payload: Some(payload),
         trace_headers: onceflow_actors::telemetry::carrier::TraceHeaders::none(),
+        timestamp_ms: None,
     });
     if let (RecordSpec::Event(which), RecordEffect::Event { event, .. }) =
         (spec, &mut processed.effect)

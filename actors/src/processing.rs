@@ -123,6 +123,7 @@ fn processed(
         payload: record.payload,
         trace,
         span,
+        timestamp_ms: record.timestamp_ms,
         effect,
     }
 }
@@ -141,6 +142,7 @@ mod tests {
             key: Some(b"c-1".to_vec()),
             payload: Some(br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-1","ad_id":"a","kind":"impression","cost_micros":5,"occurred_at":"2026-11-26T10:15:30.123+02:00"}"#.to_vec()),
             trace_headers: TraceHeaders::none(),
+            timestamp_ms: None,
         });
         let RecordEffect::Event { output_value, .. } = processed.effect else {
             panic!("expected an event");
@@ -180,6 +182,7 @@ mod tests {
             key: None,
             payload: Some(br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-1","ad_id":"a","kind":"click","cost_micros":5,"occurred_at":"2026-11-26T10:15:59.999999999Z"}"#.to_vec()),
             trace_headers: TraceHeaders::none(),
+            timestamp_ms: None,
         });
         let RecordEffect::Event { output_value, .. } = processed.effect else {
             panic!("expected an event");
@@ -197,6 +200,7 @@ mod tests {
             key: Some(vec![1, 2]),
             payload: Some(vec![0xff]),
             trace_headers: TraceHeaders::none(),
+            timestamp_ms: None,
         });
         let RecordEffect::DeadLetter { kind, .. } = processed.effect else {
             panic!("expected a dead letter");

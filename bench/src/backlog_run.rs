@@ -62,7 +62,9 @@ pub fn product_env(guarantee: Guarantee) -> Vec<(&'static str, String)> {
 
 /// Borrowed view of an environment list, as `Scenario::start` takes it.
 pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(key, value)| (*key, value.as_str())).collect()
+    env.iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect()
 }
 
 /// Runs `binary` under `guarantee` against a cold backlog of `spec`.

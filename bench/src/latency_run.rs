@@ -121,8 +121,13 @@ pub async fn latency_run(
     let input = read_committed(&scenario.bootstrap, &scenario.topics.input).await?;
     let mut written: HashMap<Uuid, i64> = HashMap::new();
     for record in &input {
-        if let (Some(event_id), Some(at)) = (event_id_of(record.value.as_deref()), record.timestamp_ms) {
-            written.entry(event_id).and_modify(|t| *t = (*t).min(at)).or_insert(at);
+        if let (Some(event_id), Some(at)) =
+            (event_id_of(record.value.as_deref()), record.timestamp_ms)
+        {
+            written
+                .entry(event_id)
+                .and_modify(|t| *t = (*t).min(at))
+                .or_insert(at);
         }
     }
     let latencies: Vec<f64> = seen
@@ -178,7 +183,9 @@ fn watch_outputs(
         };
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+            });
         if let Some(event_id) = event_id_of(message?.payload()) {
             seen.entry(event_id).or_insert(now_ms);
         }

@@ -97,7 +97,11 @@ pub async fn run(options: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Benc
     progress("per-message pattern");
     let per_message = per_message::per_message_run(
         &options.binary,
-        bench_workload(options.per_message_records, options.partitions, options.seed),
+        bench_workload(
+            options.per_message_records,
+            options.partitions,
+            options.seed,
+        ),
     )
     .await?;
     let half_rate = ((exactly_once.processing_records_per_second / 2.0) as u64).max(1);

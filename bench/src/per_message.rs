@@ -51,13 +51,18 @@ impl Event {
 }
 
 /// Processes `spec`'s records one transaction pair at a time.
-pub async fn per_message_run(binary: &std::path::Path, spec: WorkloadSpec) -> Result<PerMessageRun> {
+pub async fn per_message_run(
+    binary: &std::path::Path,
+    spec: WorkloadSpec,
+) -> Result<PerMessageRun> {
     let scenario = Scenario::new(binary, spec.partitions)
         .await?
         .without_live_reader();
     scenario.generate(spec).await?;
     let truth = input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    PostgresStore::from_pool(scenario.pool.clone()).migrate().await?;
+    PostgresStore::from_pool(scenario.pool.clone())
+        .migrate()
+        .await?;
 
     let group = unique("bench-per-message");
     let consumer: BaseConsumer = ClientConfig::new()
@@ -89,7 +94,8 @@ pub async fn per_message_run(binary: &std::path::Path, spec: WorkloadSpec) -> Re
                 detail: format!("{processed} of {} records", truth.records),
             });
         }
-        let Some(message) = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)))
+        let Some(message) =
+            tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)))
         else {
             continue;
         };
@@ -101,8 +107,16 @@ pub async fn per_message_run(binary: &std::path::Path, spec: WorkloadSpec) -> Re
         let event = serde_json::from_slice::<Event>(&payload)
             .ok()
             .filter(Event::is_valid);
-        write_one(&scenario.pool, &group, &scenario.topics.input, partition, offset, event.as_ref(), &payload)
-            .await?;
+        write_one(
+            &scenario.pool,
+            &group,
+            &scenario.topics.input,
+            partition,
+            offset,
+            event.as_ref(),
+            &payload,
+        )
+        .await?;
         let output_topic = match event {
             Some(_) => &scenario.topics.output,
             None => &scenario.topics.dlq,
@@ -115,7 +129,11 @@ pub async fn per_message_run(binary: &std::path::Path, spec: WorkloadSpec) -> Re
             }
             producer.send(record).map_err(|(error, _)| error)?;
             let mut offsets = TopicPartitionList::new();
-            offsets.add_partition_offset(&scenario.topics.input, partition, Offset::Offset(offset + 1))?;
+            offsets.add_partition_offset(
+                &scenario.topics.input,
+                partition,
+                Offset::Offset(offset + 1),
+            )?;
             let metadata = consumer.group_metadata().ok_or(BenchError::Violated {
                 step: "per-message run",
                 count: 1,
@@ -151,7 +169,8 @@ async fn write_one(
     let mut transaction = pool.begin().await?;
     match event {
         Some(event) => {
-            let minute = event.occurred_at.timestamp() - event.occurred_at.timestamp().rem_euclid(60);
+            let minute =
+                event.occurred_at.timestamp() - event.occurred_at.timestamp().rem_euclid(60);
             let minute = chrono::DateTime::from_timestamp(minute, 0).unwrap_or_default();
             let inserted = sqlx::query(
                 "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros,

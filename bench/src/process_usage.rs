@@ -19,7 +19,9 @@ pub fn process_usage(pid: u32) -> Result<ProcessUsage> {
     let id = i32::try_from(pid).map_err(|_| failed("pid out of range".to_owned()))?;
     let process = procfs::process::Process::new(id).map_err(|error| failed(error.to_string()))?;
     let stat = process.stat().map_err(|error| failed(error.to_string()))?;
-    let status = process.status().map_err(|error| failed(error.to_string()))?;
+    let status = process
+        .status()
+        .map_err(|error| failed(error.to_string()))?;
     let ticks = stat.utime.saturating_add(stat.stime);
     Ok(ProcessUsage {
         cpu_seconds: ticks as f64 / procfs::ticks_per_second() as f64,
@@ -50,7 +52,10 @@ mod tests {
         }
         std::hint::black_box(sum);
         let after = process_usage(pid).expect("this process is readable");
-        assert!(after.cpu_seconds >= before.cpu_seconds + 0.1, "{before:?} {after:?}");
+        assert!(
+            after.cpu_seconds >= before.cpu_seconds + 0.1,
+            "{before:?} {after:?}"
+        );
         assert!(after.peak_rss_bytes >= 64 << 20, "{after:?}");
         assert!(process_usage(u32::MAX).is_err(), "no such process");
     }

@@ -29,8 +29,9 @@ impl Machine {
             .ok()
             .and_then(|info| info.model_name(0).map(str::to_owned))
             .unwrap_or_else(|| "unknown".to_owned());
-        let memory_gib = procfs::Meminfo::current()
-            .map_or(0.0, |info| info.mem_total as f64 / (1024.0 * 1024.0 * 1024.0));
+        let memory_gib = procfs::Meminfo::current().map_or(0.0, |info| {
+            info.mem_total as f64 / (1024.0 * 1024.0 * 1024.0)
+        });
         Machine {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
@@ -160,7 +161,11 @@ impl BenchReport {
             m.cpu,
             m.cores,
             m.memory_gib,
-            if m.release_build { "" } else { ", DEBUG BUILD: figures not comparable" }
+            if m.release_build {
+                ""
+            } else {
+                ", DEBUG BUILD: figures not comparable"
+            }
         ));
         out.push_str(&format!(
             "{:<44} {:>12} {:>10} {:>12} {:>10}\n",

@@ -217,6 +217,7 @@ mod tests {
                 key: Some(format!("k{offset}").into_bytes()),
                 payload,
                 trace_headers: TraceHeaders::from_pairs(headers.iter().copied()),
+                timestamp_ms: None,
             })
         })
         .collect();

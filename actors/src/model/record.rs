@@ -25,6 +25,9 @@ pub struct ConsumedRecord {
     /// the record's headers that the propagator may read (`traceparent`,
     /// `tracestate`, `baggage`, …: those its `fields()` name), unchanged
     pub trace_headers: TraceHeaders,
+    /// the record's timestamp (ms since the epoch: its producer's create
+    /// time, or the broker's append time), if it has one
+    pub timestamp_ms: Option<i64>,
 }
 
 /// The effect a record asks for.
@@ -63,6 +66,9 @@ pub struct ProcessedRecord {
     /// the record's `process` span, when it has one (see
     /// [`crate::telemetry::spans`]); it ends when the record is dropped
     pub span: RecordSpan,
+    /// the input record's timestamp (ms since the epoch), for the
+    /// end-to-end latency
+    pub timestamp_ms: Option<i64>,
     /// what it asks for
     pub effect: RecordEffect,
 }

@@ -281,6 +281,7 @@ mod tests {
             payload: None,
             trace: TraceContext::new_root(),
             span: RecordSpan::none(),
+            timestamp_ms: None,
             effect: RecordEffect::Event {
                 output_value: output_value(&event),
                 event,
@@ -296,6 +297,7 @@ mod tests {
             payload: None,
             trace: TraceContext::new_root(),
             span: RecordSpan::none(),
+            timestamp_ms: None,
             effect: RecordEffect::DeadLetter {
                 kind: DeadLetterKind::InvalidJson,
                 reason: "bad".to_owned(),

@@ -288,6 +288,7 @@ impl Fetcher {
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
             trace_headers,
+            timestamp_ms: message.timestamp().to_millis(),
         };
         let sequence = route.next_sequence;
         route.next_sequence += 1;

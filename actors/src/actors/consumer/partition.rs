@@ -346,6 +346,7 @@ mod tests {
             key: None,
             payload: Some(payload.into_bytes()),
             trace_headers: crate::telemetry::carrier::TraceHeaders::none(),
+            timestamp_ms: None,
         }
     }
 

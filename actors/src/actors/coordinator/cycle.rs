@@ -272,17 +272,25 @@ impl CoordinatorState {
         .emit(&self.args.status);
     }
 
-    /// Tells each committed batch's consumer, and counts the events,
-    /// duplicates and dead letters committed.
+    /// Tells each committed batch's consumer, counts the events,
+    /// duplicates and dead letters committed, and observes each record's
+    /// end-to-end latency (its timestamp to now, the Kafka commit).
     fn count_committed(&self, committed: &[CommittedBatch]) {
         let status = &self.args.status;
         let metrics = status.metrics();
+        let now_ms = chrono::Utc::now().timestamp_millis();
         for committed_batch in committed {
             let batch = &committed_batch.batch;
             if let Some(owned) = self.partitions.get(&batch.partition) {
                 let _ = owned.consumer.cast(PartitionConsumerMsg::Committed {
                     end_offset: batch.end_offset,
                 });
+            }
+            for record in &batch.records {
+                if let Some(timestamp_ms) = record.timestamp_ms {
+                    let latency_ms = now_ms.saturating_sub(timestamp_ms).max(0);
+                    metrics.end_to_end_latency.observe(latency_ms as f64 / 1e3);
+                }
             }
             metrics
                 .events_committed
