@@ -213,6 +213,12 @@ pub struct CycleCommitted<'a> {
     pub partitions: &'a [i32],
     /// how long the cycle took, from its start to the end of its bookkeeping
     pub elapsed: Duration,
+    /// of which its database phase (every partition's write, in parallel)
+    pub database: Duration,
+    /// of which its Kafka phase (produce, offsets, commit)
+    pub kafka: Duration,
+    /// records the cycle committed
+    pub records: usize,
 }
 
 impl CycleCommitted<'_> {
@@ -232,6 +238,9 @@ impl CycleCommitted<'_> {
             txn_id = %self.txn_id,
             partitions = ?self.partitions,
             elapsed_ms = self.elapsed.as_millis() as u64,
+            database_ms = self.database.as_millis() as u64,
+            kafka_ms = self.kafka.as_millis() as u64,
+            records = self.records,
             "cycle committed"
         );
     }

@@ -40,6 +40,14 @@ use crate::telemetry::spans::{self, RecordSpan};
 /// costs nothing: the batch stays in flight and is handed over again.
 const TAKE_BATCH_DEADLINE: Duration = Duration::from_secs(2);
 
+/// When a cycle started, and how long its database and Kafka phases took.
+#[derive(Debug, Clone, Copy)]
+struct CycleTimings {
+    started: Instant,
+    database: Duration,
+    kafka: Duration,
+}
+
 /// The `process` spans of the records of `batches`.
 fn record_spans<'a>(
     batches: impl Iterator<Item = &'a Arc<PartitionBatch>>,
@@ -139,6 +147,7 @@ impl CoordinatorState {
 
         // 1. Database first.
         let DatabaseOutcome { committed, failed } = self.write_batches(txn_id, &batches).await;
+        let database = started.elapsed();
         if let Err(fault) = failpoints::hit(failpoints::COORDINATOR_AFTER_DB_COMMIT) {
             let aborted = CycleAborted::InjectedAfterDatabase { fault: &fault };
             self.abort(me, aborted, &batches, &partitions).await;
@@ -162,7 +171,13 @@ impl CoordinatorState {
 
         // 2. Kafka second, in one transaction.
         let committed_partitions: Vec<i32> = committed.iter().map(|c| c.batch.partition).collect();
+        let kafka_started = Instant::now();
         let kafka_result = self.kafka_phase(txn_id, group_metadata, &committed).await;
+        let timings = CycleTimings {
+            started,
+            database,
+            kafka: kafka_started.elapsed(),
+        };
         self.args.status.txn_closed();
         let committed_batches: Vec<Arc<PartitionBatch>> = committed
             .iter()
@@ -171,7 +186,7 @@ impl CoordinatorState {
         match kafka_result {
             Ok(()) => {
                 let whole = failed.is_empty();
-                self.settle(me, txn_id, &committed, whole, started).await;
+                self.settle(me, txn_id, &committed, whole, timings).await;
             }
             Err(error) => {
                 self.abort_kafka(
@@ -232,7 +247,7 @@ impl CoordinatorState {
         txn_id: Uuid,
         committed: &[CommittedBatch],
         whole: bool,
-        started: Instant,
+        timings: CycleTimings,
     ) {
         // Kafka has these offsets now, whatever happens to the bookkeeping
         // below: rewinds in this ownership start from here.
@@ -267,7 +282,13 @@ impl CoordinatorState {
         CycleCommitted {
             txn_id,
             partitions: &partitions,
-            elapsed: started.elapsed(),
+            elapsed: timings.started.elapsed(),
+            database: timings.database,
+            kafka: timings.kafka,
+            records: committed
+                .iter()
+                .map(|committed_batch| committed_batch.batch.records.len())
+                .sum(),
         }
         .emit(&self.args.status);
     }
