@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use onceflow_actors::settings::Guarantee;
@@ -66,12 +66,17 @@ pub async fn latency_run(
     let before = scenario.metrics().await?;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let seen_count = Arc::new(AtomicUsize::new(0));
     let watcher = {
         let stop = Arc::clone(&stop);
+        let seen_count = Arc::clone(&seen_count);
         let bootstrap = scenario.bootstrap.clone();
         let topic = scenario.topics.output.clone();
-        tokio::task::spawn_blocking(move || watch_outputs(&bootstrap, &topic, partitions, &stop))
+        tokio::task::spawn_blocking(move || {
+            watch_outputs(&bootstrap, &topic, partitions, &stop, &seen_count)
+        })
     };
+    let expected = rate.saturating_mul(seconds);
     let spec = WorkloadSpec {
         invalid_share: 0.0,
         repeat_share: 0.0,
@@ -97,8 +102,14 @@ pub async fn latency_run(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let after = scenario.metrics().await?;
-    // The reader has seen everything committed once it reads the end.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every event is committed now: the reader stops once it has seen them
+    // all (or after 30 s, and the count says what it missed).
+    let reading = Instant::now();
+    while (seen_count.load(Ordering::SeqCst) as u64) < expected
+        && reading.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     let seen = watcher.await??;
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
@@ -157,12 +168,13 @@ fn event_id_of(value: Option<&[u8]>) -> Option<Uuid> {
 }
 
 /// Reads `topic` with `read_committed` until `stop`, recording when each
-/// event id was first visible (ms since the epoch).
+/// event id was first visible (ms since the epoch) and how many it saw.
 fn watch_outputs(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
     stop: &AtomicBool,
+    seen_count: &AtomicUsize,
 ) -> Result<HashMap<Uuid, i64>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -188,6 +200,7 @@ fn watch_outputs(
             });
         if let Some(event_id) = event_id_of(message?.payload()) {
             seen.entry(event_id).or_insert(now_ms);
+            seen_count.store(seen.len(), Ordering::SeqCst);
         }
     }
     Ok(seen)

@@ -319,6 +319,9 @@ mod tests {
             txn_id: Uuid::nil(),
             partitions: &failed,
             elapsed: Duration::from_millis(5),
+            database: Duration::from_millis(2),
+            kafka: Duration::from_millis(3),
+            records: 10,
         }
         .emit(&status);
         let exported = status.metrics().encode();

@@ -1,0 +1,110 @@
+//! `onceflow bench` end to end on a small input, against the real
+//! PostgreSQL and the real Kafka cluster of the tests: every run is measured
+//! and passes the verdict of its guarantee, and the report's figures,
+//! ratios and targets agree with each other and survive JSON. Speed itself
+//! is never asserted here (a slow machine is no bug): the benchmark prints
+//! figures, `docs/performance.md` holds them.
+
+mod service;
+
+use std::time::Duration;
+
+use onceflow_bench::{BenchOptions, bench_workload};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_bench_run_measures_every_step_and_reports_consistent_figures() -> anyhow::Result<()>
+{
+    let options = BenchOptions {
+        binary: service::bin().to_path_buf(),
+        release_build: false,
+        records: 3_000,
+        partitions: 3,
+        seed: 11,
+        per_message_records: 60,
+        steady_seconds: 3,
+        ceiling_batch_rows: 1_000,
+        timeout: Duration::from_secs(180),
+    };
+    let steps = std::sync::Mutex::new(Vec::new());
+    let report = onceflow_bench::run(&options, &|step| {
+        steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(step.to_owned());
+    })
+    .await?;
+    assert_eq!(
+        steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len(),
+        5,
+        "five steps"
+    );
+
+    assert_eq!(
+        report.postgres_ceiling.rows, 3_000,
+        "every staged row written"
+    );
+    assert!(report.postgres_ceiling.rows_per_second > 0.0);
+    for run in [&report.exactly_once, &report.at_least_once] {
+        let workload_records = bench_workload(3_000, 3, 11).records;
+        assert_eq!(run.records, workload_records, "{}", run.guarantee);
+        assert_eq!(run.lost, 0, "{}", run.guarantee);
+        assert!(run.records_per_second > 0.0 && run.cpu_us_per_record > 0.0);
+        assert!(run.peak_rss_mib > 1.0, "{run:?}");
+        assert!(run.processing_seconds <= run.seconds, "{run:?}");
+    }
+    assert_eq!(report.exactly_once.guarantee, "exactly-once");
+    assert_eq!(report.exactly_once.duplicated, 0, "exactly once");
+    assert_eq!(report.at_least_once.guarantee, "at-least-once");
+    assert_eq!(report.per_message.records, 60);
+    let latency = &report.latency;
+    assert!(latency.rate >= 1);
+    assert_eq!(
+        latency.end_to_end_ms.count as u64,
+        latency.rate * latency.seconds,
+        "every event written at the steady rate was seen downstream once"
+    );
+    assert!(latency.end_to_end_ms.p50 <= latency.end_to_end_ms.p99);
+    assert!(latency.commit_p50_ms <= latency.commit_p99_ms && latency.cycles >= 1.0);
+
+    let ratios = report.ratios;
+    assert!(
+        (ratios.exactly_once_over_ceiling
+            - report.exactly_once.processing_records_per_second
+                / report.postgres_ceiling.rows_per_second)
+            .abs()
+            < 1e-9
+    );
+    assert_eq!(report.targets.len(), 6);
+    for target in &report.targets {
+        assert!(target.measured.is_finite(), "{target:?}");
+        let bound: f64 = target.target[3..].parse()?;
+        let expected = if target.target.starts_with(">=") {
+            target.measured >= bound
+        } else {
+            target.measured <= bound
+        };
+        assert_eq!(target.met, expected, "{target:?}");
+    }
+    assert!(
+        report.table().contains("DEBUG BUILD"),
+        "a debug run says so"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&report)?)?;
+    for key in [
+        "machine",
+        "postgres_ceiling",
+        "exactly_once",
+        "at_least_once",
+        "per_message",
+        "latency",
+        "ratios",
+        "targets",
+    ] {
+        assert!(json.get(key).is_some(), "no `{key}` in the JSON report");
+    }
+    Ok(())
+}
