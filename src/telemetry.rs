@@ -10,7 +10,7 @@
 //! `OTEL_SERVICE_NAME` (default `onceflow`), `OTEL_RESOURCE_ATTRIBUTES`,
 //! `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`,
 //! `OTEL_EXPORTER_OTLP_TIMEOUT` and `OTEL_EXPORTER_OTLP_CERTIFICATE` (a CA
-//! for an `https://` gRPC endpoint, besides the system's roots); `OTEL_SDK_DISABLED=true` or
+//! for an `https://` endpoint, gRPC or HTTP, besides the system's roots); `OTEL_SDK_DISABLED=true` or
 //! `OTEL_TRACES_EXPORTER=none` turn export off. What is propagated across
 //! Kafka (`OTEL_PROPAGATORS`) does not depend on export: `main` reads it
 //! before anything else (`onceflow_actors::telemetry::propagation`).
@@ -330,10 +330,20 @@ fn build_provider(
     // The builders read the endpoint, headers, timeout and compression
     // from the standard variables themselves.
     let exporter = match protocol {
-        Protocol::HttpBinary => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .build(),
+        Protocol::HttpBinary => {
+            let builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary);
+            match trusted_certificate()? {
+                // The system's roots and the named CA, as for gRPC.
+                Some(pem) => {
+                    use opentelemetry_otlp::WithHttpConfig;
+                    builder.with_http_client(http_client_trusting(pem)?)
+                }
+                None => builder,
+            }
+            .build()
+        }
         _ => {
             let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
             match trusted_certificate()? {
@@ -369,7 +379,7 @@ fn build_provider(
         .build())
 }
 
-/// The CA certificate (PEM) an `https://` gRPC endpoint is verified with,
+/// The CA certificate (PEM) an `https://` endpoint is verified with,
 /// besides the system's roots: the file `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`
 /// or `OTEL_EXPORTER_OTLP_CERTIFICATE` names (the standard variables).
 fn trusted_certificate() -> Result<Option<Vec<u8>>, String> {
@@ -384,6 +394,30 @@ fn trusted_certificate() -> Result<Option<Vec<u8>>, String> {
     std::fs::read(&path)
         .map(Some)
         .map_err(|error| format!("{variable}: cannot read {path}: {error}"))
+}
+
+/// The blocking HTTP client of the `http/protobuf` exporter, trusting the
+/// system's roots and `pem`, with the exporter's timeout
+/// (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` in
+/// ms, 10 s by default). Built on a thread of its own: a blocking client
+/// cannot be made inside the async runtime.
+fn http_client_trusting(pem: Vec<u8>) -> Result<reqwest::blocking::Client, String> {
+    let timeout_ms = env_value("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+        .or_else(|| env_value("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or(10_000);
+    let certificate = reqwest::Certificate::from_pem(&pem).map_err(|error| {
+        format!("OTEL_EXPORTER_OTLP_CERTIFICATE: not a PEM certificate: {error}")
+    })?;
+    std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_millis(timeout_ms))
+            .add_root_certificate(certificate)
+            .build()
+    })
+    .join()
+    .map_err(|_| "the thread building the OTLP HTTP client panicked".to_owned())?
+    .map_err(|error| format!("cannot build the OTLP HTTP client: {error}"))
 }
 
 /// `service.name`, `service.version` and `service.instance.id`, merged with

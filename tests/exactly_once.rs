@@ -37,6 +37,19 @@ async fn happy_path_is_exactly_once_with_invalid_records_and_repeats() -> anyhow
 
     let (ready, _) = scenario.http_get("/readyz").await?;
     assert_eq!(ready, 200);
+    // The counters move with the bookkeeping right after the Kafka commit
+    // the harness saw: wait for the last cycle's.
+    scenario
+        .wait_for(
+            "every record's commit counted",
+            Duration::from_secs(10),
+            async |s| {
+                s.metric("onceflow_end_to_end_latency_seconds_count", &[])
+                    .await
+                    .is_ok_and(|count| count >= truth.records as f64)
+            },
+        )
+        .await?;
     let metrics = scenario.metrics().await?;
     // Summed over every `reason` label: no abort of any kind (the counts
     // below hold only without one).

@@ -147,7 +147,11 @@ type HttpExports = Arc<Mutex<Vec<(String, String, ExportTraceServiceRequest)>>>;
 
 /// An OTLP/HTTP (protobuf) trace receiver on 127.0.0.1; returns its base
 /// URL (the exporter appends `/v1/traces`).
-async fn start_http_collector() -> anyhow::Result<(String, HttpExports)> {
+/// An OTLP/HTTP collector; with `tls` (certificate and key, PEM) on
+/// `https://`.
+async fn start_http_collector(
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+) -> anyhow::Result<(String, HttpExports)> {
     let received: HttpExports = Arc::new(Mutex::new(Vec::new()));
     let state = Arc::clone(&received);
     let app = axum::Router::new().fallback(
@@ -174,10 +178,70 @@ async fn start_http_collector() -> anyhow::Result<(String, HttpExports)> {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((format!("http://127.0.0.1:{port}"), received))
+    let scheme = match tls {
+        Some((certificate, key)) => {
+            let listener = TlsListener::new(listener, &certificate, &key)?;
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            "https"
+        }
+        None => {
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            "http"
+        }
+    };
+    Ok((format!("{scheme}://127.0.0.1:{port}"), received))
+}
+
+/// A TCP listener that hands axum only connections whose TLS handshake
+/// succeeded (a client that does not trust the certificate never gets
+/// through).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    fn new(tcp: tokio::net::TcpListener, certificate: &[u8], key: &[u8]) -> anyhow::Result<Self> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(certificate).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(key)?;
+        // ring is the only provider built in (as for tonic), so it is the
+        // builder's default.
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        Ok(TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(stream)).await
+            {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
 
 impl Drop for Collector {
@@ -914,7 +978,7 @@ async fn https_export_trusts_the_ca_the_standard_variable_names() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_export_delivers_the_same_trace() -> anyhow::Result<()> {
-    let (endpoint, received) = start_http_collector().await?;
+    let (endpoint, received) = start_http_collector(None).await?;
     let scenario = Scenario::new(service::bin(), 3).await?;
     let upstream = format!("00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01");
     let inputs: Vec<Input> = (0..3)
@@ -957,6 +1021,68 @@ async fn http_protobuf_export_delivers_the_same_trace() -> anyhow::Result<()> {
     assert!(in_trace("commit_cycle") >= 1);
     assert!(in_trace("db.commit_batch") >= 1);
     assert!(in_trace("kafka.commit_transaction") >= 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_http_protobuf_export_trusts_the_ca_the_standard_variable_names() -> anyhow::Result<()>
+{
+    let material = onceflow_chaos::harness::TlsMaterial::generate()?;
+    let identity = (
+        std::fs::read(&material.server_certificate)?,
+        std::fs::read(&material.server_key)?,
+    );
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    let upstream = format!("00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01");
+    let traced = |campaign: &str| -> Vec<Input> {
+        (0..3)
+            .map(|partition| Input {
+                partition,
+                value: event_json(Uuid::new_v4(), campaign),
+                traceparent: Some(upstream.clone()),
+            })
+            .collect()
+    };
+    let ca = material.ca_certificate.to_string_lossy().into_owned();
+    let http = ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+
+    // Not trusted: the system's roots do not know the test's CA.
+    let (untrusted, untrusted_received) = start_http_collector(Some(identity.clone())).await?;
+    assert!(untrusted.starts_with("https://"));
+    write_inputs(&scenario, &traced("c-untrusted")).await?;
+    let service = scenario.start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", untrusted.as_str()), http])?;
+    scenario.wait_caught_up(3, 0, CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    assert!(
+        untrusted_received
+            .lock()
+            .map(|r| r.is_empty())
+            .unwrap_or(false),
+        "spans crossed an unverified TLS connection"
+    );
+
+    // Trusted through the named CA.
+    let (trusted, received) = start_http_collector(Some(identity)).await?;
+    write_inputs(&scenario, &traced("c-trusted")).await?;
+    let service = scenario.start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", trusted.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+        http,
+    ])?;
+    scenario.wait_caught_up(6, 0, CATCH_UP).await?;
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    let requests: Vec<ExportTraceServiceRequest> = received
+        .lock()
+        .map(|r| r.iter().map(|(_, _, request)| request.clone()).collect())
+        .unwrap_or_default();
+    let process_spans = flatten(requests)
+        .iter()
+        .filter(|(_, span)| span.name == "process" && hex(&span.trace_id) == UPSTREAM_TRACE)
+        .count();
+    assert_eq!(process_spans, 3, "the trace arrived over https");
+    scenario.drop_database().await?;
     Ok(())
 }
 

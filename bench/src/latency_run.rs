@@ -190,7 +190,9 @@ fn watch_outputs(
     consumer.assign(&assignment)?;
     let mut seen = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
-        let Some(message) = consumer.poll(Duration::from_millis(50)) else {
+        // A transient poll error (a broker hiccup) is no reason to stop
+        // watching: the count at the end says whether anything was missed.
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) else {
             continue;
         };
         let now_ms = SystemTime::now()
@@ -198,7 +200,7 @@ fn watch_outputs(
             .map_or(0, |elapsed| {
                 i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
             });
-        if let Some(event_id) = event_id_of(message?.payload()) {
+        if let Some(event_id) = event_id_of(message.payload()) {
             seen.entry(event_id).or_insert(now_ms);
             seen_count.store(seen.len(), Ordering::SeqCst);
         }

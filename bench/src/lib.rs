@@ -104,7 +104,11 @@ pub async fn run(options: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Benc
         ),
     )
     .await?;
-    let half_rate = ((exactly_once.processing_records_per_second / 2.0) as u64).max(1);
+    // Half the measured maximum, but never more input in the steady phase
+    // than twice the backlog (a small run stays small).
+    let half_rate = ((exactly_once.processing_records_per_second / 2.0) as u64)
+        .min(options.records.saturating_mul(2) / options.steady_seconds.max(1))
+        .max(1);
     progress("latency at half the maximum rate");
     let latency = latency_run::latency_run(
         &options.binary,

@@ -535,11 +535,15 @@ pub(crate) async fn load_for_round(
     (load, work_seen)
 }
 
+/// Whether input is left to consume: a partition whose database side has
+/// not reached its end (the evidence that a fault met work; a Kafka commit
+/// a moment behind the database one is not work left).
 pub(crate) async fn work_left(scenario: &Scenario) -> bool {
-    scenario
-        .stalled_partitions()
-        .await
-        .is_ok_and(|stalled| !stalled.is_empty())
+    scenario.partition_progress().await.is_ok_and(|progress| {
+        progress
+            .iter()
+            .any(|partition| !partition.database_caught_up())
+    })
 }
 
 /// The workload of a scenario, written before the start.

@@ -1,6 +1,7 @@
 //! The DLQ forwarder actor: produces dead-letter records (original key and
 //! value, context headers; built by [`crate::kafka::records`]) inside the
-//! coordinator's open Kafka transaction.
+//! coordinator's open Kafka transaction (under `at-least-once`, with the
+//! coordinator's producer, before the offsets are committed).
 //!
 //! Guarantees: it produces through the producer it is handed, so its
 //! records commit or abort with the cycle's transaction and its offsets;

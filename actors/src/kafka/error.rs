@@ -87,6 +87,14 @@ pub enum KafkaTxnError {
         /// the revoked partition
         partition: i32,
     },
+    /// Under `at-least-once`: the consumer's offset commit failed or did not
+    /// answer in time. The outputs are acknowledged and stay; the cycle is
+    /// rewound and its outputs produced again (the producer is fine).
+    #[error("committing the offsets failed: {reason}")]
+    OffsetCommit {
+        /// the client's error, or the timeout
+        reason: String,
+    },
     /// The coordinator has no producer (a recreation failed): the cycle's
     /// transaction cannot begin.
     #[error("kafka begin_transaction task did not finish: no producer")]
@@ -116,9 +124,9 @@ impl KafkaTxnError {
             | KafkaTxnError::NoProducer
             | KafkaTxnError::ForwarderUnavailable(_)
             | KafkaTxnError::DeliveryTimedOut { .. } => KafkaFailureClass::RecreateProducer,
-            KafkaTxnError::Injected(_) | KafkaTxnError::PartitionRevoked { .. } => {
-                KafkaFailureClass::AbortTransaction
-            }
+            KafkaTxnError::Injected(_)
+            | KafkaTxnError::PartitionRevoked { .. }
+            | KafkaTxnError::OffsetCommit { .. } => KafkaFailureClass::AbortTransaction,
         }
     }
 

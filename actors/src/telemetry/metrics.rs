@@ -101,7 +101,11 @@ impl PipelineMetrics {
             dlq_records: Family::default(),
             txn_commits: Counter::default(),
             txn_aborts: Family::default(),
-            commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            // Bounds at the figures people set objectives on (100 ms, 1 s).
+            commit_duration: Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
             // 5 ms to about 2.7 minutes (a backlog's records wait long).
             end_to_end_latency: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             consumer_lag: Family::default(),

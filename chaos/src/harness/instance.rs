@@ -384,7 +384,7 @@ impl Scenario {
             if Instant::now() > deadline {
                 let stalled = match self.stalled_partitions().await {
                     Ok(stalled) if stalled.is_empty() => {
-                        "every partition's stored offset is at its end".to_owned()
+                        "every partition caught up on both sides".to_owned()
                     }
                     Ok(stalled) => stalled.join("; "),
                     Err(error) => format!("cannot read the offsets: {error}"),
@@ -414,6 +414,11 @@ impl Scenario {
         // Before the service's first migration there is no table: nothing
         // is stored yet.
         let stored = self.stored_offsets().await.unwrap_or_default();
+        let kafka_committed = self
+            .tables()
+            .kafka_committed_offsets(&self.group_id, &self.topics.input)
+            .await
+            .unwrap_or_default();
         let bootstrap = self.bootstrap.clone();
         let group = self.group_id.clone();
         let topic = self.topics.input.clone();
@@ -433,6 +438,7 @@ impl Scenario {
                     stored_next_offset: stored.get(&partition).copied().flatten(),
                     group_offset,
                     group_offsets_kept,
+                    stored_kafka_committed: kafka_committed.get(&partition).copied().flatten(),
                 },
             )
             .collect())
@@ -616,21 +622,34 @@ pub struct PartitionProgress {
     /// whether the broker keeps transactional offsets (a real cluster; not
     /// librdkafka's mock, which discards them)
     pub group_offsets_kept: bool,
+    /// `consumer_offsets.kafka_committed_offset`: the Kafka offset onceflow
+    /// confirmed committed (its own record; the Kafka side on the mock)
+    pub stored_kafka_committed: Option<i64>,
 }
 
 impl PartitionProgress {
     /// Whether the pipeline caught up with this partition: its database side
-    /// (the stored offset) and, where the broker keeps them, its Kafka side
-    /// (the group's offset, moved only by a transaction that produced the
-    /// outputs) reached the end of the input. The database side alone is
+    /// (the stored offset) and its Kafka side reached the end of the input.
+    /// The Kafka side is the group's offset (moved only by a transaction
+    /// that produced the outputs) where the broker keeps it, else (the mock)
+    /// the offset onceflow stored after confirming its Kafka commit. The database side alone is
     /// not enough: a cycle that aborted after its database commit leaves the
     /// stored offset at the end and the outputs owed until the replay. An
     /// empty partition is caught up without a row.
     pub fn caught_up(&self) -> bool {
         let end = Some(self.high_watermark);
-        self.high_watermark == 0
-            || (self.stored_next_offset >= end
-                && (!self.group_offsets_kept || self.group_offset >= end))
+        let kafka_side = if self.group_offsets_kept {
+            self.group_offset
+        } else {
+            self.stored_kafka_committed
+        };
+        self.high_watermark == 0 || (self.database_caught_up() && kafka_side >= end)
+    }
+
+    /// Whether the database side alone reached the end of the input (every
+    /// record consumed and committed there; the outputs may still be owed).
+    pub fn database_caught_up(&self) -> bool {
+        self.high_watermark == 0 || self.stored_next_offset >= Some(self.high_watermark)
     }
 
     /// `partition 1 stalled at stored next_offset 1234 of 5000 (group offset 1200)`.
@@ -914,15 +933,16 @@ mod tests {
     fn progress(
         high: i64,
         stored: Option<i64>,
-        group: Option<i64>,
+        kafka_side: Option<i64>,
         kept: bool,
     ) -> PartitionProgress {
         PartitionProgress {
             partition: 0,
             high_watermark: high,
             stored_next_offset: stored,
-            group_offset: group,
+            group_offset: if kept { kafka_side } else { None },
             group_offsets_kept: kept,
+            stored_kafka_committed: if kept { None } else { kafka_side },
         }
     }
 
@@ -932,30 +952,55 @@ mod tests {
         // store says 1000, Kafka still 880, the outputs are owed.
         let owed = progress(1000, Some(1000), Some(880), true);
         assert!(!owed.caught_up());
+        assert!(owed.database_caught_up());
         assert!(owed.describe().contains("group offset 880"));
         assert!(progress(1000, Some(1000), Some(1000), true).caught_up());
         assert!(!progress(1000, Some(1000), None, true).caught_up());
+        assert!(
+            progress(0, None, None, true).caught_up(),
+            "an empty partition"
+        );
     }
 
     #[test]
-    fn on_a_broker_that_discards_offsets_the_database_side_decides() {
-        assert!(progress(1000, Some(1000), None, false).caught_up());
-        assert!(!progress(1000, Some(999), None, false).caught_up());
+    fn on_the_mock_the_confirmed_kafka_offset_is_the_kafka_side() {
+        assert!(!progress(1000, Some(1000), Some(880), false).caught_up());
+        assert!(!progress(1000, Some(1000), None, false).caught_up());
+        assert!(progress(1000, Some(1000), Some(1000), false).caught_up());
+        // The group's offset is not read there (the mock discards it).
+        let mut group_only = progress(1000, Some(1000), None, false);
+        group_only.group_offset = Some(1000);
+        assert!(!group_only.caught_up());
     }
 
     proptest! {
-        /// Caught up exactly when every side the broker keeps is at the end.
+        /// Caught up means the database side is too, and committing more
+        /// on either side never takes it back.
         #[test]
-        fn caught_up_iff_each_kept_side_reached_the_end(
+        fn caught_up_needs_the_database_and_survives_progress(
             high in 0i64..50,
             stored in proptest::option::of(0i64..60),
-            group in proptest::option::of(0i64..60),
+            kafka_side in proptest::option::of(0i64..60),
             kept in any::<bool>(),
+            more_stored in 0i64..10,
+            more_kafka in 0i64..10,
         ) {
-            let expected = high == 0
-                || (stored.is_some_and(|s| s >= high)
-                    && (!kept || group.is_some_and(|g| g >= high)));
-            prop_assert_eq!(progress(high, stored, group, kept).caught_up(), expected);
+            let now = progress(high, stored, kafka_side, kept);
+            if now.caught_up() {
+                prop_assert!(now.database_caught_up());
+                let later = progress(
+                    high,
+                    stored.map(|s| s + more_stored),
+                    kafka_side.map(|k| k + more_kafka),
+                    kept,
+                );
+                prop_assert!(later.caught_up());
+            }
+            // Neither side alone is enough (unless the partition is empty).
+            if high > 0 {
+                prop_assert!(!progress(high, stored, None, kept).caught_up());
+                prop_assert!(!progress(high, None, kafka_side, kept).caught_up());
+            }
         }
     }
 }

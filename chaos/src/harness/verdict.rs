@@ -28,6 +28,13 @@ pub enum Tables<'a> {
     Sqlite(&'a SqlitePool),
 }
 
+/// A column of `consumer_offsets` the harness reads.
+#[derive(Debug, Clone, Copy)]
+enum OffsetColumn {
+    NextOffset,
+    KafkaCommitted,
+}
+
 /// One `ad_events` row as the verdict reads it: event id, campaign, ad,
 /// kind, cost, `occurred_at` in µs since the epoch, its minute in seconds
 /// since the epoch, source partition and offset.
@@ -126,26 +133,51 @@ impl Tables<'_> {
         group_id: &str,
         topic: &str,
     ) -> Result<HashMap<i32, Option<i64>>> {
+        self.offsets_column(OffsetColumn::NextOffset, group_id, topic)
+            .await
+    }
+
+    /// `consumer_offsets.kafka_committed_offset` (the Kafka offset onceflow
+    /// confirmed committed) per partition of `topic` for `group_id`.
+    pub async fn kafka_committed_offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+    ) -> Result<HashMap<i32, Option<i64>>> {
+        self.offsets_column(OffsetColumn::KafkaCommitted, group_id, topic)
+            .await
+    }
+
+    async fn offsets_column(
+        &self,
+        column: OffsetColumn,
+        group_id: &str,
+        topic: &str,
+    ) -> Result<HashMap<i32, Option<i64>>> {
+        let sql = match column {
+            OffsetColumn::NextOffset => {
+                "SELECT CAST(partition AS BIGINT), next_offset FROM consumer_offsets \
+                 WHERE group_id = $1 AND topic = $2"
+            }
+            OffsetColumn::KafkaCommitted => {
+                "SELECT CAST(partition AS BIGINT), kafka_committed_offset FROM consumer_offsets \
+                 WHERE group_id = $1 AND topic = $2"
+            }
+        };
         let rows: Vec<(i64, Option<i64>)> = match self {
             Tables::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT partition::int8, next_offset FROM consumer_offsets \
-                     WHERE group_id = $1 AND topic = $2",
-                )
-                .bind(group_id)
-                .bind(topic)
-                .fetch_all(*pool)
-                .await?
+                sqlx::query_as(sql)
+                    .bind(group_id)
+                    .bind(topic)
+                    .fetch_all(*pool)
+                    .await?
             }
             Tables::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT partition, next_offset FROM consumer_offsets \
-                     WHERE group_id = $1 AND topic = $2",
-                )
-                .bind(group_id)
-                .bind(topic)
-                .fetch_all(*pool)
-                .await?
+                sqlx::query_as(sql)
+                    .bind(group_id)
+                    .bind(topic)
+                    .fetch_all(*pool)
+                    .await?
             }
         };
         rows.into_iter()

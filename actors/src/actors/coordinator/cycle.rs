@@ -249,6 +249,7 @@ impl CoordinatorState {
         whole: bool,
         timings: CycleTimings,
     ) {
+        let committed_at_ms = chrono::Utc::now().timestamp_millis();
         // Kafka has these offsets now, whatever happens to the bookkeeping
         // below: rewinds in this ownership start from here.
         for committed_batch in committed {
@@ -278,7 +279,7 @@ impl CoordinatorState {
             return;
         }
         self.confirm_kafka_commit(committed).await;
-        self.count_committed(committed);
+        self.count_committed(committed, committed_at_ms);
         CycleCommitted {
             txn_id,
             partitions: &partitions,
@@ -295,11 +296,11 @@ impl CoordinatorState {
 
     /// Tells each committed batch's consumer, counts the events,
     /// duplicates and dead letters committed, and observes each record's
-    /// end-to-end latency (its timestamp to now, the Kafka commit).
-    fn count_committed(&self, committed: &[CommittedBatch]) {
+    /// end-to-end latency (its timestamp to `committed_at_ms`, when Kafka
+    /// confirmed the commit).
+    fn count_committed(&self, committed: &[CommittedBatch], committed_at_ms: i64) {
         let status = &self.args.status;
         let metrics = status.metrics();
-        let now_ms = chrono::Utc::now().timestamp_millis();
         for committed_batch in committed {
             let batch = &committed_batch.batch;
             if let Some(owned) = self.partitions.get(&batch.partition) {
@@ -309,7 +310,7 @@ impl CoordinatorState {
             }
             for record in &batch.records {
                 if let Some(timestamp_ms) = record.timestamp_ms {
-                    let latency_ms = now_ms.saturating_sub(timestamp_ms).max(0);
+                    let latency_ms = committed_at_ms.saturating_sub(timestamp_ms).max(0);
                     metrics.end_to_end_latency.observe(latency_ms as f64 / 1e3);
                 }
             }

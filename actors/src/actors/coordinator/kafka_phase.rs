@@ -127,14 +127,18 @@ impl CoordinatorState {
                 .map(|done| (done.batch.partition, done.batch.end_offset)),
         )
         .map_err(|source| KafkaTxnError::Client {
-            operation: "send_offsets_to_transaction",
+            operation: "list the cycle's offsets",
             source,
         })
     }
 
-    /// Under `at-least-once`: commits `offsets` through the consumer (the
-    /// group's current generation; a stale one is refused by the broker),
-    /// synchronously (span `kafka.commit_offsets`).
+    /// Under `at-least-once`: commits `offsets` through the consumer,
+    /// synchronously and bounded by the Kafka call timeout (span
+    /// `kafka.commit_offsets`). The commit carries the consumer's generation
+    /// when it is sent (not the cycle's, as a transaction's offsets do): a
+    /// commit after a rejoin can land and move the group offset back, which
+    /// costs duplicates, never a loss. A failure or timeout rewinds the
+    /// cycle; the producer is kept.
     async fn commit_offsets(
         &self,
         txn_id: Uuid,
@@ -150,19 +154,22 @@ impl CoordinatorState {
             %txn_id
         );
         let consumer = std::sync::Arc::clone(&self.args.consumer);
+        let timeout = settings.kafka_call_timeout;
         let committing =
             tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync));
         in_span(span, async move {
-            committing
-                .await
-                .map_err(|error| KafkaTxnError::TaskLost {
+            match tokio::time::timeout(timeout, committing).await {
+                Err(_) => Err(KafkaTxnError::OffsetCommit {
+                    reason: format!("no answer within {} ms", timeout.as_millis()),
+                }),
+                Ok(Err(error)) => Err(KafkaTxnError::TaskLost {
                     operation: "commit offsets",
                     reason: error.to_string(),
-                })?
-                .map_err(|source| KafkaTxnError::Client {
-                    operation: "commit offsets",
-                    source,
-                })
+                }),
+                Ok(Ok(result)) => result.map_err(|source| KafkaTxnError::OffsetCommit {
+                    reason: source.to_string(),
+                }),
+            }
         })
         .await
     }

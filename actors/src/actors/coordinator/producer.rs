@@ -81,7 +81,7 @@ impl CoordinatorState {
         .await?;
         self.producer = Some(producer);
         self.args.status.set_coordinator_ready(true);
-        tracing::info!("transactional producer recreated");
+        tracing::info!("producer recreated");
         Ok(())
     }
 
