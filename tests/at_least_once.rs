@@ -29,7 +29,6 @@ async fn records_and_end(scenario: &Scenario, topic: &str) -> anyhow::Result<(u6
 async fn at_least_once_replays_outputs_rather_than_losing_them() -> anyhow::Result<()> {
     let scenario = Scenario::new(service::bin(), 3).await?;
     scenario.produce(3_000, 41).await?;
-    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
 
     // The first three cycles and a fifth of the later ones fail after their
     // outputs and dead letters were acknowledged, before the offset commit.
@@ -40,9 +39,7 @@ async fn at_least_once_replays_outputs_rather_than_losing_them() -> anyhow::Resu
             "coordinator-during-kafka-commit=3*return->20%return",
         ),
     ])?;
-    scenario
-        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
-        .await?;
+    let truth = scenario.wait_caught_up_with_input(CATCH_UP).await?;
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success());
 
@@ -84,11 +81,8 @@ async fn at_least_once_replays_outputs_rather_than_losing_them() -> anyhow::Resu
 async fn exactly_once_commits_outputs_in_transactions() -> anyhow::Result<()> {
     let scenario = Scenario::new(service::bin(), 3).await?;
     scenario.produce(300, 43).await?;
-    let truth = common::input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
     let service = scenario.start(&[])?;
-    scenario
-        .wait_caught_up(truth.distinct_events as i64, truth.invalid as i64, CATCH_UP)
-        .await?;
+    scenario.wait_caught_up_with_input(CATCH_UP).await?;
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success());
     let verdict = scenario.verdict().await?;

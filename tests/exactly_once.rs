@@ -122,12 +122,7 @@ async fn outputs_owed_after_database_commits_are_not_caught_up_until_produced() 
     let scenario = Scenario::new(service::bin(), 3).await?;
     scenario.produce(600, 31).await?;
     let (events, _, _) = expected_counts(&scenario).await?;
-    let input_end: i64 = scenario
-        .partition_progress()
-        .await?
-        .iter()
-        .map(|progress| progress.high_watermark)
-        .sum();
+    let input_end = scenario.input_end_offset().await?;
 
     // Every cycle commits to the database and aborts before its Kafka
     // transaction, and every abort rewinds to the group's start: the store

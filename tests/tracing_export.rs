@@ -146,9 +146,8 @@ fn flatten(requests: Vec<ExportTraceServiceRequest>) -> Vec<(Vec<KeyValue>, Span
 type HttpExports = Arc<Mutex<Vec<(String, String, ExportTraceServiceRequest)>>>;
 
 /// An OTLP/HTTP (protobuf) trace receiver on 127.0.0.1; returns its base
-/// URL (the exporter appends `/v1/traces`).
-/// An OTLP/HTTP collector; with `tls` (certificate and key, PEM) on
-/// `https://`.
+/// URL (the exporter appends `/v1/traces`), on `https://` with `tls`
+/// (certificate and key, PEM).
 async fn start_http_collector(
     tls: Option<(Vec<u8>, Vec<u8>)>,
 ) -> anyhow::Result<(String, HttpExports)> {
@@ -919,63 +918,6 @@ async fn json_logs_are_one_object_per_line_and_name_the_exported_trace() -> anyh
     Ok(())
 }
 
-/// OTLP over `https://` to a collector whose certificate a private CA
-/// signed: verified with the CA `OTEL_EXPORTER_OTLP_CERTIFICATE` names (the
-/// trace arrives); without it the collector is not trusted (nothing
-/// arrives, one warning).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_export_trusts_the_ca_the_standard_variable_names() -> anyhow::Result<()> {
-    let material = onceflow_chaos::harness::TlsMaterial::generate()?;
-    let identity = (
-        std::fs::read(&material.server_certificate)?,
-        std::fs::read(&material.server_key)?,
-    );
-    let scenario = Scenario::new(service::bin(), 3).await?;
-    let upstream = format!("00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01");
-    let traced = |campaign: &str| -> Vec<Input> {
-        (0..3)
-            .map(|partition| Input {
-                partition,
-                value: event_json(Uuid::new_v4(), campaign),
-                traceparent: Some(upstream.clone()),
-            })
-            .collect()
-    };
-    let ca = material.ca_certificate.to_string_lossy().into_owned();
-
-    // Not trusted: the system's roots do not know the test's CA.
-    let untrusted = Collector::start_with_tls(Some(identity.clone())).await?;
-    write_inputs(&scenario, &traced("c-untrusted")).await?;
-    let service =
-        scenario.start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", untrusted.endpoint.as_str())])?;
-    scenario.wait_caught_up(3, 0, CATCH_UP).await?;
-    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
-    assert!(exit.success());
-    assert!(
-        untrusted.spans().is_empty(),
-        "spans crossed an unverified TLS connection"
-    );
-
-    // Trusted through the named CA.
-    let collector = Collector::start_with_tls(Some(identity)).await?;
-    write_inputs(&scenario, &traced("c-trusted")).await?;
-    let service = scenario.start(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
-    ])?;
-    scenario.wait_caught_up(6, 0, CATCH_UP).await?;
-    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
-    assert!(exit.success());
-    let process_spans = collector
-        .spans()
-        .iter()
-        .filter(|(_, span)| span.name == "process" && hex(&span.trace_id) == UPSTREAM_TRACE)
-        .count();
-    assert_eq!(process_spans, 3, "the trace arrived over https");
-    scenario.drop_database().await?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_export_delivers_the_same_trace() -> anyhow::Result<()> {
     let (endpoint, received) = start_http_collector(None).await?;
@@ -1024,9 +966,49 @@ async fn http_protobuf_export_delivers_the_same_trace() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_http_protobuf_export_trusts_the_ca_the_standard_variable_names() -> anyhow::Result<()>
-{
+/// A collector of either OTLP protocol on `https://`, for the trust tests.
+enum TlsCollector {
+    Grpc(Collector),
+    Http(String, HttpExports),
+}
+
+impl TlsCollector {
+    /// Starts one for `protocol` (`grpc` or `http/protobuf`) with `identity`.
+    async fn start(protocol: &str, identity: (Vec<u8>, Vec<u8>)) -> anyhow::Result<Self> {
+        Ok(match protocol {
+            "grpc" => TlsCollector::Grpc(Collector::start_with_tls(Some(identity)).await?),
+            _ => {
+                let (endpoint, received) = start_http_collector(Some(identity)).await?;
+                TlsCollector::Http(endpoint, received)
+            }
+        })
+    }
+
+    fn endpoint(&self) -> &str {
+        match self {
+            TlsCollector::Grpc(collector) => &collector.endpoint,
+            TlsCollector::Http(endpoint, _) => endpoint,
+        }
+    }
+
+    fn spans(&self) -> Vec<(Vec<KeyValue>, Span)> {
+        match self {
+            TlsCollector::Grpc(collector) => collector.spans(),
+            TlsCollector::Http(_, received) => flatten(
+                received
+                    .lock()
+                    .map(|r| r.iter().map(|(_, _, request)| request.clone()).collect())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+/// OTLP over `https://` (`protocol`) to a collector whose certificate a
+/// private CA signed: without the CA `OTEL_EXPORTER_OTLP_CERTIFICATE` names
+/// nothing arrives (the system's roots do not know it); with it, the
+/// trace's 3 `process` spans do.
+async fn https_export_trusts_only_the_named_ca(protocol: &str) -> anyhow::Result<()> {
     let material = onceflow_chaos::harness::TlsMaterial::generate()?;
     let identity = (
         std::fs::read(&material.server_certificate)?,
@@ -1044,46 +1026,52 @@ async fn https_http_protobuf_export_trusts_the_ca_the_standard_variable_names() 
             .collect()
     };
     let ca = material.ca_certificate.to_string_lossy().into_owned();
-    let http = ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    let protocol_env = ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol);
 
-    // Not trusted: the system's roots do not know the test's CA.
-    let (untrusted, untrusted_received) = start_http_collector(Some(identity.clone())).await?;
-    assert!(untrusted.starts_with("https://"));
+    let untrusted = TlsCollector::start(protocol, identity.clone()).await?;
+    assert!(untrusted.endpoint().starts_with("https://"));
     write_inputs(&scenario, &traced("c-untrusted")).await?;
-    let service = scenario.start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", untrusted.as_str()), http])?;
+    let service = scenario.start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", untrusted.endpoint()),
+        protocol_env,
+    ])?;
     scenario.wait_caught_up(3, 0, CATCH_UP).await?;
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success());
     assert!(
-        untrusted_received
-            .lock()
-            .map(|r| r.is_empty())
-            .unwrap_or(false),
-        "spans crossed an unverified TLS connection"
+        untrusted.spans().is_empty(),
+        "{protocol}: spans crossed an unverified TLS connection"
     );
 
-    // Trusted through the named CA.
-    let (trusted, received) = start_http_collector(Some(identity)).await?;
+    let trusted = TlsCollector::start(protocol, identity).await?;
     write_inputs(&scenario, &traced("c-trusted")).await?;
     let service = scenario.start(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", trusted.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", trusted.endpoint()),
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
-        http,
+        protocol_env,
     ])?;
     scenario.wait_caught_up(6, 0, CATCH_UP).await?;
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     assert!(exit.success());
-    let requests: Vec<ExportTraceServiceRequest> = received
-        .lock()
-        .map(|r| r.iter().map(|(_, _, request)| request.clone()).collect())
-        .unwrap_or_default();
-    let process_spans = flatten(requests)
+    let process_spans = trusted
+        .spans()
         .iter()
         .filter(|(_, span)| span.name == "process" && hex(&span.trace_id) == UPSTREAM_TRACE)
         .count();
-    assert_eq!(process_spans, 3, "the trace arrived over https");
+    assert_eq!(process_spans, 3, "{protocol}: the trace arrived over https");
     scenario.drop_database().await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_grpc_export_trusts_the_ca_the_standard_variable_names() -> anyhow::Result<()> {
+    https_export_trusts_only_the_named_ca("grpc").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_http_protobuf_export_trusts_the_ca_the_standard_variable_names() -> anyhow::Result<()>
+{
+    https_export_trusts_only_the_named_ca("http/protobuf").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

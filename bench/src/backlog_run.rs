@@ -81,12 +81,7 @@ pub async fn backlog_run(
         .without_live_reader();
     scenario.generate(spec).await?;
     let truth = input_truth(&scenario.bootstrap, &scenario.topics.input).await?;
-    let input_end: i64 = scenario
-        .partition_progress()
-        .await?
-        .iter()
-        .map(|progress| progress.high_watermark)
-        .sum();
+    let input_end = scenario.input_end_offset().await?;
 
     let env = product_env(guarantee);
     let service = scenario.start(&env_refs(&env))?;

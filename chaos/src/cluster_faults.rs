@@ -87,14 +87,7 @@ pub(crate) async fn inject_cluster_fault(
     scenario: &Scenario,
 ) -> Result<FaultPhase> {
     let size = &context.size;
-    let load = scenario.generate_in_background(
-        crate::harness::WorkloadSpec::mixed(
-            (size.events * 2).max(1_000),
-            scenario.partitions,
-            context.seed.wrapping_add(1),
-        ),
-        crate::scenarios::BACKGROUND_RATE,
-    );
+    let load = crate::scenarios::background_load(context, scenario, (size.events * 2).max(1_000));
     let mut injection = Injection::default();
     let extra: Vec<(&str, String)> = match fault {
         ClusterFault::FrozenPastTransactionTimeout => vec![

@@ -17,9 +17,7 @@ use crate::harness::{
     ClientNetwork, NetworkCondition, ProxyCounters, Scenario, TcpProxy, wait_for_progress,
 };
 use crate::outcome::Injection;
-use crate::scenarios::{
-    BACKGROUND_RATE, FaultPhase, ScenarioContext, with_instance_env, work_left,
-};
+use crate::scenarios::{FaultPhase, ScenarioContext, with_instance_env, work_left};
 
 /// Which path a network fault hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -111,14 +109,7 @@ pub(crate) async fn inject_network_fault(
     scenario: &Scenario,
 ) -> Result<FaultPhase> {
     let size = &context.size;
-    let load = scenario.generate_in_background(
-        crate::harness::WorkloadSpec::mixed(
-            (size.events * 2).max(1_000),
-            scenario.partitions,
-            context.seed.wrapping_add(1),
-        ),
-        BACKGROUND_RATE,
-    );
+    let load = crate::scenarios::background_load(context, scenario, (size.events * 2).max(1_000));
     let mut injection = Injection::default();
     let service = scenario.start(&with_instance_env(&[]))?;
     wait_for_progress(scenario, Duration::from_secs(90)).await?;

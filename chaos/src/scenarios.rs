@@ -463,6 +463,19 @@ pub(crate) fn with_instance_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a st
 /// Records per second of the load that keeps arriving during faults.
 pub(crate) const BACKGROUND_RATE: u64 = 150;
 
+/// A mixed workload of `records` written at [`BACKGROUND_RATE`] while a
+/// fault runs (its seed follows the backlog's); await it for its summary.
+pub(crate) fn background_load(
+    context: &ScenarioContext,
+    scenario: &Scenario,
+    records: u64,
+) -> tokio::task::JoinHandle<crate::error::Result<GeneratedSummary>> {
+    scenario.generate_in_background(
+        WorkloadSpec::mixed(records, scenario.partitions, context.seed.wrapping_add(1)),
+        BACKGROUND_RATE,
+    )
+}
+
 /// What the fault phase left behind.
 pub(crate) struct FaultPhase {
     pub(crate) service: Service,
@@ -747,16 +760,8 @@ async fn inject_on_kafka(
     }
     let size = &context.size;
     let mut injection = Injection::default();
-    let background = |share: u64| {
-        scenario.generate_in_background(
-            WorkloadSpec::mixed(
-                (size.events / share).max(100),
-                scenario.partitions,
-                context.seed.wrapping_add(1),
-            ),
-            BACKGROUND_RATE,
-        )
-    };
+    let background =
+        |share: u64| background_load(context, scenario, (size.events / share).max(100));
     match &spec.fault {
         Fault::ActorPanic(point) => {
             let failpoints = format!("{point}=1*off->1*panic->off");
