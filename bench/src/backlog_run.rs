@@ -15,7 +15,7 @@ use onceflow_chaos::harness::{Scenario, WorkloadSpec, input_truth};
 use onceflow_chaos::outcome::numbers_of;
 
 use crate::error::{BenchError, Result};
-use crate::process_usage::process_usage;
+use crate::process_usage::{MachineTicks, cpu_by_thread_kind, process_usage};
 
 /// The figures of one backlog run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -38,10 +38,22 @@ pub struct BacklogRun {
     pub cpu_us_per_record: f64,
     /// peak resident memory of the process, MiB
     pub peak_rss_mib: f64,
+    /// onceflow's CPU µs per record by thread kind (live threads at the end)
+    pub cpu_us_per_record_by_thread: std::collections::BTreeMap<String, f64>,
+    /// cores of the machine busy during the run (everything on it)
+    pub machine_cores_busy: f64,
     /// records whose output is missing (must be 0)
     pub lost: u64,
     /// records produced more than once (0 under exactly-once)
     pub duplicated: u64,
+}
+
+/// The log filter of the measured instances: `info`, or the value of
+/// `BENCH_INSTANCE_RUST_LOG` (not `ONCEFLOW_…`: the instance inherits the
+/// environment and refuses unknown settings; for a profile:
+/// `info,onceflow_actors::commit=debug` logs every cycle's phases).
+fn instance_log_filter() -> String {
+    std::env::var("BENCH_INSTANCE_RUST_LOG").unwrap_or_else(|_| "info".to_owned())
 }
 
 /// The environment of an instance with the product's defaults (the test
@@ -58,7 +70,7 @@ pub fn product_env(guarantee: Guarantee) -> Vec<(&'static str, String)> {
             defaults.max_buffered_records.to_string(),
         ),
         ("ONCEFLOW_GUARANTEE", guarantee.as_str().to_owned()),
-        ("RUST_LOG", "info".to_owned()),
+        ("RUST_LOG", instance_log_filter()),
     ]
 }
 
@@ -86,6 +98,7 @@ pub async fn backlog_run(
     let env = product_env(guarantee);
     let service = scenario.start(&env_refs(&env))?;
     let started = Instant::now();
+    let machine_before = MachineTicks::now()?;
     let pid = service.pid().ok_or(BenchError::Process {
         pid: 0,
         reason: "exited at once".to_owned(),
@@ -120,6 +133,8 @@ pub async fn backlog_run(
     }
     let seconds = started.elapsed().as_secs_f64();
     let usage = process_usage(pid)?;
+    let by_thread = cpu_by_thread_kind(pid)?;
+    let machine_busy = MachineTicks::now()?.busy_share_since(&machine_before);
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     if !exit.success() {
         return Err(BenchError::Violated {
@@ -172,7 +187,17 @@ pub async fn backlog_run(
         processing_records_per_second,
         cpu_us_per_record: usage.cpu_seconds * 1e6 / records.max(1) as f64,
         peak_rss_mib: usage.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+        cpu_us_per_record_by_thread: by_thread
+            .into_iter()
+            .map(|(kind, seconds)| (kind, seconds * 1e6 / records.max(1) as f64))
+            .collect(),
+        machine_cores_busy: machine_busy * num_cores(),
         lost,
         duplicated,
     })
+}
+
+/// Cores of this machine (1 if unknown).
+fn num_cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |cores| cores.get() as f64)
 }

@@ -194,6 +194,20 @@ impl BenchReport {
                 "  with start-up", run.records_per_second, run.seconds
             ));
         }
+        for run in [&self.exactly_once, &self.at_least_once] {
+            let split: Vec<String> = run
+                .cpu_us_per_record_by_thread
+                .iter()
+                .filter(|(_, micros)| **micros >= 0.05)
+                .map(|(kind, micros)| format!("{kind} {micros:.1}"))
+                .collect();
+            out.push_str(&format!(
+                "  {} CPU µs/rec by thread: {}; machine: {:.2} cores busy\n",
+                run.guarantee,
+                split.join(", "),
+                run.machine_cores_busy
+            ));
+        }
         let p = &self.per_message;
         out.push_str(&format!(
             "{:<44} {:>12.0} {:>10.2}\n",

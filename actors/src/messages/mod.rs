@@ -17,7 +17,7 @@
 //! | consumer supervisor (rebalance listener) | consumer supervisor | [`ConsumerSupervisorMsg::PartitionsAssigned`], [`ConsumerSupervisorMsg::PartitionsRevoked`] |
 //! | coordinator | consumer supervisor | [`ConsumerSupervisorMsg::ReportAssignment`], [`ConsumerSupervisorMsg::Position`], [`ConsumerSupervisorMsg::PausePartitions`] |
 //! | consumer supervisor (itself) | consumer supervisor | [`ConsumerSupervisorMsg::RestartPartition`] |
-//! | record fetcher | partition consumer | [`PartitionConsumerMsg::Record`], [`PartitionConsumerMsg::Positioned`] |
+//! | record fetcher | partition consumer | [`PartitionConsumerMsg::Records`], [`PartitionConsumerMsg::Positioned`] |
 //! | coordinator | partition consumer | [`PartitionConsumerMsg::BeginRewind`], [`PartitionConsumerMsg::TakeBatch`], [`PartitionConsumerMsg::Committed`] |
 //! | consumer supervisor | record fetcher | [`FetcherCommand::Position`], [`FetcherCommand::Park`], [`FetcherCommand::Forget`] |
 //! | partition consumer | record fetcher | [`FetcherCommand::Resume`] |

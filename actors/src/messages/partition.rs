@@ -22,14 +22,16 @@ use crate::recovery::StartPosition;
 /// Messages of a partition consumer.
 #[derive(Debug)]
 pub enum PartitionConsumerMsg {
-    /// a record of the route positioned with `ticket`
-    Record {
-        /// the positioning the record was fetched under
+    /// records of the route positioned with `ticket`, in the order fetched
+    /// (one message for what one poll of the consumer had ready)
+    Records {
+        /// the positioning the records were fetched under
         ticket: PositionTicket,
-        /// its place in the route: 0, 1, 2, … without gaps
-        sequence: u64,
-        /// the record
-        record: ConsumedRecord,
+        /// the first one's place in the route (0, 1, 2, … without gaps);
+        /// the others follow it
+        first_sequence: u64,
+        /// the records
+        records: Vec<ConsumedRecord>,
     },
     /// the fetcher has positioned the partition: records of `ticket` start
     /// at `start_offset` (`None`: at the earliest offset)
@@ -51,13 +53,29 @@ pub enum PartitionConsumerMsg {
         /// the coordinator's positioning decision
         ticket: PositionTicket,
     },
-    /// hand over the next batch (or the one in flight again), if any
-    TakeBatch(RpcReplyPort<Option<Arc<PartitionBatch>>>),
+    /// hand over the batch the coordinator wants (see [`BatchWanted`]), if
+    /// there is one
+    TakeBatch(BatchWanted, RpcReplyPort<Option<Arc<PartitionBatch>>>),
     /// the batch ending at `end_offset` committed on both sides
     Committed {
         /// end of the committed batch
         end_offset: i64,
     },
+}
+
+/// Which batch the coordinator asks a partition consumer for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchWanted {
+    /// The coordinator holds no batch of the partition: the oldest batch in
+    /// flight (an earlier hand-over was not received, or the coordinator
+    /// restarted), else a new one.
+    Oldest,
+    /// The coordinator holds the batch ending at this offset, committed to
+    /// the database, its Kafka phase running: the batch that starts here
+    /// (handed again if it is already in flight), else a new one if the
+    /// partition's batches reached this offset. Nothing else: a batch that
+    /// does not follow the held one is never handed over.
+    After(i64),
 }
 
 /// A positioning, as decided by the coordinator.

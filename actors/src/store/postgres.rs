@@ -284,9 +284,10 @@ async fn write_records(
     batch: &PartitionBatch,
     plan: &BatchPlan,
 ) -> Result<Classification, StoreError> {
-    let inserted = insert_events(transaction, group_id, topic, txn_id, batch, &plan.events).await?;
-    let conflicting = plan.conflicting(&inserted);
-    let stored_positions = stored_positions(transaction, &conflicting).await?;
+    let InsertedEvents {
+        inserted,
+        stored_positions,
+    } = insert_events(transaction, group_id, topic, txn_id, batch, &plan.events).await?;
     let stored_dead_letters = insert_dead_letters(
         transaction,
         group_id,
@@ -344,6 +345,18 @@ async fn advance_offset(
     }
 }
 
+/// What the event insert did: the ids it inserted, and where each event it
+/// did not insert (already stored) came from.
+struct InsertedEvents {
+    inserted: HashSet<Uuid>,
+    stored_positions: HashMap<Uuid, StoredPosition>,
+}
+
+/// Inserts the first occurrences, in event-id order. The common case (every
+/// event new) costs one statement and no rows back: only when fewer rows
+/// were inserted than sent does a second statement read the events already
+/// stored, recognised by a `txn_id` other than this cycle's (every cycle has
+/// its own, and a batch inserts each event id once).
 async fn insert_events(
     transaction: &mut Transaction<'_, Postgres>,
     group_id: &str,
@@ -351,9 +364,12 @@ async fn insert_events(
     txn_id: Uuid,
     batch: &PartitionBatch,
     sorted_firsts: &[(Uuid, usize)],
-) -> Result<HashSet<Uuid>, StoreError> {
+) -> Result<InsertedEvents, StoreError> {
     if sorted_firsts.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(InsertedEvents {
+            inserted: HashSet::new(),
+            stored_positions: HashMap::new(),
+        });
     }
     let capacity = sorted_firsts.len();
     let mut event_ids = Vec::with_capacity(capacity);
@@ -368,8 +384,8 @@ async fn insert_events(
         let record = &batch.records[*index];
         if let RecordEffect::Event { event, .. } = &record.effect {
             event_ids.push(event.event_id);
-            campaign_ids.push(event.campaign_id.clone());
-            ad_ids.push(event.ad_id.clone());
+            campaign_ids.push(event.campaign_id.as_str());
+            ad_ids.push(event.ad_id.as_str());
             kinds.push(event.kind.as_str());
             costs.push(event.cost_micros);
             occurred.push(event.occurred_at);
@@ -377,7 +393,7 @@ async fn insert_events(
             offsets.push(record.offset);
         }
     }
-    let rows = sqlx::query(
+    let inserted_rows = sqlx::query(
         "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
                                 billed_minute, source_topic, source_partition, source_offset, txn_id,
                                 source_group)
@@ -388,8 +404,7 @@ async fn insert_events(
                 AS e(event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
                      billed_minute, source_offset)
           ORDER BY e.event_id
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
+         ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(&event_ids)
     .bind(&campaign_ids)
@@ -403,25 +418,38 @@ async fn insert_events(
     .bind(batch.partition)
     .bind(txn_id)
     .bind(group_id)
-    .fetch_all(&mut **transaction)
-    .await?;
-    rows.iter()
-        .map(|row| row.try_get::<Uuid, _>("event_id").map_err(StoreError::from))
-        .collect()
+    .execute(&mut **transaction)
+    .await?
+    .rows_affected();
+    let stored_positions = if inserted_rows == event_ids.len() as u64 {
+        HashMap::new()
+    } else {
+        stored_elsewhere(transaction, &event_ids, txn_id).await?
+    };
+    let inserted = event_ids
+        .iter()
+        .copied()
+        .filter(|event_id| !stored_positions.contains_key(event_id))
+        .collect();
+    Ok(InsertedEvents {
+        inserted,
+        stored_positions,
+    })
 }
 
-async fn stored_positions(
+/// The events of `event_ids` stored by another cycle than `txn_id`, with
+/// the source position each was stored from.
+async fn stored_elsewhere(
     transaction: &mut Transaction<'_, Postgres>,
     event_ids: &[Uuid],
+    txn_id: Uuid,
 ) -> Result<HashMap<Uuid, StoredPosition>, StoreError> {
-    if event_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
     let rows = sqlx::query(
         "SELECT event_id, source_group, source_topic, source_partition, source_offset
-           FROM ad_events WHERE event_id = ANY($1)",
+           FROM ad_events WHERE event_id = ANY($1) AND txn_id <> $2",
     )
     .bind(event_ids)
+    .bind(txn_id)
     .fetch_all(&mut **transaction)
     .await?;
     rows.iter()

@@ -40,16 +40,20 @@ pub enum AbortReason {
     FencedOrFatal,
     /// a retriable Kafka error persisted past the retries
     RetriesExhausted,
+    /// the cycle's database phase ran beside its predecessor's Kafka phase,
+    /// which failed: the cycle is replayed with it
+    Predecessor,
 }
 
 impl AbortReason {
     /// Every reason, so each label's series exists from the start.
-    pub const ALL: [AbortReason; 5] = [
+    pub const ALL: [AbortReason; 6] = [
         AbortReason::Injected,
         AbortReason::Database,
         AbortReason::Abortable,
         AbortReason::FencedOrFatal,
         AbortReason::RetriesExhausted,
+        AbortReason::Predecessor,
     ];
 
     /// The metric label.
@@ -60,6 +64,7 @@ impl AbortReason {
             AbortReason::Abortable => "abortable",
             AbortReason::FencedOrFatal => "fenced_or_fatal",
             AbortReason::RetriesExhausted => "retries_exhausted",
+            AbortReason::Predecessor => "predecessor",
         }
     }
 }
@@ -141,6 +146,12 @@ pub enum CycleAborted<'a> {
         /// the metric label its class maps to
         reason: AbortReason,
     },
+    /// the cycle's database phase ran beside the Kafka phase of the cycle
+    /// before it, which failed
+    PredecessorFailed {
+        /// the failed cycle
+        predecessor: Uuid,
+    },
 }
 
 impl CycleAborted<'_> {
@@ -151,6 +162,7 @@ impl CycleAborted<'_> {
             | CycleAborted::InjectedAfterDatabase { .. } => AbortReason::Injected,
             CycleAborted::Database { .. } => AbortReason::Database,
             CycleAborted::Kafka { reason, .. } => *reason,
+            CycleAborted::PredecessorFailed { .. } => AbortReason::Predecessor,
         }
     }
 
@@ -166,6 +178,7 @@ impl CycleAborted<'_> {
     /// spans of the rewound `records`, and counts it.
     pub fn emit<'r>(&self, status: &PipelineStatus, records: impl Iterator<Item = &'r RecordSpan>) {
         let database_reason;
+        let predecessor_reason;
         let error: &dyn Display = match *self {
             CycleAborted::InjectedBeforeDatabase { fault } => {
                 tracing::warn!(target: COMMIT_EVENTS_TARGET, %fault, "cycle aborted before the database commit");
@@ -187,6 +200,12 @@ impl CycleAborted<'_> {
             } => {
                 tracing::warn!(target: COMMIT_EVENTS_TARGET, %txn_id, %error, ?class, "kafka transaction failed");
                 error
+            }
+            CycleAborted::PredecessorFailed { predecessor } => {
+                tracing::info!(target: COMMIT_EVENTS_TARGET, %predecessor, "cycle abandoned with its failed predecessor; its partitions replay it");
+                predecessor_reason =
+                    format!("the kafka phase of the cycle before it ({predecessor}) failed");
+                &predecessor_reason
             }
         };
         end_cycle_span(records, self.end(), Some(error));

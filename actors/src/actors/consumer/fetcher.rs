@@ -12,6 +12,9 @@
 //!   before the seek is delivered with the new ticket;
 //! - records of a route carry consecutive sequence numbers from 0, so the
 //!   partition consumer detects any record that did not reach it;
+//! - what one poll has ready (up to [`MAX_RECORDS_PER_POLL`]) goes to each
+//!   partition consumer as one message, in fetch order, before any command
+//!   is carried out: a seek never lands between two records of a message;
 //! - a route whose partition consumer is gone is removed and its partition
 //!   paused: nothing is fetched for nobody until it is positioned again;
 //! - what a partition holds in memory, mailbox included, is bounded by
@@ -23,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use ractor::ActorRef;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -47,6 +51,22 @@ use crate::telemetry::status::PipelineStatus;
 const SEEK_RETRY_FIRST: Duration = Duration::from_millis(100);
 const SEEK_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// Most records taken from the consumer's queue before they are handed to
+/// their partition consumers: one message per partition per poll instead
+/// of one per record.
+pub const MAX_RECORDS_PER_POLL: usize = 1_000;
+
+/// What the fetch loop does after a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterPoll {
+    /// poll again
+    Continue,
+    /// a transient consumer error: wait a little first
+    Backoff,
+    /// the consumer was fenced or failed fatally: stop
+    Stop,
+}
+
 #[derive(Debug)]
 struct Route {
     ticket: PositionTicket,
@@ -62,6 +82,8 @@ pub struct FetcherConfig {
     pub topic: String,
     /// most records of one partition held in memory
     pub max_buffered_records: usize,
+    /// most records in one batch (room for one is what resumes fetching)
+    pub max_batch_records: usize,
 }
 
 struct Fetcher {
@@ -70,6 +92,8 @@ struct Fetcher {
     handle: FetcherHandle,
     routes: HashMap<i32, Route>,
     book: PositionBook,
+    /// records taken in this poll, by partition, not yet delivered
+    taken: HashMap<i32, Vec<ConsumedRecord>>,
 }
 
 /// Starts the fetcher task; it runs until `stop` is cancelled. It first
@@ -87,6 +111,7 @@ pub fn spawn_fetcher(
         handle: handle.clone(),
         routes: HashMap::new(),
         book: PositionBook::default(),
+        taken: HashMap::new(),
     };
     let consumer = Arc::clone(&fetcher.consumer);
     let task = tokio::spawn(async move {
@@ -99,25 +124,23 @@ pub fn spawn_fetcher(
                     Some(command) => fetcher.execute(command),
                     None => break,
                 },
-                received = consumer.recv() => match received {
-                    Ok(message) => {
-                        if let Err(fault) = crate::failpoints::hit(crate::failpoints::RECORD_FETCHER_FENCED) {
-                            tracing::error!(%fault, "input consumer fenced or failed fatally");
-                            status.lose_membership(format!("input consumer: {fault}"));
+                received = consumer.recv() => {
+                    let mut after = fetcher.take(received, &status);
+                    let mut taken = 1;
+                    while after == AfterPoll::Continue && taken < MAX_RECORDS_PER_POLL {
+                        let Some(received) = consumer.recv().now_or_never() else {
                             break;
-                        }
-                        fetcher.route(&message);
+                        };
+                        after = fetcher.take(received, &status);
+                        taken += 1;
                     }
-                    Err(error) => {
-                        if is_fatal_consumer_error(&error) {
-                            tracing::error!(%error, "input consumer fenced or failed fatally");
-                            status.lose_membership(format!("input consumer: {error}"));
-                            break;
-                        }
-                        tracing::warn!(%error, "input consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    fetcher.deliver_taken();
+                    match after {
+                        AfterPoll::Continue => {}
+                        AfterPoll::Backoff => tokio::time::sleep(Duration::from_millis(100)).await,
+                        AfterPoll::Stop => break,
                     }
-                },
+                }
             }
         }
         tracing::debug!("fetcher stopped");
@@ -240,7 +263,10 @@ impl Fetcher {
             StartPosition::Earliest => None,
             StartPosition::Offset(offset) => Some(offset),
         };
-        let credit = Arc::new(FetchCredit::new(self.config.max_buffered_records));
+        let credit = Arc::new(FetchCredit::new(
+            self.config.max_buffered_records,
+            self.config.max_batch_records,
+        ));
         let announced = order.target.cast(PartitionConsumerMsg::Positioned {
             ticket: order.ticket,
             start_offset,
@@ -267,11 +293,44 @@ impl Fetcher {
         }
     }
 
-    fn route(&mut self, message: &BorrowedMessage<'_>) {
+    /// Takes one result of the consumer: a record is put with its
+    /// partition's others of this poll; an error says what the loop does.
+    fn take(
+        &mut self,
+        received: Result<BorrowedMessage<'_>, KafkaError>,
+        status: &PipelineStatus,
+    ) -> AfterPoll {
+        match received {
+            Ok(message) => {
+                if let Err(fault) = crate::failpoints::hit(crate::failpoints::RECORD_FETCHER_FENCED)
+                {
+                    tracing::error!(%fault, "input consumer fenced or failed fatally");
+                    status.lose_membership(format!("input consumer: {fault}"));
+                    return AfterPoll::Stop;
+                }
+                self.take_record(&message);
+                AfterPoll::Continue
+            }
+            Err(error) => {
+                if is_fatal_consumer_error(&error) {
+                    tracing::error!(%error, "input consumer fenced or failed fatally");
+                    status.lose_membership(format!("input consumer: {error}"));
+                    return AfterPoll::Stop;
+                }
+                tracing::warn!(%error, "input consumer error");
+                AfterPoll::Backoff
+            }
+        }
+    }
+
+    /// Copies a record of a routed partition into this poll's take (a
+    /// record of a partition without a route is dropped: it is fetched
+    /// again once positioned).
+    fn take_record(&mut self, message: &BorrowedMessage<'_>) {
         let partition = message.partition();
-        let Some(route) = self.routes.get_mut(&partition) else {
+        if !self.routes.contains_key(&partition) {
             return;
-        };
+        }
         // The headers the propagator may read (its `fields()`), nothing else.
         let trace_headers = message
             .headers()
@@ -282,29 +341,47 @@ impl Fetcher {
                 )
             })
             .unwrap_or_default();
-        let record = ConsumedRecord {
-            partition,
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            trace_headers,
-            timestamp_ms: message.timestamp().to_millis(),
-        };
-        let sequence = route.next_sequence;
-        route.next_sequence += 1;
-        let pause_now = route.credit.record_routed();
-        let delivered = route.target.cast(PartitionConsumerMsg::Record {
-            ticket: route.ticket,
-            sequence,
-            record,
-        });
-        if delivered.is_err() {
-            // Its consumer is gone: fetch nothing for nobody. Its successor
-            // is positioned with a new ticket, which seeks.
-            self.routes.remove(&partition);
-            self.pause(partition);
-        } else if pause_now {
-            self.pause(partition);
+        self.taken
+            .entry(partition)
+            .or_default()
+            .push(ConsumedRecord {
+                partition,
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                trace_headers,
+                timestamp_ms: message.timestamp().to_millis(),
+            });
+    }
+
+    /// Hands each partition's records of this poll to its consumer in one
+    /// message, numbered on from the route's last, and pauses a partition
+    /// whose consumer now holds its limit (or is gone).
+    fn deliver_taken(&mut self) {
+        let taken: Vec<(i32, Vec<ConsumedRecord>)> = self.taken.drain().collect();
+        for (partition, records) in taken {
+            let Some(route) = self.routes.get_mut(&partition) else {
+                continue;
+            };
+            let first_sequence = route.next_sequence;
+            route.next_sequence += records.len() as u64;
+            let mut pause_now = false;
+            for _ in &records {
+                pause_now |= route.credit.record_routed();
+            }
+            let delivered = route.target.cast(PartitionConsumerMsg::Records {
+                ticket: route.ticket,
+                first_sequence,
+                records,
+            });
+            if delivered.is_err() {
+                // Its consumer is gone: fetch nothing for nobody. Its successor
+                // is positioned with a new ticket, which seeks.
+                self.routes.remove(&partition);
+                self.pause(partition);
+            } else if pause_now {
+                self.pause(partition);
+            }
         }
     }
 }

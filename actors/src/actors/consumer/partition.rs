@@ -14,10 +14,13 @@
 //!   a batch skip it;
 //! - batches are contiguous: each starts where the previous one ended, the
 //!   first one at the recovery position;
-//! - at most one batch is in flight, and handing it over is idempotent: a
-//!   `TakeBatch` while a batch is in flight hands the same batch again (the
-//!   coordinator's earlier request timed out and never wrote it), so a late
-//!   reply can never leave the partition stuck;
+//! - at most [`MAX_BATCHES_IN_FLIGHT`] batches are in flight (one in its
+//!   Kafka phase, the next in its database phase while the coordinator
+//!   pipelines), each until its `Committed`; handing one over is idempotent:
+//!   the coordinator says which batch it wants ([`BatchWanted`]) and a
+//!   batch already in flight is handed over again (an earlier request timed
+//!   out and never wrote it), so a late reply can never leave the partition
+//!   stuck, and a batch is never handed over out of its order;
 //! - what it holds, mailbox included, is counted on the route's
 //!   [`FetchCredit`]: the fetcher pauses the partition at
 //!   `max_buffered_records` and this actor resumes it at half;
@@ -26,11 +29,12 @@
 //! - a record with a valid upstream trace context is processed inside its
 //!   own `process` span when spans are exported (see [`crate::telemetry::spans`]).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::messages::partition::PartitionConsumerMsg;
+use crate::messages::partition::{BatchWanted, PartitionConsumerMsg};
 use crate::messages::partition::{FetcherCommand, FetcherHandle};
 use crate::model::batch::PartitionBatch;
 use crate::model::fetch_credit::FetchCredit;
@@ -39,6 +43,10 @@ use crate::model::record::{ConsumedRecord, ProcessedRecord};
 use crate::processing::process_traced;
 use crate::telemetry::spans::RecordSource;
 use crate::telemetry::status::PipelineStatus;
+
+/// Most batches handed over and not yet committed: one in its Kafka phase
+/// and the next in its database phase.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
 /// Start arguments.
 #[derive(Debug, Clone)]
@@ -102,7 +110,8 @@ pub struct PartitionConsumerState {
     last_offset: Option<i64>,
     outputs_from: i64,
     buffered: Vec<ProcessedRecord>,
-    in_flight: Option<Arc<PartitionBatch>>,
+    /// handed over and not committed yet, oldest first, contiguous
+    in_flight: VecDeque<Arc<PartitionBatch>>,
 }
 
 impl PartitionConsumerState {
@@ -115,7 +124,7 @@ impl PartitionConsumerState {
             last_offset: None,
             outputs_from: i64::MIN,
             buffered: Vec::new(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
         }
     }
 
@@ -123,7 +132,7 @@ impl PartitionConsumerState {
     /// route's credit goes with it; the next route has its own.
     fn drop_route(&mut self, awaiting: Option<PositionTicket>) {
         self.buffered.clear();
-        self.in_flight = None;
+        self.in_flight.clear();
         self.last_offset = None;
         self.phase = Phase::AwaitingPosition(awaiting);
     }
@@ -142,11 +151,15 @@ impl PartitionConsumerState {
     /// Handles one message; an error means the route is broken.
     fn on_message(&mut self, message: PartitionConsumerMsg) -> Result<(), ActorProcessingErr> {
         match message {
-            PartitionConsumerMsg::Record {
+            PartitionConsumerMsg::Records {
                 ticket,
-                sequence,
-                record,
-            } => self.on_record(ticket, sequence, record)?,
+                first_sequence,
+                records,
+            } => {
+                for (sequence, record) in (first_sequence..).zip(records) {
+                    self.on_record(ticket, sequence, record)?;
+                }
+            }
             PartitionConsumerMsg::Positioned {
                 ticket,
                 start_offset,
@@ -190,19 +203,22 @@ impl PartitionConsumerState {
                     self.drop_route(Some(ticket));
                 }
             }
-            PartitionConsumerMsg::TakeBatch(reply) => {
-                let batch = self.take_batch();
+            PartitionConsumerMsg::TakeBatch(wanted, reply) => {
+                let batch = self.take_batch(wanted);
                 // The coordinator may have timed out and gone: the batch stays
                 // in flight and the next request hands it over again.
                 let _ = reply.send(batch);
             }
             PartitionConsumerMsg::Committed { end_offset } => {
-                if let Some(batch) = &self.in_flight
-                    && batch.end_offset == end_offset
+                let mut released = 0;
+                while let Some(batch) = self.in_flight.front()
+                    && batch.end_offset <= end_offset
                 {
-                    let count = batch.records.len();
-                    self.in_flight = None;
-                    self.release(count);
+                    released += batch.records.len();
+                    self.in_flight.pop_front();
+                }
+                if released > 0 {
+                    self.release(released);
                 }
             }
         }
@@ -252,11 +268,18 @@ impl PartitionConsumerState {
         Ok(())
     }
 
-    fn take_batch(&mut self) -> Option<Arc<PartitionBatch>> {
+    fn take_batch(&mut self, wanted: BatchWanted) -> Option<Arc<PartitionBatch>> {
         if !matches!(self.phase, Phase::Active(_)) {
             return None;
         }
-        if let Some(in_flight) = &self.in_flight {
+        let in_flight = match wanted {
+            BatchWanted::Oldest => self.in_flight.front(),
+            BatchWanted::After(held_end) => self
+                .in_flight
+                .iter()
+                .find(|batch| batch.start_offset == held_end),
+        };
+        if let Some(in_flight) = in_flight {
             tracing::info!(
                 partition = self.args.partition,
                 start_offset = in_flight.start_offset,
@@ -264,6 +287,20 @@ impl PartitionConsumerState {
                 "batch handed over again (an earlier hand-over was not received)"
             );
             return Some(Arc::clone(in_flight));
+        }
+        let follows_the_held_one = match wanted {
+            BatchWanted::Oldest => true,
+            BatchWanted::After(held_end) => self.next_batch_start == Some(held_end),
+        };
+        if !follows_the_held_one || self.in_flight.len() >= MAX_BATCHES_IN_FLIGHT {
+            tracing::debug!(
+                partition = self.args.partition,
+                ?wanted,
+                next_batch_start = ?self.next_batch_start,
+                in_flight = self.in_flight.len(),
+                "no batch follows the one the coordinator holds"
+            );
+            return None;
         }
         if self.buffered.is_empty() {
             return None;
@@ -282,7 +319,7 @@ impl PartitionConsumerState {
             outputs_from: self.outputs_from,
             records,
         });
-        self.in_flight = Some(Arc::clone(&batch));
+        self.in_flight.push_back(Arc::clone(&batch));
         Some(batch)
     }
 }
@@ -310,7 +347,7 @@ impl Actor for PartitionConsumer {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let PartitionConsumerMsg::TakeBatch(_) = &message {
+        if let PartitionConsumerMsg::TakeBatch(..) = &message {
             crate::failpoints::partition_consumer_take_batch();
         }
         state.on_message(message)
@@ -357,7 +394,7 @@ mod tests {
         limit: usize,
     ) -> (Arc<FetchCredit>, UnboundedReceiver<FetcherCommand>) {
         let (fetcher, commands) = FetcherHandle::channel();
-        let credit = Arc::new(FetchCredit::new(limit));
+        let credit = Arc::new(FetchCredit::new(limit, limit / 2));
         state
             .on_message(PartitionConsumerMsg::Positioned {
                 ticket,
@@ -378,10 +415,10 @@ mod tests {
         offset: i64,
     ) -> Result<(), ActorProcessingErr> {
         credit.record_routed();
-        state.on_message(PartitionConsumerMsg::Record {
+        state.on_message(PartitionConsumerMsg::Records {
             ticket,
-            sequence,
-            record: record(offset),
+            first_sequence: sequence,
+            records: vec![record(offset)],
         })
     }
 
@@ -400,12 +437,14 @@ mod tests {
         deliver(&mut state, &credit, old, 1, 1).expect("ignored");
         let (_stale_credit, _stale) = position(&mut state, old, 1, 100);
         assert!(
-            state.take_batch().is_none(),
+            state.take_batch(BatchWanted::Oldest).is_none(),
             "nothing of the old route is kept"
         );
         let (credit, _commands) = position(&mut state, new, 0, 100);
         deliver(&mut state, &credit, new, 0, 0).expect("in sequence");
-        let batch = state.take_batch().expect("a batch of the new route");
+        let batch = state
+            .take_batch(BatchWanted::Oldest)
+            .expect("a batch of the new route");
         assert_eq!((batch.start_offset, batch.end_offset), (0, 1));
     }
 
@@ -426,7 +465,9 @@ mod tests {
             .expect("ignored");
         // The route goes on where it was: nothing dropped, sequence intact.
         deliver(&mut state, &credit, current, 2, 22).expect("still in sequence");
-        let batch = state.take_batch().expect("the current route's batch");
+        let batch = state
+            .take_batch(BatchWanted::Oldest)
+            .expect("the current route's batch");
         assert_eq!((batch.start_offset, batch.end_offset), (20, 23));
         assert_eq!(batch.records.len(), 3);
     }
@@ -435,12 +476,15 @@ mod tests {
     fn records_before_any_positioning_are_dropped() {
         let ticket = PositionTickets::default().issue();
         let mut state = consumer(100);
-        let credit = FetchCredit::new(100);
+        let credit = FetchCredit::new(100, 50);
         deliver(&mut state, &credit, ticket, 0, 0).expect("ignored, not an error");
-        assert!(state.take_batch().is_none(), "not positioned: no batch");
+        assert!(
+            state.take_batch(BatchWanted::Oldest).is_none(),
+            "not positioned: no batch"
+        );
         let (credit, _commands) = position(&mut state, ticket, 5, 100);
         deliver(&mut state, &credit, ticket, 0, 5).expect("in sequence");
-        let batch = state.take_batch().expect("a batch");
+        let batch = state.take_batch(BatchWanted::Oldest).expect("a batch");
         assert_eq!((batch.start_offset, batch.end_offset), (5, 6));
     }
 
@@ -472,8 +516,10 @@ mod tests {
         for offset in 0..4 {
             deliver(&mut state, &credit, ticket, offset as u64, offset).expect("in sequence");
         }
-        let first = state.take_batch().expect("a batch");
-        let again = state.take_batch().expect("the same batch again");
+        let first = state.take_batch(BatchWanted::Oldest).expect("a batch");
+        let again = state
+            .take_batch(BatchWanted::Oldest)
+            .expect("the same batch again");
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(credit.held(), 4, "mailbox, buffer and batch all count");
         state
@@ -489,53 +535,116 @@ mod tests {
             ),
             "held fell to half the limit: the partition is resumed"
         );
-        let next = state.take_batch().expect("the next batch");
+        let next = state
+            .take_batch(BatchWanted::Oldest)
+            .expect("the next batch");
         assert_eq!(next.start_offset, first.end_offset, "contiguous");
     }
 
+    #[test]
+    fn the_batch_after_a_held_one_is_cut_once_and_handed_again_until_committed() {
+        let ticket = PositionTickets::default().issue();
+        let mut state = consumer(2);
+        let (credit, _commands) = position(&mut state, ticket, 0, 100);
+        for offset in 0..6 {
+            deliver(&mut state, &credit, ticket, offset as u64, offset).expect("in sequence");
+        }
+        let first = state.take_batch(BatchWanted::Oldest).expect("a batch");
+        let second = state
+            .take_batch(BatchWanted::After(first.end_offset))
+            .expect("the batch after the held one");
+        assert_eq!((second.start_offset, second.end_offset), (2, 4));
+        let again = state
+            .take_batch(BatchWanted::After(first.end_offset))
+            .expect("handed again");
+        assert!(Arc::ptr_eq(&second, &again));
+        assert!(
+            state
+                .take_batch(BatchWanted::After(second.end_offset))
+                .is_none(),
+            "two batches in flight at most"
+        );
+        assert!(
+            state.take_batch(BatchWanted::After(5)).is_none(),
+            "nothing that does not follow a held batch"
+        );
+        state
+            .on_message(PartitionConsumerMsg::Committed {
+                end_offset: first.end_offset,
+            })
+            .expect("commit");
+        assert_eq!(credit.held(), 4);
+        let oldest = state
+            .take_batch(BatchWanted::Oldest)
+            .expect("the second again");
+        assert!(Arc::ptr_eq(&second, &oldest));
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-        /// Whatever mix of routes, stale messages and commits: every batch
-        /// starts where the previous committed one ended or at the latest
-        /// positioning, and holds only records of the latest route.
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// A coordinator that pipelines (holds up to two batches), loses
+        /// replies, commits and rewinds at random: every batch handed over
+        /// starts where the batch it follows ends (the last one held, or
+        /// the last committed), holds only records of the latest route in
+        /// increasing order, and what the route holds is exactly what was
+        /// delivered and not committed (a leak would pause the partition
+        /// for good); a coordinator that holds nothing always gets a batch
+        /// while the route holds records.
         #[test]
-        fn batches_are_contiguous_and_of_the_latest_route(
-            script in proptest::collection::vec((0u8..5, 1i64..4), 1..80)
+        fn handed_batches_follow_each_other_and_release_what_commits(
+            script in proptest::collection::vec((0u8..7, 1i64..4), 1..150)
         ) {
             let tickets = PositionTickets::default();
             let mut state = consumer(3);
             let mut ticket = tickets.issue();
             let (mut credit, _commands) = position(&mut state, ticket, 0, 1_000);
             let mut route_next: (u64, i64) = (0, 0);
-            let mut expected_start = 0_i64;
-            let mut outstanding: Option<Arc<PartitionBatch>> = None;
+            let mut committed_end = 0_i64;
+            let mut held: std::collections::VecDeque<Arc<PartitionBatch>> =
+                std::collections::VecDeque::new();
+            let (mut delivered, mut released) = (0_usize, 0_usize);
             for (action, gap) in script {
                 match action {
-                    0 | 1 => {
+                    0..=2 => {
                         // The next record of the route (offsets may have gaps,
                         // as around transaction markers).
                         let offset = route_next.1 + gap - 1;
                         deliver(&mut state, &credit, ticket, route_next.0, offset)
                             .map_err(|error| TestCaseError::fail(error.to_string()))?;
                         route_next = (route_next.0 + 1, offset + 1);
+                        delivered += 1;
                     }
-                    2 => {
-                        if let Some(batch) = state.take_batch() {
+                    3 | 4 if held.len() < MAX_BATCHES_IN_FLIGHT => {
+                        // 4: the reply is lost on its way to the coordinator.
+                        let wanted = held
+                            .back()
+                            .map_or(BatchWanted::Oldest, |batch| BatchWanted::After(batch.end_offset));
+                        let expected_start = held.back().map_or(committed_end, |batch| batch.end_offset);
+                        let taken = state.take_batch(wanted);
+                        // Liveness: a coordinator holding nothing always gets
+                        // what the route holds (a lost batch again, or a new one).
+                        prop_assert!(taken.is_some() || !held.is_empty() || delivered == released);
+                        if let Some(batch) = taken {
                             prop_assert_eq!(batch.start_offset, expected_start);
+                            let mut previous = batch.start_offset - 1;
                             for record in &batch.records {
-                                prop_assert!(record.offset >= batch.start_offset && record.offset < batch.end_offset);
+                                prop_assert!(record.offset > previous && record.offset < batch.end_offset);
+                                previous = record.offset;
                             }
-                            outstanding = Some(batch);
+                            if action == 3 {
+                                held.push_back(batch);
+                            }
                         }
                     }
-                    3 => {
-                        if let Some(batch) = outstanding.take() {
+                    5 => {
+                        if let Some(batch) = held.pop_front() {
                             state.on_message(PartitionConsumerMsg::Committed { end_offset: batch.end_offset })
                                 .map_err(|error| TestCaseError::fail(error.to_string()))?;
-                            expected_start = batch.end_offset;
+                            committed_end = batch.end_offset;
+                            released += batch.records.len();
                         }
                     }
-                    _ => {
+                    6 => {
                         // A rewind to the last committed offset, with a stale
                         // record of the old route arriving after it.
                         let old = ticket;
@@ -544,11 +653,14 @@ mod tests {
                             .map_err(|error| TestCaseError::fail(error.to_string()))?;
                         deliver(&mut state, &credit, old, route_next.0, route_next.1)
                             .map_err(|error| TestCaseError::fail(error.to_string()))?;
-                        (credit, _) = position(&mut state, ticket, expected_start, 1_000);
-                        route_next = (0, expected_start);
-                        outstanding = None;
+                        (credit, _) = position(&mut state, ticket, committed_end, 1_000);
+                        route_next = (0, committed_end);
+                        held.clear();
+                        (delivered, released) = (0, 0);
                     }
+                    _ => {}
                 }
+                prop_assert_eq!(credit.held(), delivered - released);
             }
         }
     }

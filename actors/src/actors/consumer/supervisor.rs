@@ -88,6 +88,7 @@ impl Actor for ConsumerSupervisor {
         let config = FetcherConfig {
             topic: args.settings.input_topic.clone(),
             max_buffered_records: args.settings.max_buffered_records,
+            max_batch_records: args.settings.max_batch_records,
         };
         // This supervisor owns the rebalance events from now on; subscribed
         // before the fetcher (whose polls run the callbacks) starts.

@@ -61,14 +61,15 @@ pub(super) struct DatabaseOutcome {
 }
 
 impl CoordinatorState {
-    /// Commits every batch through the writer pool, in parallel; partitions
-    /// whose write was fenced by a newer claim are claimed again at their
-    /// rewind if Kafka still assigns them here.
+    /// Commits every batch through the writer pool, in parallel. Also
+    /// returns the partitions whose write was fenced by a newer claim (see
+    /// [`Self::reclaim_if_still_assigned`]). Changes nothing in the
+    /// coordinator: it runs beside the previous cycle's Kafka phase.
     pub(super) async fn write_batches(
-        &mut self,
+        &self,
         txn_id: Uuid,
         batches: &[Arc<PartitionBatch>],
-    ) -> DatabaseOutcome {
+    ) -> (DatabaseOutcome, Vec<i32>) {
         let writes = batches.iter().map(|batch| {
             let write = self.write_batch(txn_id, batch);
             async move { (batch.partition, write.await) }
@@ -93,8 +94,7 @@ impl CoordinatorState {
                 }
             }
         }
-        self.reclaim_if_still_assigned(&fenced);
-        outcome
+        (outcome, fenced)
     }
 
     /// Has the batch's writer commit it, bounded in time.
@@ -146,7 +146,7 @@ impl CoordinatorState {
     /// assigns them to this instance, that claim was stale (an instance that
     /// has since lost them, or a zombie) and this one claims them again at
     /// its rewind; otherwise their revocation is on its way and removes them.
-    fn reclaim_if_still_assigned(&mut self, fenced: &[i32]) {
+    pub(super) fn reclaim_if_still_assigned(&mut self, fenced: &[i32]) {
         for partition in fenced {
             let assigned = self.is_assigned(*partition);
             if let Some(owned) = self.partitions.get_mut(partition)

@@ -34,14 +34,16 @@
 //!   newer incarnation of this very instance makes it stop as a zombie.
 //!
 //! Files: [`state`] (arguments and state), [`positioning`] (claims,
-//! recovery positions, rewinds), [`cycle`] (one commit cycle, start to
-//! end), [`database`] (the database phase), [`kafka_phase`] (the Kafka
-//! transaction), [`producer`] (creating, aborting and recreating the
+//! recovery positions, rewinds), [`pipelining`] (the cycles of a tick, one
+//! at a time or overlapped under a backlog), [`cycle`] (the stages of one
+//! commit cycle), [`database`] (the database phase), [`kafka_phase`] (the
+//! Kafka transaction), [`producer`] (creating, aborting and recreating the
 //! transactional producer).
 
 mod cycle;
 mod database;
 mod kafka_phase;
+mod pipelining;
 mod positioning;
 mod producer;
 mod state;
