@@ -308,9 +308,50 @@ async fn own_replay_owes_its_output_and_upstream_repeat_does_not(
     );
     assert!(repeat.owed_records.is_empty());
 
+    // One cycle (one txn_id) writes a new event on partition 0 and its
+    // upstream repeat on partition 1: the batches share the cycle's txn_id,
+    // and the repeat is still a duplicate, not a second new event (the
+    // bench caught this once: outputs twice when "stored by another cycle"
+    // was read from the txn_id alone).
+    let cycle = Uuid::now_v7();
+    let fresh = Uuid::new_v4();
+    let on_p0 = batch(
+        0,
+        4,
+        5,
+        4,
+        vec![event_record(0, 4, fresh, "c", AdEventKind::Click, 5)],
+    );
+    let on_p1 = batch(
+        1,
+        1,
+        2,
+        1,
+        vec![event_record(1, 1, fresh, "c", AdEventKind::Click, 5)],
+    );
+    let first_of_cycle = store
+        .write_batch(GROUP, TOPIC, epoch, cycle, &on_p0)
+        .await?;
+    let second_of_cycle = store
+        .write_batch(GROUP, TOPIC, epoch_p1, cycle, &on_p1)
+        .await?;
+    assert_eq!(
+        (first_of_cycle.new_events, first_of_cycle.owed_records.len()),
+        (1, 1)
+    );
+    assert_eq!(
+        (
+            second_of_cycle.new_events,
+            second_of_cycle.duplicates,
+            second_of_cycle.owed_records.len()
+        ),
+        (0, 1, 0),
+        "a repeat in another partition of the same cycle is an upstream repeat"
+    );
+
     let rows = count(&store, "SELECT count(*) FROM ad_events").await?;
     let dead = count(&store, "SELECT count(*) FROM dead_letters").await?;
-    assert_eq!((rows, dead), (2, 1));
+    assert_eq!((rows, dead), (3, 1));
     Ok(())
 }
 
@@ -1342,10 +1383,13 @@ async fn the_same_event_on_several_partitions_at_once_is_stored_and_owed_once(
             })
             .collect();
         for pass in ["first write", "own replay"] {
+            // One cycle writes every partition's batch under its one txn_id,
+            // as the coordinator does.
+            let cycle = Uuid::now_v7();
             let writes = batches
                 .iter()
                 .zip(&epochs)
-                .map(|(one, epoch)| store.write_batch(GROUP, TOPIC, *epoch, Uuid::now_v7(), one));
+                .map(|(one, epoch)| store.write_batch(GROUP, TOPIC, *epoch, cycle, one));
             let outcomes =
                 tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(writes))
                     .await

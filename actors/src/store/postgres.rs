@@ -355,8 +355,12 @@ struct InsertedEvents {
 /// Inserts the first occurrences, in event-id order. The common case (every
 /// event new) costs one statement and no rows back: only when fewer rows
 /// were inserted than sent does a second statement read the events already
-/// stored, recognised by a `txn_id` other than this cycle's (every cycle has
-/// its own, and a batch inserts each event id once).
+/// stored. Those are the rows of these ids that this batch did not write:
+/// not of this cycle (`txn_id`) *and* this source partition. The cycle
+/// alone is not enough: its batches of other partitions share its
+/// `txn_id`, and an upstream repeat across partitions of one cycle must
+/// still be seen as stored by the other batch. A batch inserts each event
+/// id once, and a cycle has one batch per partition.
 async fn insert_events(
     transaction: &mut Transaction<'_, Postgres>,
     group_id: &str,
@@ -424,7 +428,7 @@ async fn insert_events(
     let stored_positions = if inserted_rows == event_ids.len() as u64 {
         HashMap::new()
     } else {
-        stored_elsewhere(transaction, &event_ids, txn_id).await?
+        stored_elsewhere(transaction, &event_ids, txn_id, topic, batch.partition).await?
     };
     let inserted = event_ids
         .iter()
@@ -437,19 +441,26 @@ async fn insert_events(
     })
 }
 
-/// The events of `event_ids` stored by another cycle than `txn_id`, with
-/// the source position each was stored from.
+/// The events of `event_ids` not written by the batch of cycle `txn_id`
+/// from `topic`'s `partition`, with the source position each was stored
+/// from.
 async fn stored_elsewhere(
     transaction: &mut Transaction<'_, Postgres>,
     event_ids: &[Uuid],
     txn_id: Uuid,
+    topic: &str,
+    partition: i32,
 ) -> Result<HashMap<Uuid, StoredPosition>, StoreError> {
     let rows = sqlx::query(
         "SELECT event_id, source_group, source_topic, source_partition, source_offset
-           FROM ad_events WHERE event_id = ANY($1) AND txn_id <> $2",
+           FROM ad_events
+          WHERE event_id = ANY($1)
+            AND NOT (txn_id = $2 AND source_topic = $3 AND source_partition = $4)",
     )
     .bind(event_ids)
     .bind(txn_id)
+    .bind(topic)
+    .bind(partition)
     .fetch_all(&mut **transaction)
     .await?;
     rows.iter()
