@@ -115,6 +115,55 @@ async fn kafka_abort_after_database_commit_replays_each_output_once() -> anyhow:
     Ok(())
 }
 
+/// A cold backlog makes every batch full, so cycles are pipelined: each
+/// Kafka phase runs beside the next cycle's database phase. Kafka phases
+/// fail (the 5th, the 12th, then one in ten), bookkeeping is skipped after
+/// a commit (the 9th, then one in twenty: its partitions are rewound while
+/// the next cycle holds their batches), and database phases fail at
+/// random: the successor of every failed Kafka phase is abandoned, every
+/// batch rewound under it is left out of its Kafka phase, and the verdict
+/// holds with every partition caught up.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_cycles_hold_the_guarantee_when_kafka_phases_fail_beside_database_phases()
+-> anyhow::Result<()> {
+    let scenario = Scenario::new(service::bin(), 3).await?;
+    scenario.produce(12_000, 47).await?;
+    let (events, invalid, _) = expected_counts(&scenario).await?;
+    let service = scenario.start(&[(
+        "FAILPOINTS",
+        "coordinator-during-kafka-commit=4*off->1*return->6*off->1*return->10%return;\
+         coordinator-after-kafka-commit=8*off->1*return->5%return;\
+         coordinator-before-db-commit=10*off->5%return",
+    )])?;
+    scenario.wait_caught_up(events, invalid, CATCH_UP).await?;
+    let abandoned = scenario
+        .metric("onceflow_txn_aborts_total", &[("reason", "predecessor")])
+        .await?;
+    assert!(
+        abandoned >= 1.0,
+        "a failed Kafka phase must have had a pipelined successor, saw {abandoned} abandoned"
+    );
+    let log = service.log();
+    assert!(
+        log.contains("left out of the kafka phase"),
+        "a skipped bookkeeping must have rewound partitions whose next batches were held"
+    );
+    let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success());
+    let verdict = scenario.verdict().await?;
+    verdict.assert_holds();
+    assert!(
+        scenario
+            .liveness_violations(Duration::from_secs(30))
+            .await
+            .is_empty(),
+        "every partition caught up on both sides"
+    );
+    scenario.drop_database().await?;
+    Ok(())
+}
+
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_owed_after_database_commits_are_not_caught_up_until_produced() -> anyhow::Result<()>

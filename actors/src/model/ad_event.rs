@@ -12,6 +12,8 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::model::event_fields::{EventFields, FieldValue, JsonValue};
+
 /// Largest valid `cost_micros`.
 pub const MAX_COST_MICROS: i64 = 1_000_000_000_000;
 /// Longest valid `campaign_id` or `ad_id`, in characters.
@@ -122,16 +124,6 @@ pub struct InvalidRecord {
     pub reason: String,
 }
 
-#[derive(Deserialize)]
-struct RawAdEvent {
-    event_id: Option<serde_json::Value>,
-    campaign_id: Option<serde_json::Value>,
-    ad_id: Option<serde_json::Value>,
-    kind: Option<serde_json::Value>,
-    cost_micros: Option<serde_json::Value>,
-    occurred_at: Option<serde_json::Value>,
-}
-
 fn invalid_event(reason: impl Into<String>) -> InvalidRecord {
     InvalidRecord {
         kind: DeadLetterKind::InvalidEvent,
@@ -141,20 +133,18 @@ fn invalid_event(reason: impl Into<String>) -> InvalidRecord {
 
 fn required_string<'a>(
     field: &'static str,
-    value: &'a Option<serde_json::Value>,
+    value: &'a Option<FieldValue<'_>>,
 ) -> Result<&'a str, InvalidRecord> {
     match value {
-        None | Some(serde_json::Value::Null) => {
-            Err(invalid_event(format!("missing field `{field}`")))
-        }
-        Some(serde_json::Value::String(text)) => Ok(text),
+        None => Err(invalid_event(format!("missing field `{field}`"))),
+        Some(FieldValue::String(text)) => Ok(text),
         Some(_) => Err(invalid_event(format!("field `{field}` must be a string"))),
     }
 }
 
 fn bounded_id(
     field: &'static str,
-    value: &Option<serde_json::Value>,
+    value: &Option<FieldValue<'_>>,
 ) -> Result<String, InvalidRecord> {
     let text = required_string(field, value)?;
     if text.is_empty() {
@@ -180,15 +170,13 @@ pub fn parse_ad_event(payload: Option<&[u8]>) -> Result<AdEvent, InvalidRecord> 
         kind: DeadLetterKind::InvalidUtf8,
         reason: format!("value is not utf-8: {error}"),
     })?;
-    let json: serde_json::Value = serde_json::from_str(text).map_err(|error| InvalidRecord {
+    let raw = match EventFields::read(text).map_err(|error| InvalidRecord {
         kind: DeadLetterKind::InvalidJson,
         reason: format!("value is not json: {error}"),
-    })?;
-    if !json.is_object() {
-        return Err(invalid_event("value is not a json object"));
-    }
-    let raw: RawAdEvent = serde_json::from_value(json)
-        .map_err(|error| invalid_event(format!("unexpected shape: {error}")))?;
+    })? {
+        JsonValue::Object(fields) => fields,
+        JsonValue::NotObject => return Err(invalid_event("value is not a json object")),
+    };
 
     let event_id_text = required_string("event_id", &raw.event_id)?;
     let event_id = Uuid::parse_str(event_id_text)
@@ -206,12 +194,8 @@ pub fn parse_ad_event(payload: Option<&[u8]>) -> Result<AdEvent, InvalidRecord> 
         }
     };
     let cost_micros = match &raw.cost_micros {
-        None | Some(serde_json::Value::Null) => {
-            return Err(invalid_event("missing field `cost_micros`"));
-        }
-        Some(serde_json::Value::Number(number)) => number
-            .as_i64()
-            .ok_or_else(|| invalid_event("field `cost_micros` must be an integer"))?,
+        None => return Err(invalid_event("missing field `cost_micros`")),
+        Some(FieldValue::Integer(number)) => *number,
         Some(_) => return Err(invalid_event("field `cost_micros` must be an integer")),
     };
     if !(0..=MAX_COST_MICROS).contains(&cost_micros) {
@@ -245,6 +229,121 @@ fn truncate(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reader before [`EventFields`]: the whole value into a JSON tree,
+    /// then the fields out of it. The oracle of the differential test.
+    mod tree_reader {
+        use super::super::*;
+
+        #[derive(Deserialize)]
+        struct RawAdEvent {
+            event_id: Option<serde_json::Value>,
+            campaign_id: Option<serde_json::Value>,
+            ad_id: Option<serde_json::Value>,
+            kind: Option<serde_json::Value>,
+            cost_micros: Option<serde_json::Value>,
+            occurred_at: Option<serde_json::Value>,
+        }
+
+        fn required_string_in_tree<'a>(
+            field: &'static str,
+            value: &'a Option<serde_json::Value>,
+        ) -> Result<&'a str, InvalidRecord> {
+            match value {
+                None | Some(serde_json::Value::Null) => {
+                    Err(invalid_event(format!("missing field `{field}`")))
+                }
+                Some(serde_json::Value::String(text)) => Ok(text),
+                Some(_) => Err(invalid_event(format!("field `{field}` must be a string"))),
+            }
+        }
+
+        fn bounded_id_in_tree(
+            field: &'static str,
+            value: &Option<serde_json::Value>,
+        ) -> Result<String, InvalidRecord> {
+            let text = required_string_in_tree(field, value)?;
+            if text.is_empty() {
+                return Err(invalid_event(format!("field `{field}` must not be empty")));
+            }
+            if text.contains('\0') {
+                return Err(invalid_event(format!(
+                    "field `{field}` contains a NUL character (U+0000)"
+                )));
+            }
+            if text.chars().count() > MAX_ID_CHARS {
+                return Err(invalid_event(format!(
+                    "field `{field}` is longer than {MAX_ID_CHARS} characters"
+                )));
+            }
+            Ok(text.to_owned())
+        }
+
+        pub fn parse_via_tree(payload: Option<&[u8]>) -> Result<AdEvent, InvalidRecord> {
+            let bytes = payload.unwrap_or_default();
+            let text = std::str::from_utf8(bytes).map_err(|error| InvalidRecord {
+                kind: DeadLetterKind::InvalidUtf8,
+                reason: format!("value is not utf-8: {error}"),
+            })?;
+            let json: serde_json::Value =
+                serde_json::from_str(text).map_err(|error| InvalidRecord {
+                    kind: DeadLetterKind::InvalidJson,
+                    reason: format!("value is not json: {error}"),
+                })?;
+            if !json.is_object() {
+                return Err(invalid_event("value is not a json object"));
+            }
+            let raw: RawAdEvent = serde_json::from_value(json)
+                .map_err(|error| invalid_event(format!("unexpected shape: {error}")))?;
+
+            let event_id_text = required_string_in_tree("event_id", &raw.event_id)?;
+            let event_id = Uuid::parse_str(event_id_text)
+                .map_err(|_| invalid_event("field `event_id` is not a uuid"))?;
+            let campaign_id = bounded_id_in_tree("campaign_id", &raw.campaign_id)?;
+            let ad_id = bounded_id_in_tree("ad_id", &raw.ad_id)?;
+            let kind = match required_string_in_tree("kind", &raw.kind)? {
+                "impression" => AdEventKind::Impression,
+                "click" => AdEventKind::Click,
+                other => {
+                    return Err(invalid_event(format!(
+                        "field `kind` must be impression or click, not {:?}",
+                        truncate(other, 40)
+                    )));
+                }
+            };
+            let cost_micros = match &raw.cost_micros {
+                None | Some(serde_json::Value::Null) => {
+                    return Err(invalid_event("missing field `cost_micros`"));
+                }
+                Some(serde_json::Value::Number(number)) => number
+                    .as_i64()
+                    .ok_or_else(|| invalid_event("field `cost_micros` must be an integer"))?,
+                Some(_) => return Err(invalid_event("field `cost_micros` must be an integer")),
+            };
+            if !(0..=MAX_COST_MICROS).contains(&cost_micros) {
+                return Err(invalid_event(format!(
+                    "field `cost_micros` must be from 0 to {MAX_COST_MICROS}, not {cost_micros}"
+                )));
+            }
+            let occurred_at_text = required_string_in_tree("occurred_at", &raw.occurred_at)?;
+            let occurred_at = DateTime::parse_from_rfc3339(occurred_at_text)
+                .map_err(|_| invalid_event("field `occurred_at` is not rfc 3339"))?
+                .with_timezone(&Utc);
+            if !within_storable_years(occurred_at) {
+                return Err(invalid_event(
+                    "field `occurred_at` is outside the years 0000 to 9999 once in UTC",
+                ));
+            }
+            Ok(AdEvent {
+                event_id,
+                campaign_id,
+                ad_id,
+                kind,
+                cost_micros,
+                occurred_at,
+            })
+        }
+    }
 
     const VALID: &str = r#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"c-17","ad_id":"ad-942","kind":"click","cost_micros":250000,"occurred_at":"2026-11-26T10:15:30.123Z","extra":true}"#;
 
@@ -385,6 +484,101 @@ mod tests {
                 .expect_err(occurred_at);
             assert_eq!(error.kind, DeadLetterKind::InvalidEvent);
             assert!(error.reason.contains("0000 to 9999"), "{}", error.reason);
+        }
+    }
+
+    /// JSON texts of every shape validation tells apart: objects with the
+    /// contract's keys (escaped ones too), repeated keys, extra keys, values
+    /// of every type (strings with escapes and lone surrogates, integers at
+    /// and past `i64`, fractions, exponents, nested values), other top-level
+    /// values, and texts cut short or trailed by garbage.
+    fn json_texts() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let keys = prop::sample::select(vec![
+            r#""event_id""#,
+            r#""campaign_id""#,
+            r#""ad_id""#,
+            r#""kind""#,
+            r#""cost_micros""#,
+            r#""occurred_at""#,
+            r#""event\u005fid""#,
+            r#""extra""#,
+        ]);
+        let values = prop::sample::select(vec![
+            r#""1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b""#,
+            r#""1B4E28BA-2FA1-4D3B-A3F5-EF19B5A7633B""#,
+            r#""nope""#,
+            r#""""#,
+            r#""c-17""#,
+            r#""c\"1\u00e9""#,
+            r#""ad/\u00fc""#,
+            r#""\u0000""#,
+            r#""x\ud800""#,
+            r#""\ud83d\ude00""#,
+            r#""impression""#,
+            r#""click""#,
+            r#""view""#,
+            r#""2026-11-26T10:15:30.123Z""#,
+            r#""2026-11-26T10:15:30+02:00""#,
+            r#""0000-01-01T00:00:00+01:00""#,
+            r#""yesterday""#,
+            "0",
+            "-0",
+            "-1",
+            "250000",
+            "1000000000000",
+            "1000000000001",
+            "1.5",
+            "1e3",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551616",
+            "null",
+            "true",
+            r#"[1,"\ud800"]"#,
+            r#"{"a":[1,{"b":null}]}"#,
+        ]);
+        let long_id = Just(format!(r#""{}""#, "é".repeat(129)));
+        let value = prop_oneof![8 => values.prop_map(str::to_owned), 1 => long_id];
+        let object = prop::collection::vec((keys, value), 0..9).prop_map(|pairs| {
+            let body: Vec<String> = pairs
+                .into_iter()
+                .map(|(key, value)| format!("{key}:{value}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        });
+        let top = prop_oneof![
+            12 => object,
+            1 => Just("[1,2]".to_owned()),
+            1 => Just(r#""text""#.to_owned()),
+            1 => Just("42".to_owned()),
+            1 => Just("null".to_owned()),
+            1 => Just("not json".to_owned()),
+        ];
+        (top, 0_u8..10, any::<prop::sample::Index>()).prop_map(|(text, damage, at)| match damage {
+            0 => {
+                let mut cut = at.index(text.len() + 1);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text[..cut].to_owned()
+            }
+            1 => format!("{text} x"),
+            2 => format!(" {text}\n"),
+            _ => text,
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        /// The one-pass reader decides every text exactly as the JSON tree
+        /// reader it replaced: the same event, or the same dead-letter kind
+        /// and reason.
+        #[test]
+        fn the_one_pass_reader_agrees_with_the_tree_reader(text in json_texts()) {
+            let one_pass = parse_ad_event(Some(text.as_bytes()));
+            let tree = tree_reader::parse_via_tree(Some(text.as_bytes()));
+            proptest::prop_assert_eq!(one_pass, tree, "{}", text);
         }
     }
 

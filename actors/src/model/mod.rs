@@ -7,6 +7,7 @@
 
 pub mod ad_event;
 pub mod batch;
+pub mod event_fields;
 pub mod fetch_credit;
 pub mod position_ticket;
 pub mod record;
