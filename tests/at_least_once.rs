@@ -11,6 +11,7 @@ mod service;
 
 use std::time::Duration;
 
+#[cfg(feature = "failpoints")]
 use onceflow_chaos::outcome::numbers_of;
 use service::Scenario;
 
