@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::backlog_run::{env_refs, product_env};
 use crate::error::{BenchError, Result};
+use crate::process_usage::process_usage;
 use crate::quantiles::{Quantiles, histogram_quantile, quantiles_of};
 
 /// The figures of one steady-rate run.
@@ -41,6 +42,13 @@ pub struct LatencyRun {
     pub commit_p99_ms: f64,
     /// cycles committed during the run
     pub cycles: f64,
+    /// records per second committed, from the first input record written
+    /// to both commits of the last
+    pub achieved_records_per_second: f64,
+    /// onceflow's CPU µs per record over the steady run (all threads)
+    pub cpu_us_per_record: f64,
+    /// onceflow's peak resident memory, MiB (`VmHWM`)
+    pub peak_rss_mib: f64,
 }
 
 const COMMIT_BUCKETS: &str = "onceflow_commit_duration_seconds_bucket";
@@ -64,6 +72,11 @@ pub async fn latency_run(
         })
         .await?;
     let before = scenario.metrics().await?;
+    let pid = service.pid().ok_or(BenchError::Process {
+        pid: 0,
+        reason: "exited at once".to_owned(),
+    })?;
+    let usage_before = process_usage(pid)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen_count = Arc::new(AtomicUsize::new(0));
@@ -101,6 +114,8 @@ pub async fn latency_run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let steady_seconds = started.elapsed().as_secs_f64();
+    let usage_after = process_usage(pid)?;
     let after = scenario.metrics().await?;
     // Every event is committed now: the reader stops once it has seen them
     // all (or after 30 s, and the count says what it missed).
@@ -158,6 +173,10 @@ pub async fn latency_run(
         commit_p50_ms: histogram_quantile(0.5, &commit) * 1e3,
         commit_p99_ms: histogram_quantile(0.99, &commit) * 1e3,
         cycles: commit.last().map_or(0.0, |(_, count)| *count),
+        achieved_records_per_second: expected as f64 / steady_seconds.max(f64::EPSILON),
+        cpu_us_per_record: (usage_after.cpu_seconds - usage_before.cpu_seconds) * 1e6
+            / expected.max(1) as f64,
+        peak_rss_mib: usage_after.peak_rss_bytes as f64 / (1024.0 * 1024.0),
     })
 }
 

@@ -102,6 +102,11 @@ impl BenchReport {
             exactly_once_over_at_least_once: eos / at_least_once.processing_records_per_second,
             exactly_once_over_per_message: eos / per_message.records_per_second,
         };
+        // Every run's peak: the target holds "at any backlog".
+        let peak_rss_mib = exactly_once
+            .peak_rss_mib
+            .max(at_least_once.peak_rss_mib)
+            .max(latency.peak_rss_mib);
         let targets = vec![
             Target {
                 name: "exactly-once / PostgreSQL ceiling",
@@ -130,8 +135,8 @@ impl BenchReport {
             Target {
                 name: "peak RSS, MiB (default settings)",
                 target: "<= 256",
-                measured: exactly_once.peak_rss_mib.max(at_least_once.peak_rss_mib),
-                met: exactly_once.peak_rss_mib.max(at_least_once.peak_rss_mib) <= 256.0,
+                measured: peak_rss_mib,
+                met: peak_rss_mib <= 256.0,
             },
             Target {
                 name: "CPU per record, µs",
@@ -217,10 +222,14 @@ impl BenchReport {
         ));
         let l = &self.latency;
         out.push_str(&format!(
-            "\nat {} records/s for {} s: commit p50 {:.1} ms, p99 {:.1} ms ({} cycles); \
+            "\nat {} records/s for {} s ({:.0} committed per second, CPU {:.1} µs/rec, peak {:.0} MiB): \
+             commit p50 {:.1} ms, p99 {:.1} ms ({} cycles); \
              end-to-end p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} events)\n",
             l.rate,
             l.seconds,
+            l.achieved_records_per_second,
+            l.cpu_us_per_record,
+            l.peak_rss_mib,
             l.commit_p50_ms,
             l.commit_p99_ms,
             l.cycles,

@@ -17,12 +17,14 @@
 //!   outputs are not committed;
 //! - a partition's next batch starts where the batch held for it ends
 //!   ([`crate::messages::partition::BatchWanted::After`]);
-//! - when a Kafka phase fails, the cycle whose database phase ran beside it
-//!   is abandoned whole and its partitions rewound: its database commit is
-//!   idempotent and its outputs are owed to the replay;
-//! - a batch whose partition was rewound while it was held is left out of
-//!   its Kafka phase ([`CoordinatorState::drop_rewound_batches`]): the
-//!   replay owns its records;
+//! - when a Kafka phase fails, or its bookkeeping rewinds its partitions,
+//!   the cycle whose database phase ran beside it is abandoned whole and its
+//!   partitions rewound: its database commit is idempotent and its outputs
+//!   are owed to the replay;
+//! - under that, whatever path rewinds a partition while a batch of it is
+//!   held, the batch is left out of its Kafka phase
+//!   ([`CoordinatorState::drop_rewound_batches`], checked before every
+//!   Kafka phase): the replay owns its records;
 //! - a crash at any point leaves at most two cycles committed to the
 //!   database and not to Kafka, which the recovery positions replay (the
 //!   stored offset is past them, the Kafka offset is not).
