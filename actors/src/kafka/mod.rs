@@ -1,5 +1,5 @@
 //! Kafka: the input consumer and the transactional producer
-//! ([`clients`]), the rebalance context ([`rebalance`]), the records a
+//! ([`clients`]), blocking calls bounded in time ([`blocking_call`]), the rebalance context ([`rebalance`]), the records a
 //! cycle produces ([`records`], pure), producing inside the open
 //! transaction ([`send`]), the transaction's steps ([`transaction`]), the
 //! header names ([`headers`]) and the classification of failures
@@ -8,6 +8,7 @@
 //! Guarantees: no file here knows an actor type; offsets are committed
 //! only through the producer's transaction.
 
+pub mod blocking_call;
 pub mod clients;
 pub mod error;
 pub mod headers;

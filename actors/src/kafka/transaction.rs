@@ -19,6 +19,7 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use uuid::Uuid;
 
+use crate::kafka::blocking_call::{CALL_LIMIT_MARGIN, bounded_blocking};
 use crate::kafka::error::{KafkaFailureClass, KafkaTxnError};
 use crate::kafka::send::send_all;
 use crate::telemetry::spans::in_span;
@@ -35,18 +36,25 @@ pub struct KafkaTransaction<'p> {
 
 impl<'p> KafkaTransaction<'p> {
     /// Begins the transaction of cycle `txn_id`; `timeout` bounds each call
-    /// of it (and the acknowledgements of what it produces).
-    pub fn begin(
+    /// of it (and the acknowledgements of what it produces). librdkafka's
+    /// `begin_transaction` has no timeout of its own: it runs on the
+    /// blocking pool, bounded like every other call.
+    pub async fn begin(
         producer: &'p FutureProducer,
         txn_id: Uuid,
         timeout: Duration,
     ) -> Result<KafkaTransaction<'p>, KafkaTxnError> {
-        producer
-            .begin_transaction()
-            .map_err(|source| KafkaTxnError::Client {
-                operation: "begin_transaction",
-                source,
-            })?;
+        let beginning = producer.clone();
+        bounded_blocking(
+            "begin_transaction",
+            timeout + CALL_LIMIT_MARGIN,
+            move || beginning.begin_transaction(),
+        )
+        .await?
+        .map_err(|source| KafkaTxnError::Client {
+            operation: "begin_transaction",
+            source,
+        })?;
         Ok(KafkaTransaction {
             producer,
             txn_id,
@@ -102,6 +110,7 @@ impl<'p> KafkaTransaction<'p> {
             retry_blocking(
                 "send_offsets_to_transaction",
                 self.producer,
+                timeout,
                 move |producer| {
                     producer.send_offsets_to_transaction(&offsets, &group_metadata, timeout)
                 },
@@ -121,9 +130,12 @@ impl<'p> KafkaTransaction<'p> {
         );
         in_span(
             span,
-            retry_blocking("commit_transaction", self.producer, move |producer| {
-                producer.commit_transaction(timeout)
-            }),
+            retry_blocking(
+                "commit_transaction",
+                self.producer,
+                timeout,
+                move |producer| producer.commit_transaction(timeout),
+            ),
         )
         .await
     }
@@ -175,7 +187,7 @@ pub async fn abort(
     );
     in_span(
         span,
-        retry_blocking("abort_transaction", producer, move |producer| {
+        retry_blocking("abort_transaction", producer, timeout, move |producer| {
             producer.abort_transaction(timeout)
         }),
     )
@@ -192,10 +204,13 @@ pub fn init_transactions_span(txn_id: Uuid) -> tracing::Span {
 }
 
 /// Runs a blocking transactional call on a blocking thread, retrying it while
-/// its error is retriable.
+/// its error is retriable. `timeout` is the call's own; each attempt is
+/// waited for at most that plus [`CALL_LIMIT_MARGIN`] (see
+/// [`crate::kafka::blocking_call`]).
 pub async fn retry_blocking<F>(
     operation: &'static str,
     producer: &FutureProducer,
+    timeout: Duration,
     call: F,
 ) -> Result<(), KafkaTxnError>
 where
@@ -206,12 +221,10 @@ where
     loop {
         let producer = producer.clone();
         let call = Arc::clone(&call);
-        let result = tokio::task::spawn_blocking(move || call(&producer))
-            .await
-            .map_err(|error| KafkaTxnError::TaskLost {
-                operation,
-                reason: error.to_string(),
-            })?;
+        let result = bounded_blocking(operation, timeout + CALL_LIMIT_MARGIN, move || {
+            call(&producer)
+        })
+        .await?;
         match result {
             Ok(()) => return Ok(()),
             Err(source) => {

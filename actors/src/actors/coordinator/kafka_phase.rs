@@ -56,7 +56,7 @@ impl CoordinatorState {
             self.refuse_revoked("commit offsets", committed)?;
             return self.commit_offsets(txn_id, offsets).await;
         }
-        let txn = KafkaTransaction::begin(producer, txn_id, settings.kafka_call_timeout)?;
+        let txn = KafkaTransaction::begin(producer, txn_id, settings.kafka_call_timeout).await?;
         self.produce_owed(txn.producer(), txn_id, committed).await?;
         let offsets = self.end_offsets(committed)?;
         // A partition revoked while the cycle ran is never committed here:

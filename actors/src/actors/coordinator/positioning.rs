@@ -21,6 +21,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::state::{CoordinatorState, OwnedPartition};
+use crate::kafka::blocking_call::{CALL_LIMIT_MARGIN, bounded_blocking};
+use crate::kafka::error::KafkaTxnError;
 use crate::messages::circuit_breaker::CircuitBreakerMsg;
 use crate::messages::consumer_supervisor::ConsumerSupervisorMsg;
 use crate::messages::coordinator::CoordinatorMsg;
@@ -42,7 +44,7 @@ enum RecoveryReadError {
     #[error("reading committed offsets: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("reading committed offsets: {0}")]
-    TaskLost(#[from] tokio::task::JoinError),
+    TaskLost(#[from] KafkaTxnError),
 }
 
 /// What recovery reads for one partition: the stored state and the group's
@@ -268,9 +270,12 @@ impl CoordinatorState {
         }
         let consumer = Arc::clone(&self.args.consumer);
         let timeout = settings.kafka_call_timeout;
-        let committed =
-            tokio::task::spawn_blocking(move || consumer.committed_offsets(list, timeout))
-                .await??;
+        let committed = bounded_blocking(
+            "committed_offsets",
+            timeout + CALL_LIMIT_MARGIN,
+            move || consumer.committed_offsets(list, timeout),
+        )
+        .await??;
         Ok(stored_by_partition
             .into_iter()
             .map(|(partition, stored)| RecoveryInputs {

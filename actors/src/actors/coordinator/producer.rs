@@ -9,12 +9,14 @@
 //! instead of fencing its successor back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::ActorProcessingErr;
 use rdkafka::producer::FutureProducer;
 use uuid::Uuid;
 
 use super::state::CoordinatorState;
+use crate::kafka::blocking_call::{CALL_LIMIT_MARGIN, bounded_blocking};
 use crate::kafka::clients::create_output_producer;
 use crate::kafka::error::{KafkaFailureClass, KafkaTxnError};
 use crate::kafka::transaction::{self, init_transactions_span};
@@ -22,17 +24,18 @@ use crate::settings::Settings;
 use crate::telemetry::spans::in_span;
 
 /// Creates the transactional producer on a blocking thread and runs
-/// `init_transactions`.
+/// `init_transactions` (its timeout is the Kafka call timeout, at least
+/// 30 s), waited for at most that plus a margin (see
+/// [`crate::kafka::blocking_call`]).
 pub(super) async fn new_producer(
     settings: &Arc<Settings>,
 ) -> Result<FutureProducer, KafkaTxnError> {
+    let limit = settings.kafka_call_timeout.max(Duration::from_secs(30)) + CALL_LIMIT_MARGIN;
     let settings = Arc::clone(settings);
-    tokio::task::spawn_blocking(move || create_output_producer(&settings))
-        .await
-        .map_err(|error| KafkaTxnError::TaskLost {
-            operation: "init_transactions",
-            reason: error.to_string(),
-        })?
+    bounded_blocking("init_transactions", limit, move || {
+        create_output_producer(&settings)
+    })
+    .await?
 }
 
 impl CoordinatorState {
