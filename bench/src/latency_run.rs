@@ -97,6 +97,9 @@ pub async fn latency_run(
         awkward_share: 0.0,
         ..WorkloadSpec::mixed(rate.saturating_mul(seconds), partitions, seed)
     };
+    // The input is written at `rate` (this waits until all of it is): the
+    // committed rate counts from its first record to the catch-up.
+    let writing_started = Instant::now();
     scenario.generate_in_background(spec, rate).await??;
     let started = Instant::now();
     loop {
@@ -114,7 +117,7 @@ pub async fn latency_run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let steady_seconds = started.elapsed().as_secs_f64();
+    let steady_seconds = writing_started.elapsed().as_secs_f64();
     let usage_after = process_usage(pid)?;
     let after = scenario.metrics().await?;
     // Every event is committed now: the reader stops once it has seen them
