@@ -349,6 +349,25 @@ async fn own_replay_owes_its_output_and_upstream_repeat_does_not(
         "a repeat in another partition of the same cycle is an upstream repeat"
     );
 
+    // The same batch written again under the same txn_id: the database
+    // writer's retry after a commit that landed but whose reply was lost (a
+    // reset connection). Nothing is new and nothing is counted again; its
+    // outputs are still owed (Kafka has not committed them).
+    let again = store
+        .write_batch(GROUP, TOPIC, epoch, cycle, &on_p0)
+        .await?;
+    assert_eq!(
+        (again.new_events, again.replayed_events, again.duplicates),
+        (0, 1, 0),
+        "a retry of a landed write is our own replay"
+    );
+    assert_eq!(again.owed_records, vec![0]);
+    assert_eq!(
+        spend(&store, "c").await?,
+        (1, 2, 35),
+        "the retried write counts no spend again"
+    );
+
     let rows = count(&store, "SELECT count(*) FROM ad_events").await?;
     let dead = count(&store, "SELECT count(*) FROM dead_letters").await?;
     assert_eq!((rows, dead), (3, 1));

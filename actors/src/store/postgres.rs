@@ -284,10 +284,9 @@ async fn write_records(
     batch: &PartitionBatch,
     plan: &BatchPlan,
 ) -> Result<Classification, StoreError> {
-    let InsertedEvents {
-        inserted,
-        stored_positions,
-    } = insert_events(transaction, group_id, topic, txn_id, batch, &plan.events).await?;
+    let inserted = insert_events(transaction, group_id, topic, txn_id, batch, &plan.events).await?;
+    let conflicting = plan.conflicting(&inserted);
+    let stored_positions = stored_positions(transaction, &conflicting).await?;
     let stored_dead_letters = insert_dead_letters(
         transaction,
         group_id,
@@ -345,22 +344,11 @@ async fn advance_offset(
     }
 }
 
-/// What the event insert did: the ids it inserted, and where each event it
-/// did not insert (already stored) came from.
-struct InsertedEvents {
-    inserted: HashSet<Uuid>,
-    stored_positions: HashMap<Uuid, StoredPosition>,
-}
-
-/// Inserts the first occurrences, in event-id order. The common case (every
-/// event new) costs one statement and no rows back: only when fewer rows
-/// were inserted than sent does a second statement read the events already
-/// stored. Those are the rows of these ids that this batch did not write:
-/// not of this cycle (`txn_id`) *and* this source partition. The cycle
-/// alone is not enough: its batches of other partitions share its
-/// `txn_id`, and an upstream repeat across partitions of one cycle must
-/// still be seen as stored by the other batch. A batch inserts each event
-/// id once, and a cycle has one batch per partition.
+/// Inserts the first occurrences, in event-id order; returns the ids this
+/// statement inserted. `RETURNING` is what tells them apart: a batch written
+/// again under the same `txn_id` (a retry after a commit whose reply was
+/// lost) must find its own rows as already stored, and nothing in the rows
+/// distinguishes them from rows this statement would have written.
 async fn insert_events(
     transaction: &mut Transaction<'_, Postgres>,
     group_id: &str,
@@ -368,12 +356,9 @@ async fn insert_events(
     txn_id: Uuid,
     batch: &PartitionBatch,
     sorted_firsts: &[(Uuid, usize)],
-) -> Result<InsertedEvents, StoreError> {
+) -> Result<HashSet<Uuid>, StoreError> {
     if sorted_firsts.is_empty() {
-        return Ok(InsertedEvents {
-            inserted: HashSet::new(),
-            stored_positions: HashMap::new(),
-        });
+        return Ok(HashSet::new());
     }
     let capacity = sorted_firsts.len();
     let mut event_ids = Vec::with_capacity(capacity);
@@ -397,7 +382,7 @@ async fn insert_events(
             offsets.push(record.offset);
         }
     }
-    let inserted_rows = sqlx::query(
+    let rows = sqlx::query(
         "INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
                                 billed_minute, source_topic, source_partition, source_offset, txn_id,
                                 source_group)
@@ -408,7 +393,8 @@ async fn insert_events(
                 AS e(event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,
                      billed_minute, source_offset)
           ORDER BY e.event_id
-         ON CONFLICT (event_id) DO NOTHING",
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
     )
     .bind(&event_ids)
     .bind(&campaign_ids)
@@ -422,45 +408,25 @@ async fn insert_events(
     .bind(batch.partition)
     .bind(txn_id)
     .bind(group_id)
-    .execute(&mut **transaction)
-    .await?
-    .rows_affected();
-    let stored_positions = if inserted_rows == event_ids.len() as u64 {
-        HashMap::new()
-    } else {
-        stored_elsewhere(transaction, &event_ids, txn_id, topic, batch.partition).await?
-    };
-    let inserted = event_ids
-        .iter()
-        .copied()
-        .filter(|event_id| !stored_positions.contains_key(event_id))
-        .collect();
-    Ok(InsertedEvents {
-        inserted,
-        stored_positions,
-    })
+    .fetch_all(&mut **transaction)
+    .await?;
+    rows.iter()
+        .map(|row| row.try_get::<Uuid, _>("event_id").map_err(StoreError::from))
+        .collect()
 }
 
-/// The events of `event_ids` not written by the batch of cycle `txn_id`
-/// from `topic`'s `partition`, with the source position each was stored
-/// from.
-async fn stored_elsewhere(
+async fn stored_positions(
     transaction: &mut Transaction<'_, Postgres>,
     event_ids: &[Uuid],
-    txn_id: Uuid,
-    topic: &str,
-    partition: i32,
 ) -> Result<HashMap<Uuid, StoredPosition>, StoreError> {
+    if event_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let rows = sqlx::query(
         "SELECT event_id, source_group, source_topic, source_partition, source_offset
-           FROM ad_events
-          WHERE event_id = ANY($1)
-            AND NOT (txn_id = $2 AND source_topic = $3 AND source_partition = $4)",
+           FROM ad_events WHERE event_id = ANY($1)",
     )
     .bind(event_ids)
-    .bind(txn_id)
-    .bind(topic)
-    .bind(partition)
     .fetch_all(&mut **transaction)
     .await?;
     rows.iter()
