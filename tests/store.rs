@@ -112,7 +112,11 @@ macro_rules! store_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() -> anyhow::Result<()> {
-                    super::$case(super::postgres_store().await?).await
+                    let (url, store) = super::postgres_store().await?;
+                    super::$case(store).await?;
+                    // Kept for inspection only when the case failed.
+                    super::common::drop_database(&url).await?;
+                    Ok(())
                 }
             )*
         }
@@ -150,12 +154,13 @@ store_suite!(
     the_group_migration_backfills_rows_of_partitions_one_group_claimed,
 );
 
-/// A migrated store on a fresh PostgreSQL database.
-async fn postgres_store() -> anyhow::Result<Store> {
-    let (_, pool) = common::fresh_database().await?;
+/// A migrated store on a fresh PostgreSQL database, and the database's URL
+/// (dropped when the case passes).
+async fn postgres_store() -> anyhow::Result<(String, Store)> {
+    let (url, pool) = common::fresh_database().await?;
     let store = Store::from(PostgresStore::from_pool(pool));
     store.migrate().await?;
-    Ok(store)
+    Ok((url, store))
 }
 
 /// The URL of a database file in `directory`.
