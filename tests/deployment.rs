@@ -3,8 +3,8 @@
 //! 78 with one line naming the setting (a failure exits 1:
 //! `tests/failures.rs`, the fenced zombie); a pod with the variables
 //! Kubernetes injects and a numeric instance id runs exactly once; a wedged
-//! pipeline turns `/healthz` to 503; and `deploy/kubernetes/` agrees with
-//! what the binary accepts.
+//! pipeline turns `/healthz` to 503, a hung Kafka transaction included;
+//! and `deploy/kubernetes/` agrees with what the binary accepts.
 
 mod common;
 mod service;
@@ -119,15 +119,46 @@ async fn a_pod_with_kubernetes_variables_and_a_numeric_instance_id_runs_exactly_
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_pipeline_is_seen_by_healthz_and_a_restart_loses_nothing() -> anyhow::Result<()> {
+    a_wedge_is_seen_by_healthz_and_a_restart_loses_nothing(
+        "coordinator-after-db-commit=1*off->sleep(600000)",
+        41,
+    )
+    .await
+}
+
+/// A Kafka transaction that hangs after it sent the input offsets: the
+/// broker then answers a `read_committed` client's offset fetch only once
+/// that transaction ends, so the lag behind `/healthz`'s wedge check is
+/// read with a client of its own, or this wedge would never be seen.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_hung_after_sending_offsets_is_seen_by_healthz() -> anyhow::Result<()> {
+    a_wedge_is_seen_by_healthz_and_a_restart_loses_nothing(
+        "coordinator-during-kafka-commit=1*off->sleep(600000)",
+        43,
+    )
+    .await
+}
+
+/// Holds the second cycle at `failpoints` (the first commits), expects
+/// `/healthz` to turn 503 with the wedge's reason, kills the instance as a
+/// liveness probe would, starts it again and judges the run.
+///
+/// A first cycle may take the whole first backlog, so more input is written
+/// once it has committed: a second cycle, with records waiting behind it,
+/// is certain.
+#[cfg(feature = "failpoints")]
+async fn a_wedge_is_seen_by_healthz_and_a_restart_loses_nothing(
+    failpoints: &str,
+    seed: u64,
+) -> anyhow::Result<()> {
     let scenario = common::Scenario::new(service::bin(), 3).await?;
-    scenario.produce(3_000, 41).await?;
+    scenario.produce(3_000, seed).await?;
     let wedged = scenario.start(&[
-        (
-            "FAILPOINTS",
-            "coordinator-after-db-commit=1*off->sleep(600000)",
-        ),
-        // 30 commit intervals of 100 ms: 3 s without a commit.
-        ("ONCEFLOW_WEDGED_AFTER_INTERVALS", "30"),
+        ("FAILPOINTS", failpoints),
+        // 100 commit intervals of 100 ms: 10 s without a commit, counted
+        // from start-up, so a slow first cycle is not taken for a wedge.
+        ("ONCEFLOW_WEDGED_AFTER_INTERVALS", "100"),
     ])?;
     service::wait_for_progress(&scenario, Duration::from_secs(60)).await?;
     let (code, body) = scenario.http_get("/healthz").await?;
@@ -136,6 +167,7 @@ async fn a_wedged_pipeline_is_seen_by_healthz_and_a_restart_loses_nothing() -> a
         (200, "ok\n"),
         "healthy while it commits"
     );
+    scenario.produce(1_000, seed + 1).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let body = loop {
         let (code, body) = scenario.http_get("/healthz").await?;

@@ -1,7 +1,8 @@
-//! Construction of onceflow's two Kafka clients: the input consumer (static
+//! Construction of onceflow's Kafka clients: the input consumer (static
 //! group member, `read_committed`, no auto-commit) with its rebalance
-//! context, and the output producer: transactional under `exactly-once`,
-//! idempotent without transactions under `at-least-once`.
+//! context, the output producer (transactional under `exactly-once`,
+//! idempotent without transactions under `at-least-once`), and the lag
+//! monitor's reader, which never joins the group.
 //!
 //! Guarantees: offsets are never committed by the consumer on its own (no
 //! auto-commit): under `exactly-once` only the producer's transaction
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 
@@ -72,6 +73,26 @@ pub fn create_input_consumer(settings: &Settings) -> Result<Arc<InputConsumer>, 
     let consumer: InputConsumer = config.create_with_context(context)?;
     consumer.subscribe(&[settings.input_topic.as_str()])?;
     Ok(Arc::new(consumer))
+}
+
+/// The client the lag monitor reads the group's offsets and the input's
+/// watermarks with. It never joins the group and never commits.
+pub type LagReader = BaseConsumer;
+
+/// Creates the lag monitor's client: the group's id, so it reads the
+/// group's committed offsets, but `read_uncommitted`, so librdkafka does not
+/// ask the broker for *stable* offsets (KIP-447's `require_stable`, which a
+/// `read_committed` client always sets). With it, an offset fetch waits
+/// while a transaction that sent offsets for the partition is open: a hung
+/// transaction would hide the lag it causes. This one reads what is
+/// committed now, the offsets of an open transaction excluded, and the
+/// high watermark rather than the last stable offset.
+pub fn create_lag_reader(settings: &Settings) -> Result<LagReader, KafkaError> {
+    base_config(settings)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create()
 }
 
 /// Creates the producer of the outputs and dead letters for the configured

@@ -20,7 +20,7 @@ pub mod monitor;
 
 use crate::actors::consumer::fetcher_slot::FetcherSlot;
 use crate::actors::root_supervisor::{RootArgs, RootSupervisor};
-use crate::kafka::clients::create_input_consumer;
+use crate::kafka::clients::{create_input_consumer, create_lag_reader};
 use crate::messages::coordinator::CoordinatorMsg;
 use crate::messages::names::ActorNames;
 use crate::messages::root::RootMsg;
@@ -209,6 +209,7 @@ async fn run_membership(
     // Cancelled by shutdown, or by this membership's end.
     let session = shutdown.child_token();
     let consumer = create_input_consumer(settings)?;
+    let lag_reader = Arc::new(create_lag_reader(settings)?);
     tracing::info!(
         instance_id = %instance_id,
         group_id = %settings.group_id,
@@ -237,6 +238,7 @@ async fn run_membership(
     let monitor = spawn_monitor(
         Arc::clone(settings),
         Arc::clone(&consumer),
+        lag_reader,
         status.clone(),
         session.clone(),
     );

@@ -3,7 +3,10 @@
 //! the consumer lag of every assigned partition, from the group's committed
 //! offset (what is durably done) to the high watermark, so that a hanging
 //! transaction shows as growing lag; the lag also feeds `/healthz`'s wedge
-//! check.
+//! check. The offsets and watermarks are read with a client of their own
+//! ([`LagReader`]): the input consumer's reads of committed offsets wait
+//! for any open transaction that sent offsets, so a hung transaction would
+//! hide its own lag and never show as wedged.
 //!
 //! Guarantees: it only reads; a failed watermark query leaves the previous
 //! figure and is retried on the next tick.
@@ -16,7 +19,7 @@ use rdkafka::consumer::Consumer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::clients::InputConsumer;
+use crate::kafka::clients::{InputConsumer, LagReader};
 use crate::settings::Settings;
 use crate::telemetry::status::PipelineStatus;
 
@@ -29,6 +32,7 @@ const LAG_EVERY_TICKS: u32 = 5;
 pub fn spawn_monitor(
     settings: Arc<Settings>,
     consumer: Arc<InputConsumer>,
+    lag_reader: Arc<LagReader>,
     status: PipelineStatus,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
@@ -36,6 +40,8 @@ pub fn spawn_monitor(
     tokio::spawn(async move {
         let warn_after = settings.open_txn_warn;
         let mut ticker = tokio::time::interval(TXN_AGE_PERIOD);
+        // A slow lag measurement delays the next checks; it does not repeat them.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick: u32 = 0;
         loop {
             tokio::select! {
@@ -54,9 +60,12 @@ pub fn spawn_monitor(
             tick = tick.wrapping_add(1);
             if tick.is_multiple_of(LAG_EVERY_TICKS) {
                 let consumer = Arc::clone(&consumer);
+                let lag_reader = Arc::clone(&lag_reader);
                 let topic = settings.input_topic.clone();
-                let lags =
-                    tokio::task::spawn_blocking(move || measure_lag(&consumer, &topic)).await;
+                let lags = tokio::task::spawn_blocking(move || {
+                    measure_lag(&consumer, &lag_reader, &topic)
+                })
+                .await;
                 if let Ok(Some(lags)) = lags {
                     status.set_assigned_lags(&lags);
                 }
@@ -70,10 +79,18 @@ pub fn spawn_monitor(
 /// commit, the low watermark), or `None` when the assignment or the
 /// committed offsets cannot be read now. A partition whose watermarks
 /// cannot be read is left out.
-fn measure_lag(consumer: &InputConsumer, topic: &str) -> Option<Vec<(i32, i64)>> {
-    let assignment = consumer.assignment().ok()?;
-    let committed = consumer
+fn measure_lag(
+    consumer: &InputConsumer,
+    lag_reader: &LagReader,
+    topic: &str,
+) -> Option<Vec<(i32, i64)>> {
+    let assignment = consumer
+        .assignment()
+        .inspect_err(|error| tracing::debug!(%error, "lag: assignment unreadable"))
+        .ok()?;
+    let committed = lag_reader
         .committed_offsets(assignment, Duration::from_secs(2))
+        .inspect_err(|error| tracing::debug!(%error, "lag: committed offsets unreadable"))
         .ok()?;
     Some(
         committed
@@ -81,8 +98,11 @@ fn measure_lag(consumer: &InputConsumer, topic: &str) -> Option<Vec<(i32, i64)>>
             .iter()
             .filter(|element| element.topic() == topic)
             .filter_map(|element| {
-                let (low, high) = consumer
+                let (low, high) = lag_reader
                     .fetch_watermarks(topic, element.partition(), Duration::from_secs(2))
+                    .inspect_err(|error| {
+                        tracing::debug!(%error, partition = element.partition(), "lag: watermarks unreadable");
+                    })
                     .ok()?;
                 let committed = match element.offset() {
                     Offset::Offset(offset) => offset,
