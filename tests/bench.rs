@@ -38,8 +38,8 @@ async fn a_small_bench_run_measures_every_step_and_reports_consistent_figures() 
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len(),
-        5,
-        "five steps"
+        6,
+        "six steps"
     );
 
     assert_eq!(
@@ -47,6 +47,27 @@ async fn a_small_bench_run_measures_every_step_and_reports_consistent_figures() 
         "every staged row written"
     );
     assert!(report.postgres_ceiling.rows_per_second > 0.0);
+    let store_path = &report.store_path;
+    assert_eq!(
+        store_path.records,
+        bench_workload(3_000, 3, 11).records,
+        "the write path alone writes the whole input"
+    );
+    assert_eq!(
+        store_path.batch_records, 5_000,
+        "the product's default batch"
+    );
+    assert_eq!(
+        store_path.cycles, 1,
+        "1,000 records per partition: one cycle"
+    );
+    for timing in [&store_path.parallel, &store_path.sequential] {
+        assert!(timing.records_per_second > 0.0, "{timing:?}");
+        assert!(
+            timing.slowest_cycle_ms <= timing.seconds * 1_000.0,
+            "{timing:?}"
+        );
+    }
     for run in [&report.exactly_once, &report.at_least_once] {
         let workload_records = bench_workload(3_000, 3, 11).records;
         assert_eq!(run.records, workload_records, "{}", run.guarantee);
@@ -87,6 +108,18 @@ async fn a_small_bench_run_measures_every_step_and_reports_consistent_figures() 
             .abs()
             < 1e-9
     );
+    assert!(
+        (ratios.store_path_over_ceiling * report.postgres_ceiling.rows_per_second
+            - store_path.parallel.records_per_second)
+            .abs()
+            < 1e-6 * store_path.parallel.records_per_second
+    );
+    assert!(
+        (ratios.exactly_once_over_store_path * store_path.parallel.records_per_second
+            - report.exactly_once.processing_records_per_second)
+            .abs()
+            < 1e-6 * report.exactly_once.processing_records_per_second
+    );
     assert_eq!(report.targets.len(), 6);
     for target in &report.targets {
         assert!(target.measured.is_finite(), "{target:?}");
@@ -107,6 +140,7 @@ async fn a_small_bench_run_measures_every_step_and_reports_consistent_figures() 
     for key in [
         "machine",
         "postgres_ceiling",
+        "store_path",
         "exactly_once",
         "at_least_once",
         "per_message",

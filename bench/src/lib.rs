@@ -1,7 +1,8 @@
 //! onceflow's benchmark, in one run on the real Kafka cluster and the
 //! PostgreSQL of the tests (see `docs/performance.md`):
 //!
-//! 1. PostgreSQL's own ceiling for the same writes ([`postgres_ceiling`]);
+//! 1. PostgreSQL's own ceiling for the same writes ([`postgres_ceiling`]),
+//!    and onceflow's write path alone, without Kafka ([`store_path`]);
 //! 2. onceflow exactly-once from a cold backlog ([`backlog_run`]);
 //! 3. onceflow at-least-once from the same backlog, so the cost of
 //!    exactly-once is a measured ratio;
@@ -23,6 +24,7 @@ pub mod postgres_ceiling;
 pub mod process_usage;
 pub mod quantiles;
 pub mod report;
+pub mod store_path;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,6 +80,12 @@ pub async fn run(options: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Benc
         options.ceiling_batch_rows,
     )
     .await?;
+    progress("onceflow's write path alone");
+    let store_path = store_path::store_path(
+        workload(),
+        onceflow_actors::settings::Settings::default().max_batch_records,
+    )
+    .await?;
     progress("onceflow exactly-once, cold backlog");
     let exactly_once = backlog_run::backlog_run(
         &options.binary,
@@ -121,6 +129,7 @@ pub async fn run(options: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Benc
     Ok(BenchReport::new(
         report::Machine::current(options.release_build),
         ceiling,
+        store_path,
         exactly_once,
         at_least_once,
         per_message,

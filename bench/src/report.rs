@@ -8,6 +8,7 @@ use crate::backlog_run::BacklogRun;
 use crate::latency_run::LatencyRun;
 use crate::per_message::PerMessageRun;
 use crate::postgres_ceiling::Ceiling;
+use crate::store_path::StorePath;
 
 /// The machine a run was made on.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -59,6 +60,10 @@ pub struct Target {
 pub struct Ratios {
     /// exactly-once throughput / PostgreSQL's ceiling
     pub exactly_once_over_ceiling: f64,
+    /// onceflow's write path alone (partitions in parallel) / the ceiling
+    pub store_path_over_ceiling: f64,
+    /// exactly-once throughput / onceflow's write path alone
+    pub exactly_once_over_store_path: f64,
     /// exactly-once throughput / at-least-once throughput
     pub exactly_once_over_at_least_once: f64,
     /// exactly-once throughput / the per-message pattern's
@@ -72,6 +77,8 @@ pub struct BenchReport {
     pub machine: Machine,
     /// PostgreSQL's ceiling for the same writes
     pub postgres_ceiling: Ceiling,
+    /// onceflow's write path alone, without Kafka
+    pub store_path: StorePath,
     /// onceflow exactly-once from a cold backlog
     pub exactly_once: BacklogRun,
     /// onceflow at-least-once from the same cold backlog
@@ -91,6 +98,7 @@ impl BenchReport {
     pub fn new(
         machine: Machine,
         postgres_ceiling: Ceiling,
+        store_path: StorePath,
         exactly_once: BacklogRun,
         at_least_once: BacklogRun,
         per_message: PerMessageRun,
@@ -99,6 +107,9 @@ impl BenchReport {
         let eos = exactly_once.processing_records_per_second;
         let ratios = Ratios {
             exactly_once_over_ceiling: eos / postgres_ceiling.rows_per_second,
+            store_path_over_ceiling: store_path.parallel.records_per_second
+                / postgres_ceiling.rows_per_second,
+            exactly_once_over_store_path: eos / store_path.parallel.records_per_second,
             exactly_once_over_at_least_once: eos / at_least_once.processing_records_per_second,
             exactly_once_over_per_message: eos / per_message.records_per_second,
         };
@@ -148,6 +159,7 @@ impl BenchReport {
         BenchReport {
             machine,
             postgres_ceiling,
+            store_path,
             exactly_once,
             at_least_once,
             per_message,
@@ -184,6 +196,30 @@ impl BenchReport {
             c.seconds,
             "-",
             "-"
+        ));
+        let s = &self.store_path;
+        for (how, timing) in [("parallel", &s.parallel), ("one at a time", &s.sequential)] {
+            out.push_str(&format!(
+                "{:<44} {:>12.0} {:>10.2} {:>12} {:>10}\n",
+                format!("onceflow write path alone, {how}"),
+                timing.records_per_second,
+                timing.seconds,
+                "-",
+                "-"
+            ));
+        }
+        out.push_str(&format!(
+            "  ({} records, {} cycles of {} per partition, slowest cycle {:.0} ms parallel, \
+             {:.0} ms one at a time; no Kafka)\n",
+            s.records,
+            s.cycles,
+            s.batch_records,
+            s.parallel.slowest_cycle_ms,
+            s.sequential.slowest_cycle_ms
+        ));
+        out.push_str(&format!(
+            "  write path alone / ceiling {:.2}; exactly-once / write path alone {:.2}\n",
+            self.ratios.store_path_over_ceiling, self.ratios.exactly_once_over_store_path
         ));
         for run in [&self.exactly_once, &self.at_least_once] {
             out.push_str(&format!(
