@@ -167,6 +167,16 @@ impl CoordinatorState {
             messaging.consumer.group.name = %self.args.settings.group_id,
             onceflow.outcome = tracing::field::Empty,
         );
+        tracing::debug!(
+            target: COMMIT_EVENTS_TARGET,
+            %txn_id,
+            beside_a_held_cycle = !held_ends.is_empty(),
+            records_by_partition = ?batches
+                .iter()
+                .map(|batch| (batch.partition, batch.records.len()))
+                .collect::<Vec<_>>(),
+            "cycle taken"
+        );
         // Parent: the first traced record's `process` span; links to the others.
         spans::tie_cycle_to_records(&span, txn_id, record_spans(batches.iter()));
         Some(TakenCycle {
