@@ -27,6 +27,9 @@ use crate::settings::Settings;
 /// The input consumer.
 pub type InputConsumer = StreamConsumer<RebalanceContext>;
 
+/// The input consumer's `max.partition.fetch.bytes` unless `[kafka]` sets it.
+pub const MAX_PARTITION_FETCH_BYTES: &str = "2097152";
+
 fn base_config(settings: &Settings) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (key, value) in &settings.kafka {
@@ -46,6 +49,14 @@ fn base_config(settings: &Settings) -> ClientConfig {
 /// Creates the input consumer and subscribes it to the input topic.
 pub fn create_input_consumer(settings: &Settings) -> Result<Arc<InputConsumer>, KafkaError> {
     let context = RebalanceContext::new(settings.input_topic.clone());
+    let consumer: InputConsumer = input_consumer_config(settings).create_with_context(context)?;
+    consumer.subscribe(&[settings.input_topic.as_str()])?;
+    Ok(Arc::new(consumer))
+}
+
+/// The input consumer's configuration: onceflow's choices, each one a
+/// `[kafka]` key may override unless exactly-once depends on it.
+fn input_consumer_config(settings: &Settings) -> ClientConfig {
     let mut config = base_config(settings);
     config
         .set("group.id", &settings.group_id)
@@ -57,6 +68,14 @@ pub fn create_input_consumer(settings: &Settings) -> Result<Arc<InputConsumer>, 
         .set("enable.partition.eof", "false");
     if !settings.kafka.contains_key("session.timeout.ms") {
         config.set("session.timeout.ms", "10000");
+    }
+    // 2 MiB per partition and fetch, not librdkafka's 1 MiB: under a backlog
+    // the partitions ran dry every 4 to 6 commit cycles with 1 MiB (fetching
+    // did not keep up with 40,000 records/s on the benchmark's machine), and
+    // far more rarely with 2 MiB (`docs/performance.md`). Memory stays
+    // bounded by `fetch.max.bytes` and `queued.max.messages.kbytes`.
+    if !settings.kafka.contains_key("max.partition.fetch.bytes") {
+        config.set("max.partition.fetch.bytes", MAX_PARTITION_FETCH_BYTES);
     }
     // `cooperative-sticky` by default: a rebalance moves only the partitions
     // that change owner, the others keep flowing. onceflow drains a revoked
@@ -70,9 +89,7 @@ pub fn create_input_consumer(settings: &Settings) -> Result<Arc<InputConsumer>, 
     if !settings.kafka.contains_key("partition.assignment.strategy") {
         config.set("partition.assignment.strategy", "cooperative-sticky");
     }
-    let consumer: InputConsumer = config.create_with_context(context)?;
-    consumer.subscribe(&[settings.input_topic.as_str()])?;
-    Ok(Arc::new(consumer))
+    config
 }
 
 /// The client the lag monitor reads the group's offsets and the input's
@@ -88,11 +105,16 @@ pub type LagReader = BaseConsumer;
 /// committed now, the offsets of an open transaction excluded, and the
 /// high watermark rather than the last stable offset.
 pub fn create_lag_reader(settings: &Settings) -> Result<LagReader, KafkaError> {
-    base_config(settings)
+    lag_reader_config(settings).create()
+}
+
+fn lag_reader_config(settings: &Settings) -> ClientConfig {
+    let mut config = base_config(settings);
+    config
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()
+        .set("isolation.level", "read_uncommitted");
+    config
 }
 
 /// Creates the producer of the outputs and dead letters for the configured
@@ -135,4 +157,42 @@ pub fn create_transactional_producer(settings: &Settings) -> Result<FutureProduc
             source,
         })?;
     Ok(producer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_fetches_2_mib_per_partition_unless_kafka_settings_say_otherwise() {
+        let defaults = Settings::default();
+        let config = input_consumer_config(&defaults);
+        assert_eq!(
+            config.get("max.partition.fetch.bytes"),
+            Some(MAX_PARTITION_FETCH_BYTES)
+        );
+        assert_eq!(config.get("isolation.level"), Some("read_committed"));
+
+        let mut overridden = Settings::default();
+        overridden
+            .kafka
+            .insert("max.partition.fetch.bytes".to_owned(), "1048576".to_owned());
+        let config = input_consumer_config(&overridden);
+        assert_eq!(config.get("max.partition.fetch.bytes"), Some("1048576"));
+    }
+
+    #[test]
+    fn the_lag_reader_reads_the_group_s_offsets_without_waiting_for_stable_ones() {
+        let mut settings = Settings::default();
+        // A user's `[kafka]` isolation level applies to the input consumer,
+        // never to the lag reader.
+        settings
+            .kafka
+            .insert("isolation.level".to_owned(), "read_committed".to_owned());
+        let config = lag_reader_config(&settings);
+        assert_eq!(config.get("isolation.level"), Some("read_uncommitted"));
+        assert_eq!(config.get("group.id"), Some(settings.group_id.as_str()));
+        assert_eq!(config.get("group.instance.id"), None, "never a member");
+        assert!(create_lag_reader(&settings).is_ok());
+    }
 }
