@@ -74,7 +74,10 @@ fn input_consumer_config(settings: &Settings) -> ClientConfig {
     // did not keep up with 40,000 records/s on the benchmark's machine), and
     // far more rarely with 2 MiB (`docs/performance.md`). Memory stays
     // bounded by `fetch.max.bytes` and `queued.max.messages.kbytes`.
-    if !settings.kafka.contains_key("max.partition.fetch.bytes") {
+    // librdkafka's alias of the same setting counts as naming it.
+    if !settings.kafka.contains_key("max.partition.fetch.bytes")
+        && !settings.kafka.contains_key("fetch.message.max.bytes")
+    {
         config.set("max.partition.fetch.bytes", MAX_PARTITION_FETCH_BYTES);
     }
     // `cooperative-sticky` by default: a rebalance moves only the partitions
@@ -92,18 +95,18 @@ fn input_consumer_config(settings: &Settings) -> ClientConfig {
     config
 }
 
-/// The client the lag monitor reads the group's offsets and the input's
-/// watermarks with. It never joins the group and never commits.
+/// The client the lag monitor reads the group's committed offsets with. It
+/// never joins the group and never commits.
 pub type LagReader = BaseConsumer;
 
-/// Creates the lag monitor's client: the group's id, so it reads the
-/// group's committed offsets, but `read_uncommitted`, so librdkafka does not
-/// ask the broker for *stable* offsets (KIP-447's `require_stable`, which a
-/// `read_committed` client always sets). With it, an offset fetch waits
-/// while a transaction that sent offsets for the partition is open: a hung
-/// transaction would hide the lag it causes. This one reads what is
-/// committed now, the offsets of an open transaction excluded, and the
-/// high watermark rather than the last stable offset.
+/// Creates the lag monitor's client for the group's committed offsets: the
+/// group's id, so it reads the group's offsets, but `read_uncommitted`, so
+/// librdkafka does not ask the broker for *stable* offsets (KIP-447's
+/// `require_stable`, which a `read_committed` client always sets). With
+/// `require_stable`, an offset fetch waits while a transaction that sent offsets for the
+/// partition is open: a hung transaction would hide the lag it causes. This
+/// one reads what is committed now, an open transaction's offsets left out.
+/// It never subscribes, so it never joins the group.
 pub fn create_lag_reader(settings: &Settings) -> Result<LagReader, KafkaError> {
     lag_reader_config(settings).create()
 }
@@ -179,16 +182,20 @@ mod tests {
             .insert("max.partition.fetch.bytes".to_owned(), "1048576".to_owned());
         let config = input_consumer_config(&overridden);
         assert_eq!(config.get("max.partition.fetch.bytes"), Some("1048576"));
+
+        // Its alias names it too: onceflow adds no second, conflicting value.
+        let mut aliased = Settings::default();
+        aliased
+            .kafka
+            .insert("fetch.message.max.bytes".to_owned(), "1048576".to_owned());
+        let config = input_consumer_config(&aliased);
+        assert_eq!(config.get("fetch.message.max.bytes"), Some("1048576"));
+        assert_eq!(config.get("max.partition.fetch.bytes"), None);
     }
 
     #[test]
     fn the_lag_reader_reads_the_group_s_offsets_without_waiting_for_stable_ones() {
-        let mut settings = Settings::default();
-        // A user's `[kafka]` isolation level applies to the input consumer,
-        // never to the lag reader.
-        settings
-            .kafka
-            .insert("isolation.level".to_owned(), "read_committed".to_owned());
+        let settings = Settings::default();
         let config = lag_reader_config(&settings);
         assert_eq!(config.get("isolation.level"), Some("read_uncommitted"));
         assert_eq!(config.get("group.id"), Some(settings.group_id.as_str()));

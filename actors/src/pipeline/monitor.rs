@@ -3,13 +3,17 @@
 //! the consumer lag of every assigned partition, from the group's committed
 //! offset (what is durably done) to the high watermark, so that a hanging
 //! transaction shows as growing lag; the lag also feeds `/healthz`'s wedge
-//! check. The offsets and watermarks are read with a client of their own
+//! check. The committed offsets are read with a client of their own
 //! ([`LagReader`]): the input consumer's reads of committed offsets wait
 //! for any open transaction that sent offsets, so a hung transaction would
-//! hide its own lag and never show as wedged.
+//! hide its own lag and never show as wedged. The watermarks are the input
+//! consumer's (`read_committed`: the last stable offset), so records of an
+//! upstream transaction still open, which nothing can read yet, are not
+//! counted as waiting.
 //!
-//! Guarantees: it only reads; a failed watermark query leaves the previous
-//! figure and is retried on the next tick.
+//! Guarantees: it only reads; a measurement that fails for any partition
+//! (assignment, committed offsets or watermarks unreadable) leaves the
+//! previous figures and is retried on the next tick.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,9 +80,8 @@ pub fn spawn_monitor(
 
 /// `high watermark - committed offset` of every assigned partition (the
 /// group's offset, committed with each Kafka transaction; before the first
-/// commit, the low watermark), or `None` when the assignment or the
-/// committed offsets cannot be read now. A partition whose watermarks
-/// cannot be read is left out.
+/// commit, the low watermark), or `None` when the assignment, the committed
+/// offsets or any partition's watermarks cannot be read now.
 fn measure_lag(
     consumer: &InputConsumer,
     lag_reader: &LagReader,
@@ -92,24 +95,23 @@ fn measure_lag(
         .committed_offsets(assignment, Duration::from_secs(2))
         .inspect_err(|error| tracing::debug!(%error, "lag: committed offsets unreadable"))
         .ok()?;
-    Some(
-        committed
-            .elements()
-            .iter()
-            .filter(|element| element.topic() == topic)
-            .filter_map(|element| {
-                let (low, high) = lag_reader
-                    .fetch_watermarks(topic, element.partition(), Duration::from_secs(2))
-                    .inspect_err(|error| {
-                        tracing::debug!(%error, partition = element.partition(), "lag: watermarks unreadable");
-                    })
-                    .ok()?;
-                let committed = match element.offset() {
-                    Offset::Offset(offset) => offset,
-                    _ => low,
-                };
-                Some((element.partition(), (high - committed).max(0)))
-            })
-            .collect(),
-    )
+    committed
+        .elements()
+        .iter()
+        .filter(|element| element.topic() == topic)
+        .map(|element| {
+            let partition = element.partition();
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(2))
+                .inspect_err(|error| {
+                    tracing::debug!(%error, partition, "lag: watermarks unreadable");
+                })
+                .ok()?;
+            let committed = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => low,
+            };
+            Some((partition, (high - committed).max(0)))
+        })
+        .collect()
 }
