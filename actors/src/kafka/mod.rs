@@ -1,5 +1,6 @@
-//! Kafka: the input consumer and the transactional producer
-//! ([`clients`]), blocking calls bounded in time ([`blocking_call`]), the rebalance context ([`rebalance`]), the records a
+//! Kafka: the input consumer, the transactional producer and the lag
+//! monitor's reader ([`clients`]), blocking calls bounded in time
+//! ([`blocking_call`]), the rebalance context ([`rebalance`]), the records a
 //! cycle produces ([`records`], pure), producing inside the open
 //! transaction ([`send`]), the transaction's steps ([`transaction`]), the
 //! header names ([`headers`]) and the classification of failures
