@@ -30,6 +30,16 @@ pub type InputConsumer = StreamConsumer<RebalanceContext>;
 /// The input consumer's `max.partition.fetch.bytes` unless `[kafka]` sets it.
 pub const MAX_PARTITION_FETCH_BYTES: &str = "2097152";
 
+/// How much librdkafka holds in each input partition's queue ahead of
+/// onceflow, and how soon it fetches again once there is room: each unless
+/// `[kafka]` sets it. 5,000 records is one default batch; 8 MiB holds four
+/// fetches of `MAX_PARTITION_FETCH_BYTES`.
+pub const INPUT_QUEUE_DEFAULTS: [(&str, &str); 3] = [
+    ("queued.min.messages", "5000"),
+    ("queued.max.messages.kbytes", "8192"),
+    ("fetch.queue.backoff.ms", "10"),
+];
+
 fn base_config(settings: &Settings) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (key, value) in &settings.kafka {
@@ -79,6 +89,19 @@ fn input_consumer_config(settings: &Settings) -> ClientConfig {
         && !settings.kafka.contains_key("fetch.message.max.bytes")
     {
         config.set("max.partition.fetch.bytes", MAX_PARTITION_FETCH_BYTES);
+    }
+    // Every positioned partition has a queue of its own (see
+    // `actors::consumer::fetcher`), and a partition whose records fill its
+    // share of memory is held back by no longer reading its queue: librdkafka
+    // stops fetching it once the queue holds `queued.min.messages` records or
+    // `queued.max.messages.kbytes`, and looks again every
+    // `fetch.queue.backoff.ms`. librdkafka's defaults (100,000 records, 64 MiB,
+    // 1 s) apply per queue: too much memory per partition, and a second of
+    // waiting before a held-back partition is fetched again.
+    for (key, value) in INPUT_QUEUE_DEFAULTS {
+        if !settings.kafka.contains_key(key) {
+            config.set(key, value);
+        }
     }
     // `cooperative-sticky` by default: a rebalance moves only the partitions
     // that change owner, the others keep flowing. onceflow drains a revoked
@@ -188,6 +211,23 @@ mod tests {
             assert_eq!(config.get(named), Some("1048576"), "{named}");
             assert_eq!(config.get(other), None, "{named}");
         }
+    }
+
+    #[test]
+    fn each_input_partition_queue_holds_little_and_refills_soon_unless_kafka_settings_say_otherwise()
+     {
+        let config = input_consumer_config(&Settings::default());
+        for (key, value) in INPUT_QUEUE_DEFAULTS {
+            assert_eq!(config.get(key), Some(value), "{key}");
+        }
+        let mut overridden = Settings::default();
+        overridden
+            .kafka
+            .insert("fetch.queue.backoff.ms".to_owned(), "250".to_owned());
+        let config = input_consumer_config(&overridden);
+        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("250"));
+        assert_eq!(config.get("queued.min.messages"), Some("5000"));
+        assert!(create_input_consumer(&Settings::default()).is_ok());
     }
 
     #[test]

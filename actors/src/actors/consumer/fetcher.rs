@@ -18,24 +18,44 @@
 //! - a route whose partition consumer is gone is removed and its partition
 //!   paused: nothing is fetched for nobody until it is positioned again;
 //! - what a partition holds in memory, mailbox included, is bounded by
-//!   `max_buffered_records` (see [`crate::model::fetch_credit`]).
+//!   `max_buffered_records` (see [`crate::model::fetch_credit`]), plus what
+//!   librdkafka holds in the partition's queue (`queued.min.messages`,
+//!   `queued.max.messages.kbytes`, set small in [`crate::kafka::clients`]).
+//!
+//! Flow control. Each positioned partition is read from a queue of its own
+//! (librdkafka's partition queue, split from the consumer's at positioning).
+//! A partition whose consumer holds its limit is held back by no longer
+//! reading that queue: librdkafka stops fetching it once the queue is full
+//! and looks again every `fetch.queue.backoff.ms`, so when the partition
+//! consumer releases records the next ones are already in memory. Pausing
+//! would discard everything librdkafka prefetched, and a resumed partition
+//! is fetched again only when the broker's thread next wakes, up to a second
+//! later when it has no other partition to fetch (the benchmark's cycle log
+//! showed partitions running dry for 400–550 ms after every resume). A
+//! record of a positioned partition that still arrives through the
+//! consumer's own queue (librdkafka moves a partition back to it when it
+//! assigns it again) is routed all the same, and held back by pausing.
 //!
 //! At most one fetcher runs at a time ([`crate::actors::consumer::fetcher_slot`]).
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
+use futures::{FutureExt, Stream, StreamExt};
 use ractor::ActorRef;
 use rdkafka::consumer::Consumer;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::clients::InputConsumer;
+use crate::kafka::rebalance::RebalanceContext;
 use crate::messages::partition::PartitionConsumerMsg;
 use crate::messages::partition::{FetcherCommand, FetcherHandle, PositionOrder};
 use crate::model::fetch_credit::FetchCredit;
@@ -73,6 +93,81 @@ struct Route {
     target: ActorRef<PartitionConsumerMsg>,
     next_sequence: u64,
     credit: Arc<FetchCredit>,
+    /// held back by pausing it (its records came through the consumer's
+    /// own queue), not only by leaving its queue unread
+    paused: bool,
+}
+
+/// What one read of a queue gave: a record copied out of librdkafka, or an
+/// error.
+type Received = Result<ConsumedRecord, KafkaError>;
+
+/// The records of one partition's own queue, read one at a time.
+type PartitionRecords = Pin<Box<dyn Stream<Item = Received> + Send>>;
+
+/// Reads `queue` for as long as the stream lives; dropping the stream drops
+/// the queue's handle.
+fn partition_records(queue: StreamPartitionQueue<RebalanceContext>) -> PartitionRecords {
+    Box::pin(futures::stream::unfold(queue, |queue| async move {
+        let received = queue
+            .recv()
+            .await
+            .map(|message| consumed_record(&message));
+        Some((received, queue))
+    }))
+}
+
+/// Copies a record out of librdkafka's buffer: key, payload, the trace
+/// headers the propagator may read (its `fields()`, nothing else).
+fn consumed_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
+    let trace_headers = message
+        .headers()
+        .map(|headers| {
+            TraceHeaders::collect(
+                headers.iter().map(|header| (header.key, header.value)),
+                propagation::propagator(),
+            )
+        })
+        .unwrap_or_default();
+    ConsumedRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        trace_headers,
+        timestamp_ms: message.timestamp().to_millis(),
+    }
+}
+
+/// The queues of the positioned partitions: the ones read, and the ones
+/// held back because their consumers hold their limit. A partition has at
+/// most one queue, in one of the two.
+#[derive(Default)]
+struct PartitionQueues {
+    read: StreamMap<i32, PartitionRecords>,
+    held_back: HashMap<i32, PartitionRecords>,
+}
+
+impl PartitionQueues {
+    /// Drops the partition's queue, read or held back. Its handle must be
+    /// gone before the partition's queue is split again: dropping a handle
+    /// turns off the wake-ups of every handle of that queue.
+    fn drop_queue(&mut self, partition: i32) {
+        self.read.remove(&partition);
+        self.held_back.remove(&partition);
+    }
+
+    fn hold_back(&mut self, partition: i32) {
+        if let Some(records) = self.read.remove(&partition) {
+            self.held_back.insert(partition, records);
+        }
+    }
+
+    fn read_again(&mut self, partition: i32) {
+        if let Some(records) = self.held_back.remove(&partition) {
+            self.read.insert(partition, records);
+        }
+    }
 }
 
 /// What the fetcher needs besides the consumer.
@@ -92,8 +187,12 @@ struct Fetcher {
     handle: FetcherHandle,
     routes: HashMap<i32, Route>,
     book: PositionBook,
+    queues: PartitionQueues,
     /// records taken in this poll, by partition, not yet delivered
     taken: HashMap<i32, Vec<ConsumedRecord>>,
+    /// partitions of this poll's records that came through the consumer's
+    /// own queue (held back by pausing)
+    taken_from_the_consumer_queue: Vec<i32>,
 }
 
 /// Starts the fetcher task; it runs until `stop` is cancelled. It first
@@ -111,7 +210,9 @@ pub fn spawn_fetcher(
         handle: handle.clone(),
         routes: HashMap::new(),
         book: PositionBook::default(),
+        queues: PartitionQueues::default(),
         taken: HashMap::new(),
+        taken_from_the_consumer_queue: Vec::new(),
     };
     let consumer = Arc::clone(&fetcher.consumer);
     let task = tokio::spawn(async move {
@@ -124,21 +225,36 @@ pub fn spawn_fetcher(
                     Some(command) => fetcher.execute(command),
                     None => break,
                 },
+                // The consumer's own queue before the partitions': it serves the
+                // group's events, which a steady flow of records must not starve.
                 received = consumer.recv() => {
-                    let mut after = fetcher.take(received, &status);
+                    let mut after = fetcher.take_from_the_consumer_queue(received, &status);
                     let mut taken = 1;
                     while after == AfterPoll::Continue && taken < MAX_RECORDS_PER_POLL {
                         let Some(received) = consumer.recv().now_or_never() else {
+                            break;
+                        };
+                        after = fetcher.take_from_the_consumer_queue(received, &status);
+                        taken += 1;
+                    }
+                    fetcher.deliver_taken();
+                    if stops_after(after).await {
+                        break;
+                    }
+                }
+                Some((_, received)) = fetcher.queues.read.next(), if !fetcher.queues.read.is_empty() => {
+                    let mut after = fetcher.take(received, &status);
+                    let mut taken = 1;
+                    while after == AfterPoll::Continue && taken < MAX_RECORDS_PER_POLL {
+                        let Some(Some((_, received))) = fetcher.queues.read.next().now_or_never() else {
                             break;
                         };
                         after = fetcher.take(received, &status);
                         taken += 1;
                     }
                     fetcher.deliver_taken();
-                    match after {
-                        AfterPoll::Continue => {}
-                        AfterPoll::Backoff => tokio::time::sleep(Duration::from_millis(100)).await,
-                        AfterPoll::Stop => break,
+                    if stops_after(after).await {
+                        break;
                     }
                 }
             }
@@ -146,6 +262,18 @@ pub fn spawn_fetcher(
         tracing::debug!("fetcher stopped");
     });
     (handle, task)
+}
+
+/// What the loop does after a poll: `true` to stop.
+async fn stops_after(after: AfterPoll) -> bool {
+    match after {
+        AfterPoll::Continue => false,
+        AfterPoll::Backoff => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            false
+        }
+        AfterPoll::Stop => true,
+    }
 }
 
 /// A consumer error no retry of this consumer mends: this member was fenced
@@ -208,10 +336,24 @@ impl Fetcher {
             }
             FetcherCommand::Park { partition } => {
                 self.routes.remove(&partition);
+                self.queues.drop_queue(partition);
                 self.pause(partition);
             }
             FetcherCommand::Resume { partition, ticket } => {
-                if self.routes.get(&partition).map(|route| route.ticket) == Some(ticket)
+                let Some(route) = self.routes.get_mut(&partition) else {
+                    return;
+                };
+                if route.ticket != ticket {
+                    return;
+                }
+                tracing::debug!(
+                    partition,
+                    held = route.credit.held(),
+                    "partition read again: its buffer has room for a batch"
+                );
+                let was_paused = std::mem::replace(&mut route.paused, false);
+                self.queues.read_again(partition);
+                if was_paused
                     && let Err(error) = self.consumer.resume(&self.partition_list(partition))
                 {
                     tracing::warn!(partition, %error, "resume failed");
@@ -219,6 +361,7 @@ impl Fetcher {
             }
             FetcherCommand::Forget { partition, barrier } => {
                 self.routes.remove(&partition);
+                self.queues.drop_queue(partition);
                 self.book.forget(partition, barrier);
             }
         }
@@ -230,35 +373,33 @@ impl Fetcher {
             StartPosition::Earliest => Offset::Beginning,
             StartPosition::Offset(offset) => Offset::Offset(offset),
         };
-        // Drop the old route first: nothing more is delivered until the new
-        // ticket is announced.
+        // Drop the old route and its queue first: nothing more is delivered
+        // until the new ticket is announced.
         self.routes.remove(&partition);
+        self.queues.drop_queue(partition);
         self.pause(partition);
         let consumer = Arc::clone(&self.consumer);
         let topic = self.config.topic.clone();
         let seek = tokio::task::block_in_place(|| {
             consumer.seek(&topic, partition, offset, Duration::from_secs(5))
         });
-        if let Err(error) = seek {
-            if !self.is_assigned(partition) {
-                tracing::info!(partition, ticket = %order.ticket, %error, "seek failed for a partition no longer assigned; dropped");
-                self.book.forget(partition, order.ticket);
+        // The partition's own queue, split off after the seek and before the
+        // resume: what was fetched before the seek is outdated and dropped by
+        // librdkafka, what is fetched from now on arrives here.
+        let split = seek.and_then(|()| {
+            self.consumer
+                .split_partition_queue(&topic, partition)
+                .ok_or(KafkaError::Seek(format!(
+                    "no queue of its own for partition {partition}"
+                )))
+        });
+        let queue = match split {
+            Ok(queue) => queue,
+            Err(error) => {
+                self.retry_position(order, retry_delay, &error);
                 return;
             }
-            // Right after an assignment librdkafka refuses seeks ("Erroneous
-            // state") until the partition's fetcher has started: retry this
-            // positioning, unless a later one supersedes it meanwhile.
-            tracing::warn!(partition, ticket = %order.ticket, %error, retry_ms = retry_delay.as_millis() as u64, "seek failed; retrying");
-            let handle = self.handle.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(retry_delay).await;
-                handle.send(FetcherCommand::RetryPosition {
-                    order,
-                    delay: (retry_delay * 2).min(SEEK_RETRY_MAX),
-                });
-            });
-            return;
-        }
+        };
         let start_offset = match order.start {
             StartPosition::Earliest => None,
             StartPosition::Offset(offset) => Some(offset),
@@ -286,88 +427,121 @@ impl Fetcher {
                 target: order.target,
                 next_sequence: 0,
                 credit,
+                paused: false,
             },
         );
+        self.queues.read.insert(partition, partition_records(queue));
         if let Err(error) = self.consumer.resume(&self.partition_list(partition)) {
             tracing::warn!(partition, %error, "resume after seek failed");
         }
     }
 
-    /// Takes one result of the consumer: a record is put with its
+    /// A positioning whose seek (or queue split) failed: dropped if the
+    /// partition is no longer assigned, else tried again after `retry_delay`
+    /// unless a later one supersedes it meanwhile.
+    fn retry_position(&mut self, order: PositionOrder, retry_delay: Duration, error: &KafkaError) {
+        let partition = order.partition;
+        if !self.is_assigned(partition) {
+            tracing::info!(partition, ticket = %order.ticket, %error, "seek failed for a partition no longer assigned; dropped");
+            self.book.forget(partition, order.ticket);
+            return;
+        }
+        // Right after an assignment librdkafka refuses seeks ("Erroneous
+        // state") until the partition's fetcher has started.
+        tracing::warn!(partition, ticket = %order.ticket, %error, retry_ms = retry_delay.as_millis() as u64, "seek failed; retrying");
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(retry_delay).await;
+            handle.send(FetcherCommand::RetryPosition {
+                order,
+                delay: (retry_delay * 2).min(SEEK_RETRY_MAX),
+            });
+        });
+    }
+
+    /// Takes one result of a partition's own queue: a record is put with its
     /// partition's others of this poll; an error says what the loop does.
-    fn take(
+    fn take(&mut self, received: Received, status: &PipelineStatus) -> AfterPoll {
+        match received {
+            Ok(record) => {
+                if let Some(after) = Self::fenced_by_a_kill_point(status) {
+                    return after;
+                }
+                self.take_record(record);
+                AfterPoll::Continue
+            }
+            Err(error) => Self::after_error(&error, status),
+        }
+    }
+
+    /// Takes one result of the consumer's own queue: events are served by
+    /// polling it; a record there is of a partition not read from a queue of
+    /// its own (yet, or again).
+    fn take_from_the_consumer_queue(
         &mut self,
         received: Result<BorrowedMessage<'_>, KafkaError>,
         status: &PipelineStatus,
     ) -> AfterPoll {
         match received {
             Ok(message) => {
-                if let Err(fault) = crate::failpoints::hit(crate::failpoints::RECORD_FETCHER_FENCED)
-                {
-                    tracing::error!(%fault, "input consumer fenced or failed fatally");
-                    status.lose_membership(format!("input consumer: {fault}"));
-                    return AfterPoll::Stop;
+                if let Some(after) = Self::fenced_by_a_kill_point(status) {
+                    return after;
                 }
-                self.take_record(&message);
+                let partition = message.partition();
+                if self.routes.contains_key(&partition) {
+                    if !self.taken_from_the_consumer_queue.contains(&partition) {
+                        self.taken_from_the_consumer_queue.push(partition);
+                    }
+                    self.take_record(consumed_record(&message));
+                }
                 AfterPoll::Continue
             }
-            Err(error) => {
-                if is_fatal_consumer_error(&error) {
-                    tracing::error!(%error, "input consumer fenced or failed fatally");
-                    status.lose_membership(format!("input consumer: {error}"));
-                    return AfterPoll::Stop;
-                }
-                tracing::warn!(%error, "input consumer error");
-                AfterPoll::Backoff
-            }
+            Err(error) => Self::after_error(&error, status),
         }
     }
 
-    /// Copies a record of a routed partition into this poll's take (a
-    /// record of a partition without a route is dropped: it is fetched
-    /// again once positioned).
-    fn take_record(&mut self, message: &BorrowedMessage<'_>) {
-        let partition = message.partition();
-        if !self.routes.contains_key(&partition) {
+    fn fenced_by_a_kill_point(status: &PipelineStatus) -> Option<AfterPoll> {
+        let fault = crate::failpoints::hit(crate::failpoints::RECORD_FETCHER_FENCED).err()?;
+        tracing::error!(%fault, "input consumer fenced or failed fatally");
+        status.lose_membership(format!("input consumer: {fault}"));
+        Some(AfterPoll::Stop)
+    }
+
+    fn after_error(error: &KafkaError, status: &PipelineStatus) -> AfterPoll {
+        if is_fatal_consumer_error(error) {
+            tracing::error!(%error, "input consumer fenced or failed fatally");
+            status.lose_membership(format!("input consumer: {error}"));
+            return AfterPoll::Stop;
+        }
+        tracing::warn!(%error, "input consumer error");
+        AfterPoll::Backoff
+    }
+
+    /// Puts a record of a routed partition with this poll's take (a record
+    /// of a partition without a route is dropped: it is fetched again once
+    /// positioned).
+    fn take_record(&mut self, record: ConsumedRecord) {
+        if !self.routes.contains_key(&record.partition) {
             return;
         }
-        // The headers the propagator may read (its `fields()`), nothing else.
-        let trace_headers = message
-            .headers()
-            .map(|headers| {
-                TraceHeaders::collect(
-                    headers.iter().map(|header| (header.key, header.value)),
-                    propagation::propagator(),
-                )
-            })
-            .unwrap_or_default();
-        self.taken
-            .entry(partition)
-            .or_default()
-            .push(ConsumedRecord {
-                partition,
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                trace_headers,
-                timestamp_ms: message.timestamp().to_millis(),
-            });
+        self.taken.entry(record.partition).or_default().push(record);
     }
 
     /// Hands each partition's records of this poll to its consumer in one
-    /// message, numbered on from the route's last, and pauses a partition
-    /// whose consumer now holds its limit (or is gone).
+    /// message, numbered on from the route's last, and holds back a
+    /// partition whose consumer now holds its limit (or pauses it, if gone).
     fn deliver_taken(&mut self) {
         let taken: Vec<(i32, Vec<ConsumedRecord>)> = self.taken.drain().collect();
+        let from_the_consumer_queue = std::mem::take(&mut self.taken_from_the_consumer_queue);
         for (partition, records) in taken {
             let Some(route) = self.routes.get_mut(&partition) else {
                 continue;
             };
             let first_sequence = route.next_sequence;
             route.next_sequence += records.len() as u64;
-            let mut pause_now = false;
+            let mut hold_back = false;
             for _ in &records {
-                pause_now |= route.credit.record_routed();
+                hold_back |= route.credit.record_routed();
             }
             let delivered = route.target.cast(PartitionConsumerMsg::Records {
                 ticket: route.ticket,
@@ -378,9 +552,19 @@ impl Fetcher {
                 // Its consumer is gone: fetch nothing for nobody. Its successor
                 // is positioned with a new ticket, which seeks.
                 self.routes.remove(&partition);
+                self.queues.drop_queue(partition);
                 self.pause(partition);
-            } else if pause_now {
-                self.pause(partition);
+            } else if hold_back {
+                tracing::debug!(
+                    partition,
+                    held = route.credit.held(),
+                    "partition held back: its buffer is full"
+                );
+                self.queues.hold_back(partition);
+                if from_the_consumer_queue.contains(&partition) {
+                    route.paused = true;
+                    self.pause(partition);
+                }
             }
         }
     }

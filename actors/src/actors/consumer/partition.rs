@@ -320,6 +320,20 @@ impl PartitionConsumerState {
             records,
         });
         self.in_flight.push_back(Arc::clone(&batch));
+        if let Phase::Active(route) = &self.phase {
+            tracing::debug!(
+                partition = self.args.partition,
+                records = batch.records.len(),
+                buffered_after = self.buffered.len(),
+                in_flight_records = self
+                    .in_flight
+                    .iter()
+                    .map(|batch| batch.records.len())
+                    .sum::<usize>(),
+                held = route.credit.held(),
+                "batch cut"
+            );
+        }
         Some(batch)
     }
 }
