@@ -213,8 +213,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_input_partition_queue_holds_little_and_refills_soon_unless_kafka_settings_say_otherwise()
+    #[tokio::test]
+    async fn each_input_partition_queue_holds_little_and_refills_soon_unless_kafka_settings_say_otherwise()
      {
         let config = input_consumer_config(&Settings::default());
         for (key, value) in INPUT_QUEUE_DEFAULTS {
@@ -227,6 +227,7 @@ mod tests {
         let config = input_consumer_config(&overridden);
         assert_eq!(config.get("fetch.queue.backoff.ms"), Some("250"));
         assert_eq!(config.get("queued.min.messages"), Some("5000"));
+        // librdkafka knows every one of them (it refuses an unknown property).
         assert!(create_input_consumer(&Settings::default()).is_ok());
     }
 

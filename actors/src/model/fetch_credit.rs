@@ -5,10 +5,10 @@
 //! The fetcher adds every record it routes (before it is handled, while it
 //! waits in the partition consumer's mailbox); the partition consumer takes
 //! records off when they leave memory (their batch committed). When the
-//! count reaches the limit (`max_buffered_records`) the fetcher pauses the
-//! partition; when the partition consumer brings it down to the resume
-//! mark it asks the fetcher to resume. The mark leaves room for a whole
-//! batch below the limit (`max_buffered_records − max_batch_records`, at
+//! count reaches the limit (`max_buffered_records`) the fetcher holds the
+//! partition back (stops reading its queue); when the partition consumer
+//! brings it down to the resume mark it asks the fetcher to read it again.
+//! The mark leaves room for a whole batch below the limit (`max_buffered_records − max_batch_records`, at
 //! least half the limit): a committed batch resumes fetching at once, so
 //! the next batches are fetched while the ones in flight commit instead of
 //! after the partition ran dry. At most `max_buffered_records` records

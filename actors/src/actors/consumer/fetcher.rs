@@ -109,10 +109,7 @@ type PartitionRecords = Pin<Box<dyn Stream<Item = Received> + Send>>;
 /// the queue's handle.
 fn partition_records(queue: StreamPartitionQueue<RebalanceContext>) -> PartitionRecords {
     Box::pin(futures::stream::unfold(queue, |queue| async move {
-        let received = queue
-            .recv()
-            .await
-            .map(|message| consumed_record(&message));
+        let received = queue.recv().await.map(|message| consumed_record(&message));
         Some((received, queue))
     }))
 }
@@ -567,5 +564,85 @@ impl Fetcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records_of(partition: i32, offsets: std::ops::Range<i64>) -> PartitionRecords {
+        Box::pin(futures::stream::iter(offsets.map(move |offset| {
+            Ok(ConsumedRecord {
+                partition,
+                offset,
+                key: None,
+                payload: None,
+                trace_headers: TraceHeaders::default(),
+                timestamp_ms: None,
+            })
+        })))
+    }
+
+    /// What the read queues have ready now, as (partition, offset).
+    fn ready(queues: &mut PartitionQueues) -> Vec<(i32, i64)> {
+        let mut ready = Vec::new();
+        while let Some(Some((partition, received))) = queues.read.next().now_or_never() {
+            let record = received.expect("a record");
+            assert_eq!(record.partition, partition);
+            ready.push((partition, record.offset));
+        }
+        ready.sort_unstable();
+        ready
+    }
+
+    #[test]
+    fn a_held_back_partition_gives_nothing_until_read_again_and_then_goes_on_where_it_stopped() {
+        let mut queues = PartitionQueues::default();
+        queues.read.insert(0, records_of(0, 0..3));
+        queues.read.insert(1, records_of(1, 10..12));
+        let first = queues.read.next().now_or_never().flatten().expect("ready");
+        let (held_partition, _) = first;
+        queues.hold_back(held_partition);
+        let other = 1 - held_partition;
+        let rest = ready(&mut queues);
+        assert!(
+            rest.iter().all(|(partition, _)| *partition == other),
+            "{rest:?}"
+        );
+        assert!(ready(&mut queues).is_empty(), "held back: nothing more");
+
+        queues.read_again(held_partition);
+        let resumed = ready(&mut queues);
+        let expected_offsets: Vec<i64> = if held_partition == 0 {
+            (1..3).collect()
+        } else {
+            vec![11]
+        };
+        assert_eq!(
+            resumed,
+            expected_offsets
+                .iter()
+                .map(|offset| (held_partition, *offset))
+                .collect::<Vec<_>>(),
+            "read again from the record after the last one taken"
+        );
+    }
+
+    #[test]
+    fn a_dropped_queue_is_gone_whether_it_was_read_or_held_back() {
+        let mut queues = PartitionQueues::default();
+        queues.read.insert(0, records_of(0, 0..2));
+        queues.read.insert(1, records_of(1, 0..2));
+        queues.hold_back(1);
+        queues.drop_queue(0);
+        queues.drop_queue(1);
+        queues.read_again(1);
+        assert!(queues.read.is_empty());
+        assert!(queues.held_back.is_empty());
+        // Holding back or reading again a partition without a queue is a no-op.
+        queues.hold_back(2);
+        queues.read_again(2);
+        assert!(queues.read.is_empty() && queues.held_back.is_empty());
     }
 }

@@ -22,8 +22,9 @@
 //!   out and never wrote it), so a late reply can never leave the partition
 //!   stuck, and a batch is never handed over out of its order;
 //! - what it holds, mailbox included, is counted on the route's
-//!   [`FetchCredit`]: the fetcher pauses the partition at
-//!   `max_buffered_records` and this actor resumes it at half;
+//!   [`FetchCredit`]: the fetcher holds the partition back at
+//!   `max_buffered_records` and this actor has it read again once a whole
+//!   batch fits below the limit;
 //! - it keeps nothing that recovery needs: a restarted partition consumer is
 //!   repositioned from the stored offsets by the coordinator;
 //! - a record with a valid upstream trace context is processed inside its
