@@ -19,8 +19,13 @@
 //!   paused: nothing is fetched for nobody until it is positioned again;
 //! - what a partition holds in memory, mailbox included, is bounded by
 //!   `max_buffered_records` (see [`crate::model::fetch_credit`]), plus what
-//!   librdkafka holds in the partition's queue (`queued.min.messages`,
-//!   `queued.max.messages.kbytes`, set small in [`crate::kafka::clients`]).
+//!   librdkafka holds in the partition's queue: it fetches while the queue
+//!   is below `queued.min.messages` records and `queued.max.messages.kbytes`
+//!   of values (set small in [`crate::kafka::clients`]), so up to those plus
+//!   one fetch (`max.partition.fetch.bytes`); a record held keeps its whole
+//!   fetch response in memory (at most `fetch.max.bytes`);
+//! - a revoked or parked partition is paused: librdkafka frees what its
+//!   queue held.
 //!
 //! Flow control. Each positioned partition is read from a queue of its own
 //! (librdkafka's partition queue, split from the consumer's at positioning).
@@ -31,10 +36,12 @@
 //! would discard everything librdkafka prefetched, and a resumed partition
 //! is fetched again only when the broker's thread next wakes, up to a second
 //! later when it has no other partition to fetch (the benchmark's cycle log
-//! showed partitions running dry for 400–550 ms after every resume). A
-//! record of a positioned partition that still arrives through the
-//! consumer's own queue (librdkafka moves a partition back to it when it
-//! assigns it again) is routed all the same, and held back by pausing.
+//! showed partitions running dry for 130–550 ms after every resume). A
+//! split is for good (librdkafka does not forward the queue again when it
+//! assigns the partition again), so a record of a routed partition can reach
+//! the consumer's own queue only from before its split, outdated by the seek
+//! and dropped by librdkafka. Should one arrive all the same, it is routed
+//! with the same ticket and sequence numbers and held back by pausing.
 //!
 //! At most one fetcher runs at a time ([`crate::actors::consumer::fetcher_slot`]).
 
@@ -359,6 +366,11 @@ impl Fetcher {
             FetcherCommand::Forget { partition, barrier } => {
                 self.routes.remove(&partition);
                 self.queues.drop_queue(partition);
+                // Pausing frees what librdkafka holds in the partition's
+                // queue: a revoked partition's queue is read by no one, and
+                // librdkafka frees its outdated records only when read,
+                // paused or removed. Positioning resumes it.
+                self.pause(partition);
                 self.book.forget(partition, barrier);
             }
         }
@@ -536,10 +548,7 @@ impl Fetcher {
             };
             let first_sequence = route.next_sequence;
             route.next_sequence += records.len() as u64;
-            let mut hold_back = false;
-            for _ in &records {
-                hold_back |= route.credit.record_routed();
-            }
+            let hold_back = route.credit.records_routed(records.len());
             let delivered = route.target.cast(PartitionConsumerMsg::Records {
                 ticket: route.ticket,
                 first_sequence,

@@ -429,7 +429,7 @@ mod tests {
         sequence: u64,
         offset: i64,
     ) -> Result<(), ActorProcessingErr> {
-        credit.record_routed();
+        credit.records_routed(1);
         state.on_message(PartitionConsumerMsg::Records {
             ticket,
             first_sequence: sequence,
