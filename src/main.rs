@@ -10,6 +10,8 @@
 
 mod bench_command;
 mod chaos_command;
+#[cfg(feature = "cpu-profile")]
+mod cpu_profile;
 mod demo;
 mod exit_status;
 mod http_server;
@@ -65,6 +67,8 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(9);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "cpu-profile")]
+    cpu_profile::start_if_asked();
     let log_format = match json_log_format::LogFormat::from_env() {
         Ok(format) => format,
         Err(problem) => {
