@@ -86,7 +86,9 @@ fn summary(report: &pprof::Report) -> String {
     let mut inclusive: HashMap<String, isize> = HashMap::new();
     for (frames, count) in &report.data {
         total += count;
-        *by_thread.entry(thread_kind(&frames.thread_name)).or_default() += count;
+        *by_thread
+            .entry(thread_kind(&frames.thread_name))
+            .or_default() += count;
         // frames.frames: innermost first; each a list of inlined symbols.
         let names: Vec<String> = frames
             .frames
@@ -112,7 +114,7 @@ fn summary(report: &pprof::Report) -> String {
     ] {
         let _ = writeln!(text, "\n## {title}");
         let mut rows: Vec<(String, isize)> = table.into_iter().collect();
-        rows.sort_by(|a, b| b.1.cmp(&a.1));
+        rows.sort_by_key(|row| std::cmp::Reverse(row.1));
         for (name, count) in rows.into_iter().take(TOP) {
             let share = if total > 0 {
                 100.0 * count as f64 / total as f64
