@@ -36,7 +36,8 @@
 //! would discard everything librdkafka prefetched, and a resumed partition
 //! is fetched again only when the broker's thread next wakes, up to a second
 //! later when it has no other partition to fetch (the benchmark's cycle log
-//! showed partitions running dry for 130–550 ms after every resume). A
+//! showed the first fetch 130–550 ms after every resume, and the cycles
+//! ran dry). A
 //! split is for good (librdkafka does not forward the queue again when it
 //! assigns the partition again), so a record of a routed partition can reach
 //! the consumer's own queue only from before its split, outdated by the seek
@@ -46,31 +47,28 @@
 //! At most one fetcher runs at a time ([`crate::actors::consumer::fetcher_slot`]).
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, StreamExt};
 use ractor::ActorRef;
 use rdkafka::consumer::Consumer;
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::actors::consumer::partition_queues::{
+    PartitionQueues, Received, consumed_record, partition_records,
+};
 use crate::kafka::clients::InputConsumer;
-use crate::kafka::rebalance::RebalanceContext;
 use crate::messages::partition::PartitionConsumerMsg;
 use crate::messages::partition::{FetcherCommand, FetcherHandle, PositionOrder};
 use crate::model::fetch_credit::FetchCredit;
 use crate::model::position_ticket::{PositionBook, PositionTicket};
 use crate::model::record::ConsumedRecord;
 use crate::recovery::StartPosition;
-use crate::telemetry::carrier::TraceHeaders;
-use crate::telemetry::propagation;
 use crate::telemetry::status::PipelineStatus;
 
 /// How long to wait before a failed seek is tried again (doubling up to
@@ -103,75 +101,6 @@ struct Route {
     /// held back by pausing it (its records came through the consumer's
     /// own queue), not only by leaving its queue unread
     paused: bool,
-}
-
-/// What one read of a queue gave: a record copied out of librdkafka, or an
-/// error.
-type Received = Result<ConsumedRecord, KafkaError>;
-
-/// The records of one partition's own queue, read one at a time.
-type PartitionRecords = Pin<Box<dyn Stream<Item = Received> + Send>>;
-
-/// Reads `queue` for as long as the stream lives; dropping the stream drops
-/// the queue's handle.
-fn partition_records(queue: StreamPartitionQueue<RebalanceContext>) -> PartitionRecords {
-    Box::pin(futures::stream::unfold(queue, |queue| async move {
-        let received = queue.recv().await.map(|message| consumed_record(&message));
-        Some((received, queue))
-    }))
-}
-
-/// Copies a record out of librdkafka's buffer: key, payload, the trace
-/// headers the propagator may read (its `fields()`, nothing else).
-fn consumed_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
-    let trace_headers = message
-        .headers()
-        .map(|headers| {
-            TraceHeaders::collect(
-                headers.iter().map(|header| (header.key, header.value)),
-                propagation::propagator(),
-            )
-        })
-        .unwrap_or_default();
-    ConsumedRecord {
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec),
-        trace_headers,
-        timestamp_ms: message.timestamp().to_millis(),
-    }
-}
-
-/// The queues of the positioned partitions: the ones read, and the ones
-/// held back because their consumers hold their limit. A partition has at
-/// most one queue, in one of the two.
-#[derive(Default)]
-struct PartitionQueues {
-    read: StreamMap<i32, PartitionRecords>,
-    held_back: HashMap<i32, PartitionRecords>,
-}
-
-impl PartitionQueues {
-    /// Drops the partition's queue, read or held back. Its handle must be
-    /// gone before the partition's queue is split again: dropping a handle
-    /// turns off the wake-ups of every handle of that queue.
-    fn drop_queue(&mut self, partition: i32) {
-        self.read.remove(&partition);
-        self.held_back.remove(&partition);
-    }
-
-    fn hold_back(&mut self, partition: i32) {
-        if let Some(records) = self.read.remove(&partition) {
-            self.held_back.insert(partition, records);
-        }
-    }
-
-    fn read_again(&mut self, partition: i32) {
-        if let Some(records) = self.held_back.remove(&partition) {
-            self.read.insert(partition, records);
-        }
-    }
 }
 
 /// What the fetcher needs besides the consumer.
@@ -439,7 +368,7 @@ impl Fetcher {
                 paused: false,
             },
         );
-        self.queues.read.insert(partition, partition_records(queue));
+        self.queues.add(partition, partition_records(queue));
         if let Err(error) = self.consumer.resume(&self.partition_list(partition)) {
             tracing::warn!(partition, %error, "resume after seek failed");
         }
@@ -573,85 +502,5 @@ impl Fetcher {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn records_of(partition: i32, offsets: std::ops::Range<i64>) -> PartitionRecords {
-        Box::pin(futures::stream::iter(offsets.map(move |offset| {
-            Ok(ConsumedRecord {
-                partition,
-                offset,
-                key: None,
-                payload: None,
-                trace_headers: TraceHeaders::default(),
-                timestamp_ms: None,
-            })
-        })))
-    }
-
-    /// What the read queues have ready now, as (partition, offset).
-    fn ready(queues: &mut PartitionQueues) -> Vec<(i32, i64)> {
-        let mut ready = Vec::new();
-        while let Some(Some((partition, received))) = queues.read.next().now_or_never() {
-            let record = received.expect("a record");
-            assert_eq!(record.partition, partition);
-            ready.push((partition, record.offset));
-        }
-        ready.sort_unstable();
-        ready
-    }
-
-    #[test]
-    fn a_held_back_partition_gives_nothing_until_read_again_and_then_goes_on_where_it_stopped() {
-        let mut queues = PartitionQueues::default();
-        queues.read.insert(0, records_of(0, 0..3));
-        queues.read.insert(1, records_of(1, 10..12));
-        let first = queues.read.next().now_or_never().flatten().expect("ready");
-        let (held_partition, _) = first;
-        queues.hold_back(held_partition);
-        let other = 1 - held_partition;
-        let rest = ready(&mut queues);
-        assert!(
-            rest.iter().all(|(partition, _)| *partition == other),
-            "{rest:?}"
-        );
-        assert!(ready(&mut queues).is_empty(), "held back: nothing more");
-
-        queues.read_again(held_partition);
-        let resumed = ready(&mut queues);
-        let expected_offsets: Vec<i64> = if held_partition == 0 {
-            (1..3).collect()
-        } else {
-            vec![11]
-        };
-        assert_eq!(
-            resumed,
-            expected_offsets
-                .iter()
-                .map(|offset| (held_partition, *offset))
-                .collect::<Vec<_>>(),
-            "read again from the record after the last one taken"
-        );
-    }
-
-    #[test]
-    fn a_dropped_queue_is_gone_whether_it_was_read_or_held_back() {
-        let mut queues = PartitionQueues::default();
-        queues.read.insert(0, records_of(0, 0..2));
-        queues.read.insert(1, records_of(1, 0..2));
-        queues.hold_back(1);
-        queues.drop_queue(0);
-        queues.drop_queue(1);
-        queues.read_again(1);
-        assert!(queues.read.is_empty());
-        assert!(queues.held_back.is_empty());
-        // Holding back or reading again a partition without a queue is a no-op.
-        queues.hold_back(2);
-        queues.read_again(2);
-        assert!(queues.read.is_empty() && queues.held_back.is_empty());
     }
 }

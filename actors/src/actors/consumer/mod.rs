@@ -1,6 +1,7 @@
 //! The consumer side: the consumer supervisor ([`supervisor`]), one
 //! partition consumer per assigned partition ([`partition`]), the record
-//! fetcher task that polls the input consumer ([`fetcher`]), the slot
+//! fetcher task that polls the input consumer ([`fetcher`]) and the
+//! partitions' own queues it reads ([`partition_queues`]), the slot
 //! that keeps at most one of it ([`fetcher_slot`]), and the task that turns
 //! the consumer's rebalance events into messages ([`rebalance`]).
 //!
@@ -11,5 +12,6 @@
 pub mod fetcher;
 pub mod fetcher_slot;
 pub mod partition;
+pub mod partition_queues;
 pub mod rebalance;
 pub mod supervisor;
