@@ -3,8 +3,9 @@
 //! consumer. It also carries out seeks, pauses and resumes.
 //!
 //! Guarantees:
-//! - a partition is fetched only after it has been positioned, and only the
-//!   latest positioning applies (see [`crate::model::position_ticket`]): a stale
+//! - a partition's records are delivered only after it has been positioned
+//!   (it is resumed just before its seek, and what that moment fetches is
+//!   outdated by the seek), and only the latest positioning applies (see [`crate::model::position_ticket`]): a stale
 //!   `Position` or a seek retry never undoes a newer one, and retries stop
 //!   when the partition is revoked or no longer assigned;
 //! - every positioning starts a new route stamped with its ticket, and
@@ -286,10 +287,8 @@ impl Fetcher {
                 );
                 let was_paused = std::mem::replace(&mut route.paused, false);
                 self.queues.read_again(partition);
-                if was_paused
-                    && let Err(error) = self.consumer.resume(&self.partition_list(partition))
-                {
-                    tracing::warn!(partition, %error, "resume failed");
+                if was_paused {
+                    self.resume(partition);
                 }
             }
             FetcherCommand::Forget { partition, barrier } => {
@@ -316,21 +315,15 @@ impl Fetcher {
         self.routes.remove(&partition);
         self.queues.drop_queue(partition);
         self.pause(partition);
-        let consumer = Arc::clone(&self.consumer);
-        let topic = self.config.topic.clone();
-        let seek = tokio::task::block_in_place(|| {
-            consumer.seek(&topic, partition, offset, Duration::from_secs(5))
-        });
-        // The partition's own queue, split off after the seek and before the
-        // resume: what was fetched before the seek is outdated and dropped by
-        // librdkafka, what is fetched from now on arrives here.
-        let split = seek.and_then(|()| {
-            self.consumer
-                .split_partition_queue(&topic, partition)
-                .ok_or(KafkaError::Seek(format!(
-                    "no queue of its own for partition {partition}"
-                )))
-        });
+        // The partition's own queue, split off while it is paused: what was
+        // fetched before arrived on the consumer's queue, what is fetched
+        // from now on arrives here.
+        let split = self
+            .consumer
+            .split_partition_queue(&self.config.topic, partition)
+            .ok_or(KafkaError::Seek(format!(
+                "no queue of its own for partition {partition}"
+            )));
         let queue = match split {
             Ok(queue) => queue,
             Err(error) => {
@@ -338,6 +331,24 @@ impl Fetcher {
                 return;
             }
         };
+        // Resumed before the seek, not after it: librdkafka wakes the
+        // broker's thread when a seek's offset lookup or validation ends, but
+        // not on a resume, so a partition resumed after its seek waited up to
+        // a second for its first fetch. What is fetched between the resume
+        // and the seek is outdated by the seek, and dropped by librdkafka
+        // when its queue is read.
+        self.resume(partition);
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.config.topic.clone();
+        let seek = tokio::task::block_in_place(|| {
+            consumer.seek(&topic, partition, offset, Duration::from_secs(5))
+        });
+        if let Err(error) = seek {
+            self.pause(partition);
+            drop(queue);
+            self.retry_position(order, retry_delay, &error);
+            return;
+        }
         let start_offset = match order.start {
             StartPosition::Earliest => None,
             StartPosition::Offset(offset) => Some(offset),
@@ -355,6 +366,7 @@ impl Fetcher {
         });
         if announced.is_err() {
             tracing::debug!(partition, "partition consumer gone before positioning");
+            self.pause(partition);
             return;
         }
         self.book.routed(partition, order.ticket);
@@ -369,8 +381,11 @@ impl Fetcher {
             },
         );
         self.queues.add(partition, partition_records(queue));
+    }
+
+    fn resume(&self, partition: i32) {
         if let Err(error) = self.consumer.resume(&self.partition_list(partition)) {
-            tracing::warn!(partition, %error, "resume after seek failed");
+            tracing::warn!(partition, %error, "resume failed");
         }
     }
 
