@@ -332,11 +332,14 @@ impl Fetcher {
             }
         };
         // Resumed before the seek, not after it: librdkafka wakes the
-        // broker's thread when a seek's offset lookup or validation ends, but
-        // not on a resume, so a partition resumed after its seek waited up to
-        // a second for its first fetch. What is fetched between the resume
-        // and the seek is outdated by the seek, and dropped by librdkafka
-        // when its queue is read.
+        // broker's thread when a seek moves the partition's fetch state to
+        // active (after an offset lookup for a logical offset, or through
+        // validation for an absolute one above 0), but not on a resume, so a
+        // partition resumed after its seek waited up to a second for its
+        // first fetch. (A seek to offset 0, or to the beginning once its
+        // offset is known, keeps the state active and still waits, as before.)
+        // What is fetched between the resume and the seek is outdated by the
+        // seek, and dropped by librdkafka when its queue is read.
         self.resume(partition);
         let consumer = Arc::clone(&self.consumer);
         let topic = self.config.topic.clone();
