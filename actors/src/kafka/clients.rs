@@ -76,20 +76,16 @@ fn input_consumer_config(settings: &Settings) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    if !settings.kafka.contains_key("session.timeout.ms") {
-        config.set("session.timeout.ms", "10000");
-    }
-    // 2 MiB per partition and fetch, not librdkafka's 1 MiB: under a backlog
-    // the partitions ran dry every 4 to 6 commit cycles with 1 MiB (fetching
-    // did not keep up with 40,000 records/s on the benchmark's machine), and
-    // far more rarely with 2 MiB (`docs/performance.md`). Memory stays
-    // bounded by `fetch.max.bytes` and `queued.max.messages.kbytes`.
-    // librdkafka's alias of the same setting counts as naming it.
-    if !settings.kafka.contains_key("max.partition.fetch.bytes")
-        && !settings.kafka.contains_key("fetch.message.max.bytes")
-    {
-        config.set("max.partition.fetch.bytes", MAX_PARTITION_FETCH_BYTES);
-    }
+    default_unless_named(&mut config, settings, &["session.timeout.ms"], "10000");
+    // 2 MiB per partition and fetch, not librdkafka's 1 MiB: fewer fetch
+    // round trips per batch under a backlog (`docs/performance.md`); what a
+    // partition holds is bounded by its queue's limits below.
+    default_unless_named(
+        &mut config,
+        settings,
+        &["max.partition.fetch.bytes", "fetch.message.max.bytes"],
+        MAX_PARTITION_FETCH_BYTES,
+    );
     // Every positioned partition has a queue of its own (see
     // `actors::consumer::fetcher`), and a partition whose records fill its
     // share of memory is held back by no longer reading its queue: librdkafka
@@ -99,9 +95,7 @@ fn input_consumer_config(settings: &Settings) -> ClientConfig {
     // 1 s) apply per queue: too much memory per partition, and a second of
     // waiting before a held-back partition is fetched again.
     for (key, value) in INPUT_QUEUE_DEFAULTS {
-        if !settings.kafka.contains_key(key) {
-            config.set(key, value);
-        }
+        default_unless_named(&mut config, settings, &[key], value);
     }
     // `cooperative-sticky` by default: a rebalance moves only the partitions
     // that change owner, the others keep flowing. onceflow drains a revoked
@@ -112,10 +106,29 @@ fn input_consumer_config(settings: &Settings) -> ClientConfig {
     // stand-in broker of the first tests often never gave a joining
     // cooperative member its assignment; on Apache Kafka the joining,
     // leaving, storming and stalled-cycle scenarios pass with it.
-    if !settings.kafka.contains_key("partition.assignment.strategy") {
-        config.set("partition.assignment.strategy", "cooperative-sticky");
-    }
+    default_unless_named(
+        &mut config,
+        settings,
+        &["partition.assignment.strategy"],
+        "cooperative-sticky",
+    );
     config
+}
+
+/// Sets `names[0]` to `value` unless `[kafka]` names the setting under any
+/// of `names` (librdkafka's aliases of one setting): the user's value is then
+/// the only one, with no second, conflicting one.
+fn default_unless_named(
+    config: &mut ClientConfig,
+    settings: &Settings,
+    names: &[&str],
+    value: &str,
+) {
+    if names.iter().all(|name| !settings.kafka.contains_key(*name))
+        && let Some(name) = names.first()
+    {
+        config.set(*name, value);
+    }
 }
 
 /// The client the lag monitor reads the group's committed offsets with. It

@@ -5,9 +5,10 @@
 //! Guarantees:
 //! - a partition's records are delivered only after it has been positioned
 //!   (it is resumed just before its seek, and what that moment fetches is
-//!   outdated by the seek), and only the latest positioning applies (see [`crate::model::position_ticket`]): a stale
-//!   `Position` or a seek retry never undoes a newer one, and retries stop
-//!   when the partition is revoked or no longer assigned;
+//!   outdated by the seek), and only the latest positioning applies (see
+//!   [`crate::model::position_ticket`]): a stale `Position` or a seek retry
+//!   never undoes a newer one, and retries stop when the partition is
+//!   revoked or no longer assigned;
 //! - every positioning starts a new route stamped with its ticket, and
 //!   because the seek happens on the polling task itself, no record fetched
 //!   before the seek is delivered with the new ticket;
@@ -36,10 +37,9 @@
 //! consumer releases records the next ones are already in memory. Pausing
 //! would discard everything librdkafka prefetched, and a resumed partition
 //! is fetched again only when the broker's thread next wakes, up to a second
-//! later when it has no other partition to fetch (the benchmark's cycle log
+//! later when it has no other partition to fetch (librdkafka's fetch log
 //! showed the first fetch 130–550 ms after every resume, and the cycles
-//! ran dry). A
-//! split is for good (librdkafka does not forward the queue again when it
+//! ran dry). A split is for good (librdkafka does not forward the queue again when it
 //! assigns the partition again), so a record of a routed partition can reach
 //! the consumer's own queue only from before its split, outdated by the seek
 //! and dropped by librdkafka. Should one arrive all the same, it is routed
