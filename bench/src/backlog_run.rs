@@ -15,6 +15,7 @@ use onceflow_chaos::harness::{Scenario, WorkloadSpec, input_truth};
 use onceflow_chaos::outcome::numbers_of;
 
 use crate::error::{BenchError, Result};
+use crate::machine_cpu::MachineSnapshot;
 use crate::process_usage::{MachineTicks, cpu_by_thread_kind, process_usage};
 
 /// The figures of one backlog run.
@@ -42,6 +43,13 @@ pub struct BacklogRun {
     pub cpu_us_per_record_by_thread: std::collections::BTreeMap<String, f64>,
     /// cores of the machine busy during the run (everything on it)
     pub machine_cores_busy: f64,
+    /// CPU µs per record of every component of the machine during the run
+    /// (onceflow, the Kafka brokers, PostgreSQL, the bench, the rest): see
+    /// [`crate::machine_cpu`]
+    pub machine_cpu_us_per_record: std::collections::BTreeMap<&'static str, f64>,
+    /// the records per second the machine could carry at most at that CPU
+    /// per record, every core busy
+    pub cpu_bound_records_per_second: f64,
     /// records whose output is missing (must be 0)
     pub lost: u64,
     /// records produced more than once (0 under exactly-once)
@@ -96,13 +104,14 @@ pub async fn backlog_run(
     let input_end = scenario.input_end_offset().await?;
 
     let env = product_env(guarantee);
-    let service = scenario.start(&env_refs(&env))?;
+    let mut service = scenario.start(&env_refs(&env))?;
     let started = Instant::now();
     let machine_before = MachineTicks::now()?;
     let pid = service.pid().ok_or(BenchError::Process {
         pid: 0,
         reason: "exited at once".to_owned(),
     })?;
+    let processes_before = MachineSnapshot::now(pid)?;
     // When the first database commit was seen, and how far it had got.
     let mut first_commit: Option<(Duration, i64)> = None;
     // The database side is read with SQL (cheap, every 50 ms); the Kafka
@@ -129,12 +138,19 @@ pub async fn backlog_run(
                 detail: stalled,
             });
         }
+        if !service.is_running() {
+            return Err(BenchError::InstanceExited {
+                step: "backlog run",
+                last_log_line: service.log().lines().last().unwrap_or_default().to_owned(),
+            });
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     let usage = process_usage(pid)?;
     let by_thread = cpu_by_thread_kind(pid)?;
     let machine_busy = MachineTicks::now()?.busy_share_since(&machine_before);
+    let by_component = MachineSnapshot::now(pid)?.cpu_seconds_since(&processes_before);
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     if !exit.success() {
         return Err(BenchError::Violated {
@@ -163,6 +179,12 @@ pub async fn backlog_run(
     }
     scenario.drop_database().await?;
     let records = truth.records;
+    let per_record = |seconds: f64| seconds * 1e6 / records.max(1) as f64;
+    let machine_cpu_us_per_record: std::collections::BTreeMap<&'static str, f64> = by_component
+        .iter()
+        .map(|(component, seconds)| (component.as_str(), per_record(*seconds)))
+        .collect();
+    let machine_us_per_record: f64 = machine_cpu_us_per_record.values().sum();
     let records_per_second = records as f64 / seconds;
     // The processing rate counts only the records committed after the first
     // commit was seen, over the time since; when that first sight already
@@ -185,13 +207,15 @@ pub async fn backlog_run(
         processing_seconds,
         records_per_second,
         processing_records_per_second,
-        cpu_us_per_record: usage.cpu_seconds * 1e6 / records.max(1) as f64,
+        cpu_us_per_record: per_record(usage.cpu_seconds),
         peak_rss_mib: usage.peak_rss_bytes as f64 / (1024.0 * 1024.0),
         cpu_us_per_record_by_thread: by_thread
             .into_iter()
-            .map(|(kind, seconds)| (kind, seconds * 1e6 / records.max(1) as f64))
+            .map(|(kind, seconds)| (kind, per_record(seconds)))
             .collect(),
         machine_cores_busy: machine_busy * num_cores(),
+        machine_cpu_us_per_record,
+        cpu_bound_records_per_second: num_cores() * 1e6 / machine_us_per_record.max(f64::EPSILON),
         lost,
         duplicated,
     })

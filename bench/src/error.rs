@@ -48,6 +48,15 @@ pub enum BenchError {
         /// the first one
         first: String,
     },
+    /// The measured instance exited before its run ended (a setting it
+    /// refused, a crash): the last line of its log says why.
+    #[error("{step}: the instance exited before the end of the run: {last_log_line}")]
+    InstanceExited {
+        /// the step
+        step: &'static str,
+        /// the last line the instance logged
+        last_log_line: String,
+    },
     /// A blocking task of the benchmark was lost.
     #[error("task lost: {0}")]
     TaskLost(#[from] tokio::task::JoinError),

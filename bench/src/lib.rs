@@ -19,6 +19,7 @@
 pub mod backlog_run;
 pub mod error;
 pub mod latency_run;
+pub mod machine_cpu;
 pub mod per_message;
 pub mod postgres_ceiling;
 pub mod process_usage;

@@ -248,6 +248,18 @@ impl BenchReport {
                 split.join(", "),
                 run.machine_cores_busy
             ));
+            let components: Vec<String> = run
+                .machine_cpu_us_per_record
+                .iter()
+                .map(|(component, micros)| format!("{component} {micros:.1}"))
+                .collect();
+            out.push_str(&format!(
+                "  {} machine CPU µs/rec: {} (total {:.1}: at most {:.0} rec/s on these cores)\n",
+                run.guarantee,
+                components.join(", "),
+                run.machine_cpu_us_per_record.values().sum::<f64>(),
+                run.cpu_bound_records_per_second
+            ));
         }
         let p = &self.per_message;
         out.push_str(&format!(

@@ -202,6 +202,11 @@ impl Scenario {
         }
     }
 
+    /// A `onceflow` command of this scenario (see [`onceflow_command`]).
+    fn onceflow_command(&self) -> Command {
+        onceflow_command(&self.binary)
+    }
+
     /// The environment of every `onceflow` command of this scenario.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -226,7 +231,7 @@ impl Scenario {
     /// with `seed`, `invalid_share` malformed, 5 % repeats, at `rate` per
     /// second (0: as fast as possible).
     pub fn produce_command(&self, count: u64, seed: u64, invalid_share: f64, rate: u64) -> Command {
-        let mut command = Command::new(&self.binary);
+        let mut command = self.onceflow_command();
         command
             .args(["produce", "--quiet", "--count", &count.to_string()])
             .args(["--rate", &rate.to_string()])
@@ -310,7 +315,8 @@ impl Scenario {
             uuid::Uuid::new_v4().simple()
         ));
         let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(&self.binary)
+        let child = self
+            .onceflow_command()
             .arg("run")
             .envs(self.env())
             .env("ONCEFLOW_INSTANCE_ID", instance_id)
@@ -773,6 +779,30 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String
     Ok((status, body))
 }
 
+/// A `binary` command that inherits no `ONCEFLOW_*` variable from the
+/// harness's own environment: a scenario sets every setting its instances
+/// run with, and an instance refuses a variable it does not know (such as
+/// `ONCEFLOW_KAFKA_JVM_OPTS`, which is the Kafka cluster script's: a run
+/// with it exported had every instance exit at start).
+pub fn onceflow_command(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
+    remove_inherited_settings(&mut command, std::env::vars_os().map(|(key, _)| key));
+    command
+}
+
+/// Removes from `command`'s environment every `ONCEFLOW_*` name of
+/// `inherited`.
+fn remove_inherited_settings(
+    command: &mut Command,
+    inherited: impl Iterator<Item = std::ffi::OsString>,
+) {
+    for key in inherited {
+        if key.to_string_lossy().starts_with("ONCEFLOW_") {
+            command.env_remove(key);
+        }
+    }
+}
+
 impl Service {
     /// The address this instance's HTTP endpoint bound (from its log).
     pub async fn http_addr(&self) -> Result<std::net::SocketAddr> {
@@ -945,6 +975,39 @@ impl Scenario {
 mod tests {
     use super::PartitionProgress;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_instance_inherits_no_onceflow_variable_and_keeps_the_rest() {
+        let mut command = tokio::process::Command::new("true");
+        let inherited = [
+            "ONCEFLOW_KAFKA_JVM_OPTS",
+            "PATH",
+            "ONCEFLOW_MAX_BATCH_RECORDS",
+        ];
+        super::remove_inherited_settings(&mut command, inherited.iter().map(Into::into));
+        command.env("ONCEFLOW_MAX_BATCH_RECORDS", "200");
+        let set: Vec<(String, Option<String>)> = command
+            .as_std()
+            .get_envs()
+            .map(|(key, value)| {
+                (
+                    key.to_string_lossy().into_owned(),
+                    value.map(|value| value.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            set,
+            vec![
+                ("ONCEFLOW_KAFKA_JVM_OPTS".to_owned(), None),
+                (
+                    "ONCEFLOW_MAX_BATCH_RECORDS".to_owned(),
+                    Some("200".to_owned())
+                ),
+            ],
+            "removed, then set by the scenario; PATH untouched"
+        );
+    }
 
     fn progress(
         high: i64,

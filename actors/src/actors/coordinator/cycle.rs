@@ -104,7 +104,7 @@ pub(super) struct DatabaseCommittedCycle {
     /// whether every batch of the cycle committed to the database
     whole: bool,
     pub(super) span: tracing::Span,
-    started: Instant,
+    pub(super) started: Instant,
     database: Duration,
 }
 
