@@ -43,10 +43,13 @@ pub struct BacklogRun {
     pub cpu_us_per_record_by_thread: std::collections::BTreeMap<String, f64>,
     /// cores of the machine busy during the run (everything on it)
     pub machine_cores_busy: f64,
-    /// CPU µs per record of every component of the machine during the run
-    /// (onceflow, the Kafka brokers, PostgreSQL, the bench, the rest): see
-    /// [`crate::machine_cpu`]
+    /// CPU µs per record of every component of the machine (onceflow, the
+    /// Kafka brokers, PostgreSQL, the bench, the rest; see
+    /// [`crate::machine_cpu`]) over the same window as
+    /// `processing_records_per_second`: after the first commit seen
     pub machine_cpu_us_per_record: std::collections::BTreeMap<&'static str, f64>,
+    /// cores of the machine busy over that window
+    pub window_cores_busy: f64,
     /// the records per second the machine could carry at most at that CPU
     /// per record, every core busy
     pub cpu_bound_records_per_second: f64,
@@ -112,14 +115,19 @@ pub async fn backlog_run(
         reason: "exited at once".to_owned(),
     })?;
     let processes_before = MachineSnapshot::now(pid)?;
-    // When the first database commit was seen, and how far it had got.
+    // When the first database commit was seen, and how far it had got; the
+    // machine's CPU then.
     let mut first_commit: Option<(Duration, i64)> = None;
+    let mut window_start = (processes_before.clone(), machine_before);
     // The database side is read with SQL (cheap, every 50 ms); the Kafka
     // side, which needs a client of its own, only once the database caught up.
     loop {
         let stored = scenario.stored_offset_total().await.unwrap_or(0);
         if first_commit.is_none() && stored > 0 {
             first_commit = Some((started.elapsed(), stored));
+            if has_a_window(input_end, stored) {
+                window_start = (MachineSnapshot::now(pid)?, MachineTicks::now()?);
+            }
         }
         if stored >= input_end
             && scenario
@@ -149,8 +157,10 @@ pub async fn backlog_run(
     let seconds = started.elapsed().as_secs_f64();
     let usage = process_usage(pid)?;
     let by_thread = cpu_by_thread_kind(pid)?;
-    let machine_busy = MachineTicks::now()?.busy_share_since(&machine_before);
-    let by_component = MachineSnapshot::now(pid)?.cpu_seconds_since(&processes_before);
+    let machine_now = MachineTicks::now()?;
+    let machine_busy = machine_now.busy_share_since(&machine_before);
+    let window_busy = machine_now.busy_share_since(&window_start.1);
+    let by_component = MachineSnapshot::now(pid)?.cpu_seconds_since(&window_start.0);
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     if !exit.success() {
         return Err(BenchError::Violated {
@@ -180,18 +190,13 @@ pub async fn backlog_run(
     scenario.drop_database().await?;
     let records = truth.records;
     let per_record = |seconds: f64| seconds * 1e6 / records.max(1) as f64;
-    let machine_cpu_us_per_record: std::collections::BTreeMap<&'static str, f64> = by_component
-        .iter()
-        .map(|(component, seconds)| (component.as_str(), per_record(*seconds)))
-        .collect();
-    let machine_us_per_record: f64 = machine_cpu_us_per_record.values().sum();
     let records_per_second = records as f64 / seconds;
     // The processing rate counts only the records committed after the first
     // commit was seen, over the time since; when that first sight already
     // held most of the input (a small one), there is no window to speak of
     // and the rate with start-up stands in.
     let (processing_seconds, processing_records_per_second) = match first_commit {
-        Some((at, stored)) if (input_end - stored) * 2 >= input_end => {
+        Some((at, stored)) if has_a_window(input_end, stored) => {
             let window = seconds - at.as_secs_f64();
             (
                 window,
@@ -200,6 +205,17 @@ pub async fn backlog_run(
         }
         _ => (seconds, records_per_second),
     };
+    // The window's records: those committed after the first commit seen, or
+    // all of them when the window is the whole run.
+    let window_records = match first_commit {
+        Some((_, stored)) if has_a_window(input_end, stored) => (input_end - stored).max(1),
+        _ => i64::try_from(records).unwrap_or(i64::MAX).max(1),
+    } as f64;
+    let machine_cpu_us_per_record: std::collections::BTreeMap<&'static str, f64> = by_component
+        .iter()
+        .map(|(component, seconds)| (component.as_str(), seconds * 1e6 / window_records))
+        .collect();
+    let machine_us_per_record: f64 = machine_cpu_us_per_record.values().sum();
     Ok(BacklogRun {
         guarantee: guarantee.as_str(),
         records,
@@ -215,10 +231,18 @@ pub async fn backlog_run(
             .collect(),
         machine_cores_busy: machine_busy * num_cores(),
         machine_cpu_us_per_record,
+        window_cores_busy: window_busy * num_cores(),
         cpu_bound_records_per_second: num_cores() * 1e6 / machine_us_per_record.max(f64::EPSILON),
         lost,
         duplicated,
     })
+}
+
+/// Whether the records committed after the first commit seen (at `stored`
+/// of `input_end`) are at least half the input: the processing window then
+/// measures the rate, otherwise the whole run does.
+fn has_a_window(input_end: i64, stored: i64) -> bool {
+    (input_end - stored) * 2 >= input_end
 }
 
 /// Cores of this machine (1 if unknown).

@@ -254,8 +254,9 @@ impl BenchReport {
                 .map(|(component, micros)| format!("{component} {micros:.1}"))
                 .collect();
             out.push_str(&format!(
-                "  {} machine CPU µs/rec: {} (total {:.1}: at most {:.0} rec/s on these cores)\n",
+                "  {} after the first commit: {:.2} cores busy; machine CPU µs/rec: {} (total {:.1}: at most {:.0} rec/s on these cores)\n",
                 run.guarantee,
+                run.window_cores_busy,
                 components.join(", "),
                 run.machine_cpu_us_per_record.values().sum::<f64>(),
                 run.cpu_bound_records_per_second
