@@ -147,9 +147,6 @@ async fn an_instance_joining_during_a_stalled_cycle_doubles_nothing() -> anyhow:
     // 200 per partition) spans at least 10 cycles on any machine, so the
     // stall is always reached while input still flows (after the 40th, as
     // before, a loaded machine with fewer, larger cycles never got there).
-    // Kafka commits seen by then: 5, or 4 when that 5th cycle's Kafka phase
-    // ran beside the stalled database phase (pipelined cycles: it settles
-    // only after the stall).
     const COMMITS_BEFORE_THE_STALL: u32 = 5;
     let failpoints =
         format!("coordinator-after-db-commit={COMMITS_BEFORE_THE_STALL}*off->1*sleep(15000)->off");
@@ -165,7 +162,7 @@ async fn an_instance_joining_during_a_stalled_cycle_doubles_nothing() -> anyhow:
                 .unwrap_or(0.0);
             if commits != last.0 {
                 last = (commits, Instant::now());
-            } else if commits >= f64::from(COMMITS_BEFORE_THE_STALL - 1)
+            } else if commits >= f64::from(COMMITS_BEFORE_THE_STALL)
                 && last.1.elapsed() > Duration::from_millis(1_500)
             {
                 break commits;

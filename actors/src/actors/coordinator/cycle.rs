@@ -104,7 +104,7 @@ pub(super) struct DatabaseCommittedCycle {
     /// whether every batch of the cycle committed to the database
     whole: bool,
     pub(super) span: tracing::Span,
-    pub(super) started: Instant,
+    started: Instant,
     database: Duration,
 }
 
