@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use onceflow_actors::settings::{Guarantee, Settings};
-use onceflow_chaos::harness::{Scenario, WorkloadSpec, input_truth};
+use onceflow_chaos::harness::{Scenario, Service, WorkloadSpec, input_truth};
 use onceflow_chaos::outcome::numbers_of;
 
 use crate::error::{BenchError, Result};
@@ -85,6 +85,19 @@ pub fn product_env(guarantee: Guarantee) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Fails with the instance's last log line when it exited before its run
+/// ended (a setting it refused, a crash), instead of waiting for the run's
+/// timeout.
+pub fn check_still_running(service: &mut Service, step: &'static str) -> Result<()> {
+    if service.is_running() {
+        return Ok(());
+    }
+    Err(BenchError::InstanceExited {
+        step,
+        last_log_line: service.log().lines().last().unwrap_or_default().to_owned(),
+    })
+}
+
 /// Borrowed view of an environment list, as `Scenario::start` takes it.
 pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter()
@@ -146,12 +159,7 @@ pub async fn backlog_run(
                 detail: stalled,
             });
         }
-        if !service.is_running() {
-            return Err(BenchError::InstanceExited {
-                step: "backlog run",
-                last_log_line: service.log().lines().last().unwrap_or_default().to_owned(),
-            });
-        }
+        check_still_running(&mut service, "backlog run")?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seconds = started.elapsed().as_secs_f64();

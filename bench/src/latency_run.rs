@@ -22,7 +22,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::backlog_run::{env_refs, product_env};
+use crate::backlog_run::{check_still_running, env_refs, product_env};
 use crate::error::{BenchError, Result};
 use crate::process_usage::process_usage;
 use crate::quantiles::{Quantiles, histogram_quantile, quantiles_of};
@@ -65,7 +65,7 @@ pub async fn latency_run(
         .await?
         .without_live_reader();
     let env = product_env(Guarantee::ExactlyOnce);
-    let service = scenario.start(&env_refs(&env))?;
+    let mut service = scenario.start(&env_refs(&env))?;
     scenario
         .wait_for("the instance ready", Duration::from_secs(60), async |s| {
             matches!(s.http_get("/readyz").await, Ok((200, _)))
@@ -106,6 +106,10 @@ pub async fn latency_run(
         let progress = scenario.partition_progress().await?;
         if progress.iter().all(|partition| partition.caught_up()) {
             break;
+        }
+        if let Err(exited) = check_still_running(&mut service, "latency run") {
+            stop.store(true, Ordering::SeqCst);
+            return Err(exited);
         }
         if started.elapsed() > Duration::from_secs(120) {
             stop.store(true, Ordering::SeqCst);
