@@ -127,7 +127,7 @@ pub async fn backlog_run(
         pid: 0,
         reason: "exited at once".to_owned(),
     })?;
-    let processes_before = MachineSnapshot::now(pid)?;
+    let processes_before = MachineSnapshot::now(Some(pid))?;
     // When the first database commit was seen, and how far it had got; the
     // machine's CPU then.
     let mut first_commit: Option<(Duration, i64)> = None;
@@ -139,7 +139,7 @@ pub async fn backlog_run(
         if first_commit.is_none() && stored > 0 {
             first_commit = Some((started.elapsed(), stored));
             if has_a_window(input_end, stored) {
-                window_start = (MachineSnapshot::now(pid)?, MachineTicks::now()?);
+                window_start = (MachineSnapshot::now(Some(pid))?, MachineTicks::now()?);
             }
         }
         if stored >= input_end
@@ -168,7 +168,7 @@ pub async fn backlog_run(
     let machine_now = MachineTicks::now()?;
     let machine_busy = machine_now.busy_share_since(&machine_before);
     let window_busy = machine_now.busy_share_since(&window_start.1);
-    let by_component = MachineSnapshot::now(pid)?.cpu_seconds_since(&window_start.0);
+    let by_component = MachineSnapshot::now(Some(pid))?.cpu_seconds_since(&window_start.0);
     let (exit, _) = service.terminate(Duration::from_secs(15)).await?;
     if !exit.success() {
         return Err(BenchError::Violated {

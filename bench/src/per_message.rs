@@ -16,6 +16,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::PgPool;
 
 use crate::error::{BenchError, Result};
+use crate::machine_cpu::{Component, MachineSnapshot};
 
 /// The figures of the per-message run.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -26,6 +27,14 @@ pub struct PerMessageRun {
     pub seconds: f64,
     /// records per second
     pub records_per_second: f64,
+    /// CPU milliseconds the Kafka brokers spent per record, that is per
+    /// transaction (one output partition and the group's offsets), above
+    /// what they spend idle: what one Kafka transaction costs them on this
+    /// machine
+    pub broker_cpu_ms_per_transaction: f64,
+    /// cores the brokers keep busy when idle (measured for 3 s before the
+    /// run), subtracted from the figure above
+    pub broker_idle_cores: f64,
 }
 
 /// The fields the baseline reads from an input record.
@@ -84,7 +93,9 @@ pub async fn per_message_run(
     let call_timeout = Duration::from_secs(30);
     tokio::task::block_in_place(|| producer.init_transactions(call_timeout))?;
 
+    let broker_idle_cores = brokers_idle_cores(Duration::from_secs(3)).await?;
     let started = Instant::now();
+    let machine_before = MachineSnapshot::now(None)?;
     let mut processed = 0u64;
     while processed < truth.records {
         if started.elapsed() > Duration::from_secs(600) {
@@ -146,12 +157,34 @@ pub async fn per_message_run(
         processed += 1;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let brokers_seconds = MachineSnapshot::now(None)?
+        .cpu_seconds_since(&machine_before)
+        .get(&Component::KafkaBrokers)
+        .copied()
+        .unwrap_or(0.0);
     scenario.drop_database().await?;
     Ok(PerMessageRun {
         records: processed,
         seconds,
         records_per_second: processed as f64 / seconds.max(f64::EPSILON),
+        broker_cpu_ms_per_transaction: (brokers_seconds - broker_idle_cores * seconds).max(0.0)
+            * 1e3
+            / processed.max(1) as f64,
+        broker_idle_cores,
     })
+}
+
+/// The cores the Kafka brokers keep busy while nothing is asked of them
+/// (replication fetches, the controllers' quorum), over `window`.
+async fn brokers_idle_cores(window: Duration) -> Result<f64> {
+    let before = MachineSnapshot::now(None)?;
+    tokio::time::sleep(window).await;
+    let seconds = MachineSnapshot::now(None)?
+        .cpu_seconds_since(&before)
+        .get(&Component::KafkaBrokers)
+        .copied()
+        .unwrap_or(0.0);
+    Ok(seconds / window.as_secs_f64())
 }
 
 /// One record's database transaction: the event with its spend, or the

@@ -269,6 +269,10 @@ impl BenchReport {
             p.records_per_second,
             p.seconds
         ));
+        out.push_str(&format!(
+            "  one Kafka transaction (one output, the offsets) cost the brokers {:.1} ms of CPU (above their idle {:.2} cores)\n",
+            p.broker_cpu_ms_per_transaction, p.broker_idle_cores
+        ));
         let l = &self.latency;
         out.push_str(&format!(
             "\nat {} records/s for {} s ({:.0} committed per second, CPU {:.1} µs/rec, peak {:.0} MiB): \
