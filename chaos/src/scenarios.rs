@@ -913,8 +913,13 @@ async fn inject_on_kafka(
                 owned,
                 "the second instance claimed partitions before its SIGKILL",
             );
+            // The kill must meet unconsumed input whatever the join took: a
+            // load of its own, seen waiting before the kill (the first load,
+            // 5 s long in quick runs, was once consumed before a slow join
+            // ended).
+            let (kill_load, work_seen) = load_for_round(scenario, context, 0).await;
             injection.require(
-                work_left(scenario).await,
+                work_seen,
                 "input was left to consume when the second instance was killed",
             );
             second.sigkill().await?;
@@ -927,6 +932,7 @@ async fn inject_on_kafka(
                     second.log_path.display()
                 );
             }
+            kill_load.await.context("the kill's load failed")??;
             // The rejoined second instance shares the work until the verdict.
             let mut phase = FaultPhase::new(service, 2, injection);
             phase.process_restarts = 1;
