@@ -127,11 +127,10 @@ pub async fn backlog_run(
         pid: 0,
         reason: "exited at once".to_owned(),
     })?;
-    let processes_before = MachineSnapshot::now(Some(pid))?;
     // When the first database commit was seen, and how far it had got; the
     // machine's CPU then.
     let mut first_commit: Option<(Duration, i64)> = None;
-    let mut window_start = (processes_before.clone(), machine_before);
+    let mut window_start = (MachineSnapshot::now(Some(pid))?, machine_before);
     // The database side is read with SQL (cheap, every 50 ms); the Kafka
     // side, which needs a client of its own, only once the database caught up.
     loop {
