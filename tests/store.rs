@@ -66,10 +66,7 @@ fn event_record(
         trace: TraceContext::new_root(),
         span: RecordSpan::none(),
         timestamp_ms: None,
-        effect: RecordEffect::Event {
-            output_value: output_value(&event),
-            event,
-        },
+        effect: RecordEffect::Event { event },
     }
 }
 
@@ -1233,10 +1230,10 @@ async fn far_dates_are_stored_and_truncated_to_their_minute(store: Store) -> any
             (vec![expected], vec![expected]),
             "{occurred_at}"
         );
-        let RecordEffect::Event { output_value, .. } = &records[offset].effect else {
+        let RecordEffect::Event { event } = &records[offset].effect else {
             anyhow::bail!("{occurred_at} must be valid");
         };
-        let output: serde_json::Value = serde_json::from_slice(output_value)?;
+        let output: serde_json::Value = serde_json::from_slice(&output_value(event))?;
         assert_eq!(output["billed_minute"], *minute, "{occurred_at}");
     }
     assert_eq!((outcome.new_events, outcome.dead_letters), (5, 2));

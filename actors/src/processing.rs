@@ -32,7 +32,17 @@ struct OutputValue<'a> {
 
 /// The output record's value: the event plus its billed minute.
 pub fn output_value(event: &AdEvent) -> Vec<u8> {
-    let value = OutputValue {
+    let mut value = Vec::with_capacity(256);
+    write_output_value(event, &mut value);
+    value
+}
+
+/// Writes the output record's value ([`output_value`]) into `value`,
+/// replacing what it held: the producer builds each output into one reused
+/// buffer when it sends it, so a buffered record holds no output value.
+pub fn write_output_value(event: &AdEvent, value: &mut Vec<u8>) {
+    value.clear();
+    let fields = OutputValue {
         ad_id: &event.ad_id,
         billed_minute: event
             .billed_minute()
@@ -45,8 +55,11 @@ pub fn output_value(event: &AdEvent) -> Vec<u8> {
             .occurred_at
             .to_rfc3339_opts(SecondsFormat::AutoSi, true),
     };
-    // Serialising strings, numbers and a uuid cannot fail.
-    serde_json::to_vec(&value).unwrap_or_default()
+    // Serialising strings, numbers and a uuid into memory cannot fail; were
+    // it to, the value would be left empty rather than half written.
+    if serde_json::to_writer(&mut *value, &fields).is_err() {
+        value.clear();
+    }
 }
 
 /// Processes one consumed record (without a span of its own; see
@@ -96,13 +109,7 @@ pub fn process_traced(record: ConsumedRecord, source: &RecordSource) -> Processe
 /// What the record asks for: an event, or a dead letter with its reason.
 fn effect_of(record: &ConsumedRecord) -> RecordEffect {
     match parse_ad_event(record.payload.as_deref()) {
-        Ok(event) => {
-            let output_value = output_value(&event);
-            RecordEffect::Event {
-                event,
-                output_value,
-            }
-        }
+        Ok(event) => RecordEffect::Event { event },
         Err(invalid) => RecordEffect::DeadLetter {
             kind: invalid.kind,
             reason: invalid.reason,
@@ -144,10 +151,10 @@ mod tests {
             trace_headers: TraceHeaders::none(),
             timestamp_ms: None,
         });
-        let RecordEffect::Event { output_value, .. } = processed.effect else {
+        let RecordEffect::Event { event } = processed.effect else {
             panic!("expected an event");
         };
-        let json: serde_json::Value = serde_json::from_slice(&output_value).expect("json");
+        let json: serde_json::Value = serde_json::from_slice(&output_value(&event)).expect("json");
         assert_eq!(json["billed_minute"], "2026-11-26T08:15:00Z");
         assert_eq!(json["occurred_at"], "2026-11-26T08:15:30.123Z");
         assert_eq!(json["kind"], "impression");
@@ -175,6 +182,20 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_buffer_holds_only_the_last_value_written() {
+        let long = crate::model::ad_event::parse_ad_event(Some(br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b","campaign_id":"a-much-longer-campaign-id","ad_id":"a-much-longer-ad-id","kind":"click","cost_micros":5,"occurred_at":"2026-11-26T10:15:59.999999999Z"}"#))
+            .expect("a valid event");
+        let short = crate::model::ad_event::parse_ad_event(Some(br#"{"event_id":"1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633c","campaign_id":"c","ad_id":"a","kind":"impression","cost_micros":1,"occurred_at":"2026-11-26T10:15:00Z"}"#))
+            .expect("a valid event");
+        let mut buffer = Vec::new();
+        write_output_value(&long, &mut buffer);
+        write_output_value(&short, &mut buffer);
+        assert_eq!(buffer, output_value(&short));
+        let json: serde_json::Value = serde_json::from_slice(&buffer).expect("json");
+        assert_eq!(json["campaign_id"], "c");
+    }
+
+    #[test]
     fn the_output_keeps_the_input_instant_to_the_nanosecond() {
         let processed = process_record(ConsumedRecord {
             partition: 0,
@@ -184,10 +205,10 @@ mod tests {
             trace_headers: TraceHeaders::none(),
             timestamp_ms: None,
         });
-        let RecordEffect::Event { output_value, .. } = processed.effect else {
+        let RecordEffect::Event { event } = processed.effect else {
             panic!("expected an event");
         };
-        let json: serde_json::Value = serde_json::from_slice(&output_value).expect("json");
+        let json: serde_json::Value = serde_json::from_slice(&output_value(&event)).expect("json");
         assert_eq!(json["occurred_at"], "2026-11-26T10:15:59.999999999Z");
         assert_eq!(json["billed_minute"], "2026-11-26T10:15:00Z");
     }

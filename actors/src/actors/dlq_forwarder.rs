@@ -12,6 +12,7 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::kafka::error::KafkaTxnError;
+use crate::kafka::records::DeadLetterRecord;
 use crate::kafka::send::send_all;
 use crate::messages::dlq_forwarder::DlqForwarderMsg;
 use crate::telemetry::spans::in_span;
@@ -55,9 +56,14 @@ impl Actor for DlqForwarder {
             txn_id = %request.txn_id
         );
         let txn_id = request.txn_id.to_string();
-        let records = request.dead_letters.iter().map(|dead_letter| {
-            dead_letter.to_future_record(dlq_topic, &request.source_topic, &txn_id)
-        });
+        let records = request
+            .dead_letters
+            .iter()
+            .map(|dead_letter| DeadLetterRecord {
+                dead_letter,
+                source_topic: &request.source_topic,
+                txn_id: &txn_id,
+            });
         let result = in_span(
             span,
             send_all(

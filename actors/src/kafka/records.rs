@@ -3,7 +3,10 @@
 //! sending them.
 //!
 //! Guarantees: building is pure (no producer, no I/O), so what a cycle
-//! sends is decided here and unit-tested; a dead-letter record carries the
+//! sends is decided here and unit-tested; an output record's value and
+//! trace headers are written when it is sent ([`SendableRecord`]), from the
+//! event and trace context its buffered record holds, so a cycle's records
+//! hold no copy of them while they wait; a dead-letter record carries the
 //! original key and value unchanged and its context in headers. Every
 //! output and dead-letter record carries its record's trace context as the
 //! process's OpenTelemetry propagator writes it: always `traceparent`, and
@@ -19,50 +22,71 @@ use crate::kafka::headers::{
     ERROR_HEADER, ERROR_KIND_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER,
     SOURCE_TOPIC_HEADER, TXN_ID_HEADER,
 };
-use crate::model::ad_event::DeadLetterKind;
+use crate::model::ad_event::{AdEvent, DeadLetterKind};
 use crate::model::batch::PartitionBatch;
 use crate::model::record::RecordEffect;
+use crate::processing::write_output_value;
 use crate::telemetry::carrier::InjectedHeaders;
+use crate::telemetry::trace_context::TraceContext;
+
+/// A record the producer sends ([`crate::kafka::send::send_all`]), built
+/// at the moment it is sent.
+pub trait SendableRecord {
+    /// The record for `topic`. Bytes made for it go into `scratch` (whatever
+    /// it held is replaced): the producer copies a record when it accepts
+    /// it, so one buffer serves every record of a send.
+    fn future_record<'r>(
+        &'r self,
+        topic: &'r str,
+        scratch: &'r mut Vec<u8>,
+    ) -> FutureRecord<'r, [u8], [u8]>;
+}
 
 /// One output record a cycle owes: a new event (or an own replay whose
 /// output Kafka has not committed).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct OutputRecord<'a> {
-    /// the record key: the event's campaign id
-    pub key: &'a str,
-    /// the output value (see [`crate::processing::output_value`])
-    pub value: &'a [u8],
-    /// the trace headers the propagator wrote (`traceparent`, …)
-    pub trace_headers: InjectedHeaders,
+    /// the event; the record key is its campaign id, the value
+    /// [`crate::processing::output_value`] of it
+    pub event: &'a AdEvent,
+    /// the record's trace context, written into the output's headers by
+    /// the propagator
+    pub trace: &'a TraceContext,
+    /// the cycle's id, stamped on the output
+    pub txn_id: &'a str,
 }
 
-impl OutputRecord<'_> {
-    /// The record for `topic`, stamped with the cycle's `txn_id`.
-    pub fn to_future_record<'r>(
+impl SendableRecord for OutputRecord<'_> {
+    /// The output record for `topic`: keyed by campaign, its value written
+    /// into `scratch`, stamped with the cycle's id and the trace headers.
+    fn future_record<'r>(
         &'r self,
         topic: &'r str,
-        txn_id: &str,
+        scratch: &'r mut Vec<u8>,
     ) -> FutureRecord<'r, [u8], [u8]> {
+        write_output_value(self.event, scratch);
         let headers = with_trace_headers(
             OwnedHeaders::new().insert(Header {
                 key: TXN_ID_HEADER,
-                value: Some(txn_id),
+                value: Some(self.txn_id),
             }),
-            &self.trace_headers,
+            &self.trace.headers(),
         );
+        let value: &'r [u8] = scratch;
         FutureRecord::<[u8], [u8]>::to(topic)
-            .key(self.key.as_bytes())
-            .payload(self.value)
+            .key(self.event.campaign_id.as_bytes())
+            .payload(value)
             .headers(headers)
     }
 }
 
-/// What a cycle owes Kafka for its committed batches, in batch and record
-/// order: the output records and the dead letters. `batches` pairs each
-/// committed batch with the indexes of its records whose Kafka record is
-/// owed (the store's answer).
+/// What a cycle with id `txn_id` owes Kafka for its committed batches, in
+/// batch and record order: the output records and the dead letters.
+/// `batches` pairs each committed batch with the indexes of its records
+/// whose Kafka record is owed (the store's answer).
 pub fn owed_records<'a>(
     batches: impl Iterator<Item = (&'a PartitionBatch, &'a [usize])>,
+    txn_id: &'a str,
 ) -> (Vec<OutputRecord<'a>>, Vec<DeadLetter>) {
     let mut outputs = Vec::new();
     let mut dead_letters = Vec::new();
@@ -70,13 +94,10 @@ pub fn owed_records<'a>(
         for index in owed {
             let record = &batch.records[*index];
             match &record.effect {
-                RecordEffect::Event {
+                RecordEffect::Event { event } => outputs.push(OutputRecord {
                     event,
-                    output_value,
-                } => outputs.push(OutputRecord {
-                    key: event.campaign_id.as_str(),
-                    value: output_value.as_slice(),
-                    trace_headers: record.trace.headers(),
+                    trace: &record.trace,
+                    txn_id,
                 }),
                 RecordEffect::DeadLetter { kind, reason } => dead_letters.push(DeadLetter {
                     partition: record.partition,
@@ -174,6 +195,29 @@ impl DeadLetter {
     }
 }
 
+/// A dead letter on its way to the DLQ topic: from `source_topic`, stamped
+/// with the cycle's `txn_id`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterRecord<'a> {
+    /// the dead letter
+    pub dead_letter: &'a DeadLetter,
+    /// the input topic it was read from
+    pub source_topic: &'a str,
+    /// the cycle's id
+    pub txn_id: &'a str,
+}
+
+impl SendableRecord for DeadLetterRecord<'_> {
+    fn future_record<'r>(
+        &'r self,
+        topic: &'r str,
+        _scratch: &'r mut Vec<u8>,
+    ) -> FutureRecord<'r, [u8], [u8]> {
+        self.dead_letter
+            .to_future_record(topic, self.source_topic, self.txn_id)
+    }
+}
+
 /// `headers` followed by the trace headers, in the order they were written.
 fn with_trace_headers(headers: OwnedHeaders, trace: &InjectedHeaders) -> OwnedHeaders {
     trace.iter().fold(headers, |headers, (key, value)| {
@@ -243,16 +287,22 @@ mod tests {
     #[test]
     fn only_owed_records_are_built_in_order_events_and_dead_letters_apart() {
         let batch = batch();
-        let (outputs, dead_letters) = owed_records([(&batch, &[1_usize, 0][..])].into_iter());
+        let (outputs, dead_letters) =
+            owed_records([(&batch, &[1_usize, 0][..])].into_iter(), "txn-0");
         assert_eq!(outputs.len(), 1, "record 2 is not owed");
-        assert_eq!(outputs[0].key, "c-9");
-        let traceparent = outputs[0].trace_headers.get("traceparent");
+        assert_eq!(outputs[0].event.campaign_id, "c-9");
+        let trace_headers = outputs[0].trace.headers();
         assert_eq!(
-            traceparent.and_then(|value| value.get(..35)),
+            trace_headers
+                .get("traceparent")
+                .and_then(|value| value.get(..35)),
             TRACEPARENT.get(..35),
             "same trace id"
         );
-        let value: serde_json::Value = serde_json::from_slice(outputs[0].value).expect("json");
+        let mut scratch = Vec::new();
+        let record = outputs[0].future_record("billed", &mut scratch);
+        let value: serde_json::Value =
+            serde_json::from_slice(record.payload.expect("a value")).expect("json");
         assert_eq!(value["billed_minute"], "2026-11-26T10:15:00Z");
         assert_eq!(dead_letters.len(), 1);
         assert_eq!((dead_letters[0].partition, dead_letters[0].offset), (4, 11));
@@ -264,15 +314,22 @@ mod tests {
     #[test]
     fn an_output_record_is_keyed_by_campaign_and_carries_txn_and_trace() {
         let batch = batch();
-        let (outputs, _) = owed_records([(&batch, &[0_usize][..])].into_iter());
-        let record = outputs[0].to_future_record("billed", "txn-1");
-        assert_eq!(record.topic, "billed");
-        assert_eq!(record.key, Some(&b"c-9"[..]));
+        let (outputs, _) = owed_records([(&batch, &[0_usize][..])].into_iter(), "txn-1");
         let traceparent = outputs[0]
-            .trace_headers
+            .trace
+            .headers()
             .get("traceparent")
             .expect("traceparent")
             .to_owned();
+        let mut scratch = b"left over from the record before".to_vec();
+        let record = outputs[0].future_record("billed", &mut scratch);
+        assert_eq!(record.topic, "billed");
+        assert_eq!(record.key, Some(&b"c-9"[..]));
+        assert_eq!(
+            record.payload.map(<[u8]>::to_vec),
+            Some(crate::processing::output_value(outputs[0].event)),
+            "the value alone, whatever the buffer held"
+        );
         assert_eq!(
             headers_of(&record),
             [
@@ -287,8 +344,9 @@ mod tests {
     #[test]
     fn an_untraced_record_s_output_carries_only_an_unsampled_traceparent() {
         let batch = batch();
-        let (outputs, _) = owed_records([(&batch, &[2_usize][..])].into_iter());
-        let record = outputs[0].to_future_record("billed", "txn-3");
+        let (outputs, _) = owed_records([(&batch, &[2_usize][..])].into_iter(), "txn-3");
+        let mut scratch = Vec::new();
+        let record = outputs[0].future_record("billed", &mut scratch);
         let headers = headers_of(&record);
         let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["onceflow-txn-id", "traceparent"]);
@@ -300,8 +358,14 @@ mod tests {
     #[test]
     fn a_dead_letter_record_keeps_the_original_bytes_and_names_its_source() {
         let batch = batch();
-        let (_, dead_letters) = owed_records([(&batch, &[1_usize][..])].into_iter());
-        let record = dead_letters[0].to_future_record("dlq", "in", "txn-2");
+        let (_, dead_letters) = owed_records([(&batch, &[1_usize][..])].into_iter(), "txn-9");
+        let sending = DeadLetterRecord {
+            dead_letter: &dead_letters[0],
+            source_topic: "in",
+            txn_id: "txn-2",
+        };
+        let mut scratch = Vec::new();
+        let record = sending.future_record("dlq", &mut scratch);
         assert_eq!(record.topic, "dlq");
         assert_eq!(record.key, Some(&b"k11"[..]));
         assert_eq!(record.payload, Some(&b"not json"[..]));

@@ -13,32 +13,35 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 
 use crate::kafka::error::KafkaTxnError;
+use crate::kafka::records::SendableRecord;
 
 /// Sends every record and waits for every acknowledgement, at most
 /// `delivery_timeout` in all.
-pub async fn send_all<'a>(
+pub async fn send_all<R: SendableRecord>(
     producer: &FutureProducer,
     topic: &str,
-    records: impl Iterator<Item = FutureRecord<'a, [u8], [u8]>>,
+    records: impl Iterator<Item = R>,
     delivery_timeout: Duration,
 ) -> Result<usize, KafkaTxnError> {
     let deadline = tokio::time::Instant::now() + delivery_timeout;
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     let mut sent = 0usize;
+    let mut scratch = Vec::new();
     for record in records {
-        let mut record = record;
         loop {
-            match producer.send_result(record) {
+            // librdkafka copies the record when it accepts it, so the
+            // scratch buffer is free again once `send_result` returns; a
+            // record refused for a full queue is built again.
+            match producer.send_result(record.future_record(topic, &mut scratch)) {
                 Ok(delivery) => {
                     pending.push_back(delivery);
                     sent += 1;
                     break;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     match pending.pop_front() {
                         Some(oldest) => await_delivery(oldest, topic, deadline).await?,
                         None => tokio::time::sleep(std::time::Duration::from_millis(5)).await,

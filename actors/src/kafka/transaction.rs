@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use uuid::Uuid;
 
 use crate::kafka::blocking_call::{CALL_LIMIT_MARGIN, bounded_blocking};
 use crate::kafka::error::{KafkaFailureClass, KafkaTxnError};
+use crate::kafka::records::SendableRecord;
 use crate::kafka::send::send_all;
 use crate::telemetry::spans::in_span;
 
@@ -69,11 +70,11 @@ impl<'p> KafkaTransaction<'p> {
 
     /// Produces `count` records to `topic` in the transaction and waits for
     /// every acknowledgement (span `kafka.produce`).
-    pub async fn produce<'a>(
+    pub async fn produce<R: SendableRecord>(
         &self,
         topic: &str,
         count: usize,
-        records: impl Iterator<Item = FutureRecord<'a, [u8], [u8]>>,
+        records: impl Iterator<Item = R>,
     ) -> Result<usize, KafkaTxnError> {
         produce(
             self.producer,
@@ -144,12 +145,12 @@ impl<'p> KafkaTransaction<'p> {
 /// Produces `count` records of cycle `txn_id` to `topic` (in the open
 /// transaction, if the producer has one) and waits for every
 /// acknowledgement, at most `timeout` in all (span `kafka.produce`).
-pub async fn produce<'a>(
+pub async fn produce<R: SendableRecord>(
     producer: &FutureProducer,
     txn_id: Uuid,
     topic: &str,
     count: usize,
-    records: impl Iterator<Item = FutureRecord<'a, [u8], [u8]>>,
+    records: impl Iterator<Item = R>,
     timeout: Duration,
 ) -> Result<usize, KafkaTxnError> {
     let span = tracing::info_span!(

@@ -1,5 +1,5 @@
 //! A record as consumed from the input topic, and as processed: a billable
-//! event with its output value, or a dead letter with its reason (what
+//! event, or a dead letter with its reason (what
 //! [`crate::processing`] makes of it).
 //!
 //! Guarantees: a processed record keeps its source position, its original
@@ -33,12 +33,12 @@ pub struct ConsumedRecord {
 /// The effect a record asks for.
 #[derive(Debug, Clone)]
 pub enum RecordEffect {
-    /// a valid event: one row, one spend count, one output record
+    /// a valid event: one row, one spend count, one output record (whose
+    /// value, [`crate::processing::output_value`], is written when it is
+    /// produced, so a buffered record does not hold it)
     Event {
         /// the parsed event
         event: AdEvent,
-        /// JSON value of the output record
-        output_value: Vec<u8>,
     },
     /// an invalid (or unstorable) record: one dead-letter row and one DLQ
     /// record carrying the record's original key and value

@@ -246,7 +246,6 @@ mod tests {
     use super::*;
     use crate::model::ad_event::{AdEvent, DeadLetterKind};
     use crate::model::record::ProcessedRecord;
-    use crate::processing::output_value;
     use crate::telemetry::spans::RecordSpan;
     use crate::telemetry::trace_context::TraceContext;
 
@@ -282,10 +281,7 @@ mod tests {
             trace: TraceContext::new_root(),
             span: RecordSpan::none(),
             timestamp_ms: None,
-            effect: RecordEffect::Event {
-                output_value: output_value(&event),
-                event,
-            },
+            effect: RecordEffect::Event { event },
         }
     }
 

@@ -22,8 +22,10 @@
 //! is always among the propagators.
 
 use opentelemetry::Context;
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::Injector;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
 use crate::telemetry::carrier::{InjectedHeaders, TraceHeaders};
@@ -60,10 +62,24 @@ pub fn has_upstream_span(upstream: &Context) -> bool {
 /// The trace context a processed record carries on: the OpenTelemetry
 /// context (span context with its `tracestate`, and baggage) that the
 /// propagator injects into the records it produces.
+///
+/// A record buffered until its batch commits holds one, so the common case
+/// is kept small: a root made up for a record that came with no trace
+/// context at all (no span context, no baggage) is held as its two ids,
+/// without an OpenTelemetry [`Context`] (whose span is a heap allocation);
+/// what it writes is what the propagator would write for it (a unit test
+/// compares the two).
 #[derive(Debug, Clone)]
-pub struct TraceContext {
-    context: Context,
-    recorded: bool,
+pub struct TraceContext(Carried);
+
+#[derive(Debug, Clone)]
+enum Carried {
+    /// a made-up root with nothing else to carry: not sampled, no
+    /// `tracestate`, no baggage
+    BareRoot { trace_id: TraceId, span_id: SpanId },
+    /// every other context: continued from upstream (`recorded`), or a
+    /// made-up root that keeps the upstream baggage
+    Context { context: Context, recorded: bool },
 }
 
 impl TraceContext {
@@ -71,30 +87,28 @@ impl TraceContext {
     /// (no span of it is recorded), so no downstream sampler treats it as a
     /// trace to keep, and not [`TraceContext::recorded`].
     pub fn new_root() -> TraceContext {
-        TraceContext::new_root_in(&Context::new())
+        let (trace_id, span_id) = new_root_ids();
+        TraceContext(Carried::BareRoot { trace_id, span_id })
     }
 
     /// A new root inside `upstream`: its span context (if any) is replaced,
     /// what else it holds (baggage) is kept.
     fn new_root_in(upstream: &Context) -> TraceContext {
-        let ids = RandomIdGenerator::default();
-        let root = loop {
-            let candidate = SpanContext::new(
-                ids.new_trace_id(),
-                ids.new_span_id(),
-                TraceFlags::NOT_SAMPLED,
-                false,
-                TraceState::NONE,
-            );
-            // An all-zero id is invalid (and would write no traceparent).
-            if candidate.is_valid() {
-                break candidate;
-            }
-        };
-        TraceContext {
+        if upstream.baggage().is_empty() {
+            return TraceContext::new_root();
+        }
+        let (trace_id, span_id) = new_root_ids();
+        let root = SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::NOT_SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        TraceContext(Carried::Context {
             context: upstream.with_remote_span_context(root),
             recorded: false,
-        }
+        })
     }
 
     /// The context a record with upstream context `upstream` (see
@@ -110,7 +124,7 @@ impl TraceContext {
         let ids = RandomIdGenerator::default();
         let span_id = loop {
             let candidate = ids.new_span_id();
-            if candidate != opentelemetry::trace::SpanId::INVALID {
+            if candidate != SpanId::INVALID {
                 break candidate;
             }
         };
@@ -121,31 +135,37 @@ impl TraceContext {
             false,
             parent.trace_state().clone(),
         );
-        TraceContext {
+        TraceContext(Carried::Context {
             context: upstream.with_remote_span_context(child),
             recorded: true,
-        }
+        })
     }
 
     /// The context of a record processed inside its own span `span` (a
     /// child of `upstream`): the span's ids, flags and `tracestate`, and
     /// `upstream`'s baggage.
     pub fn through_span(upstream: &Context, span: SpanContext) -> TraceContext {
-        TraceContext {
+        TraceContext(Carried::Context {
             context: upstream.with_remote_span_context(span),
             recorded: true,
-        }
+        })
     }
 
     /// Whether the context continues an upstream one (false for a root
     /// onceflow made up for a record that came without one).
     pub fn recorded(&self) -> bool {
-        self.recorded
+        match &self.0 {
+            Carried::BareRoot { .. } => false,
+            Carried::Context { recorded, .. } => *recorded,
+        }
     }
 
     /// The span context the record's products name as their parent.
     pub fn span_context(&self) -> SpanContext {
-        self.context.span().span_context().clone()
+        match &self.0 {
+            Carried::BareRoot { trace_id, span_id } => bare_root(*trace_id, *span_id),
+            Carried::Context { context, .. } => context.span().span_context().clone(),
+        }
     }
 
     /// The headers the process's propagator writes for this context:
@@ -158,9 +178,42 @@ impl TraceContext {
     /// [`TraceContext::headers`] with the given propagator.
     pub fn headers_with(&self, propagator: &dyn TextMapPropagator) -> InjectedHeaders {
         let mut headers = InjectedHeaders::default();
-        propagator.inject_context(&self.context, &mut headers);
+        match &self.0 {
+            // What W3C trace context writes for an unsampled span context
+            // without `tracestate` (baggage, empty, writes nothing); the
+            // supported propagators are those two (see
+            // [`crate::telemetry::propagation`]).
+            Carried::BareRoot { trace_id, span_id } => headers.set(
+                TRACEPARENT_HEADER,
+                format!("00-{trace_id}-{span_id}-{:02x}", TraceFlags::NOT_SAMPLED),
+            ),
+            Carried::Context { context, .. } => propagator.inject_context(context, &mut headers),
+        }
         headers
     }
+}
+
+/// Fresh random ids for a made-up root; never the all-zero (invalid) ones,
+/// which would write no `traceparent`.
+fn new_root_ids() -> (TraceId, SpanId) {
+    let ids = RandomIdGenerator::default();
+    loop {
+        let (trace_id, span_id) = (ids.new_trace_id(), ids.new_span_id());
+        if trace_id != TraceId::INVALID && span_id != SpanId::INVALID {
+            return (trace_id, span_id);
+        }
+    }
+}
+
+/// The span context of a bare root: unsampled, no `tracestate`.
+fn bare_root(trace_id: TraceId, span_id: SpanId) -> SpanContext {
+    SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::NOT_SAMPLED,
+        false,
+        TraceState::NONE,
+    )
 }
 
 #[cfg(test)]
@@ -315,6 +368,44 @@ mod tests {
             let names: Vec<&str> = written.iter().map(|(name, _)| name).collect();
             assert_eq!(names, ["traceparent"]);
         }
+    }
+
+    #[test]
+    fn a_bare_root_writes_exactly_what_each_propagator_writes_for_its_context() {
+        for propagators in [Propagators::default(), Propagators::TRACE_CONTEXT] {
+            let propagator = propagators.propagator();
+            for _ in 0..64 {
+                let trace = TraceContext::new_root();
+                assert!(matches!(trace.0, Carried::BareRoot { .. }));
+                let through_the_propagator = {
+                    let mut headers = InjectedHeaders::default();
+                    let context = Context::new().with_remote_span_context(trace.span_context());
+                    propagator.inject_context(&context, &mut headers);
+                    headers
+                };
+                assert_eq!(trace.headers_with(&propagator), through_the_propagator);
+                assert_eq!(through_the_propagator.iter().count(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_root_made_up_beside_upstream_baggage_keeps_the_baggage() {
+        let propagator = Propagators::default().propagator();
+        let upstream = upstream_context_with(
+            &propagator,
+            &TraceHeaders::from_pairs([("traceparent", "garbage"), ("baggage", "tenant=acme")]),
+        );
+        let trace = TraceContext::continue_from(&upstream);
+        assert!(matches!(trace.0, Carried::Context { .. }));
+        assert!(!trace.recorded());
+        let written = trace.headers_with(&propagator);
+        assert_eq!(written.get("baggage"), Some("tenant=acme"));
+        assert!(
+            written
+                .get("traceparent")
+                .is_some_and(|value| value.ends_with("-00"))
+        );
     }
 
     #[test]

@@ -89,22 +89,20 @@ impl CoordinatorState {
         committed: &[CommittedBatch],
     ) -> Result<(), KafkaTxnError> {
         let settings = &self.args.settings;
+        let txn_id_text = txn_id.to_string();
         let (outputs, dead_letters) = records::owed_records(
             committed
                 .iter()
                 .map(|done| (&*done.batch, done.outcome.owed_records.as_slice())),
+            &txn_id_text,
         );
-        let txn_id_text = txn_id.to_string();
         let output_topic = settings.output_topic.as_str();
-        let produced = outputs
-            .iter()
-            .map(|output| output.to_future_record(output_topic, &txn_id_text));
         transaction::produce(
             producer,
             txn_id,
             output_topic,
             outputs.len(),
-            produced,
+            outputs.iter().copied(),
             settings.kafka_call_timeout,
         )
         .await?;
