@@ -65,12 +65,17 @@ impl SendableRecord for OutputRecord<'_> {
         scratch: &'r mut Vec<u8>,
     ) -> FutureRecord<'r, [u8], [u8]> {
         write_output_value(self.event, scratch);
-        let headers = with_trace_headers(
-            OwnedHeaders::new().insert(Header {
+        let headers = self.trace.fold_headers(
+            OwnedHeaders::new_with_capacity(2).insert(Header {
                 key: TXN_ID_HEADER,
                 value: Some(self.txn_id),
             }),
-            &self.trace.headers(),
+            |headers, key, value| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            },
         );
         let value: &'r [u8] = scratch;
         FutureRecord::<[u8], [u8]>::to(topic)

@@ -183,14 +183,39 @@ impl TraceContext {
             // without `tracestate` (baggage, empty, writes nothing); the
             // supported propagators are those two (see
             // [`crate::telemetry::propagation`]).
-            Carried::BareRoot { trace_id, span_id } => headers.set(
-                TRACEPARENT_HEADER,
-                format!("00-{trace_id}-{span_id}-{:02x}", TraceFlags::NOT_SAMPLED),
-            ),
+            Carried::BareRoot { trace_id, span_id } => {
+                headers.set(
+                    TRACEPARENT_HEADER,
+                    bare_root_traceparent(*trace_id, *span_id),
+                );
+            }
             Carried::Context { context, .. } => propagator.inject_context(context, &mut headers),
         }
         headers
     }
+
+    /// Folds the headers [`TraceContext::headers`] writes, in their order,
+    /// into `into` (an outgoing record's headers): for a bare root, the one
+    /// `traceparent` without a list of headers in between.
+    pub fn fold_headers<T>(&self, into: T, mut add: impl FnMut(T, &str, &str) -> T) -> T {
+        match &self.0 {
+            Carried::BareRoot { trace_id, span_id } => add(
+                into,
+                TRACEPARENT_HEADER,
+                &bare_root_traceparent(*trace_id, *span_id),
+            ),
+            Carried::Context { .. } => self
+                .headers()
+                .iter()
+                .fold(into, |into, (name, value)| add(into, name, value)),
+        }
+    }
+}
+
+/// What W3C trace context writes for an unsampled span context without
+/// `tracestate`.
+fn bare_root_traceparent(trace_id: TraceId, span_id: SpanId) -> String {
+    format!("00-{trace_id}-{span_id}-{:02x}", TraceFlags::NOT_SAMPLED)
 }
 
 /// Fresh random ids for a made-up root; never the all-zero (invalid) ones,
@@ -385,6 +410,15 @@ mod tests {
                 };
                 assert_eq!(trace.headers_with(&propagator), through_the_propagator);
                 assert_eq!(through_the_propagator.iter().count(), 1);
+                let folded = trace.fold_headers(Vec::new(), |mut folded, name, value| {
+                    folded.push((name.to_owned(), value.to_owned()));
+                    folded
+                });
+                let written: Vec<(String, String)> = through_the_propagator
+                    .iter()
+                    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                    .collect();
+                assert_eq!(folded, written);
             }
         }
     }
