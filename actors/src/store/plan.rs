@@ -178,7 +178,9 @@ impl BatchPlan {
             dead_letters: self.dead_letters.len() as u64,
             ..BatchWriteOutcome::default()
         };
-        let mut spend: BTreeMap<(String, DateTime<Utc>), (i64, i64, i64)> = BTreeMap::new();
+        // Keyed by the campaign id as the batch holds it: an id is copied
+        // once per (campaign, minute) below, not once per event.
+        let mut spend: BTreeMap<(&str, DateTime<Utc>), (i64, i64, i64)> = BTreeMap::new();
         for (event_id, index) in &self.events {
             let Some(record) = batch.records.get(*index) else {
                 continue;
@@ -199,7 +201,7 @@ impl BatchPlan {
                 EventFate::New => {
                     outcome.new_events += 1;
                     let entry = spend
-                        .entry((event.campaign_id.clone(), event.billed_minute()))
+                        .entry((event.campaign_id.as_str(), event.billed_minute()))
                         .or_default();
                     match event.kind {
                         AdEventKind::Impression => entry.0 += 1,
@@ -227,7 +229,7 @@ impl BatchPlan {
             .into_iter()
             .map(
                 |((campaign_id, minute), (impressions, clicks, spend_micros))| SpendDelta {
-                    campaign_id,
+                    campaign_id: campaign_id.to_owned(),
                     minute,
                     impressions,
                     clicks,
