@@ -49,8 +49,8 @@ fn event_record(
 ) -> ProcessedRecord {
     let event = AdEvent {
         event_id,
-        campaign_id: campaign.to_owned(),
-        ad_id: "ad-1".to_owned(),
+        campaign_id: campaign.into(),
+        ad_id: "ad-1".into(),
         kind,
         cost_micros: cost,
         occurred_at: Utc

@@ -168,8 +168,8 @@ mod tests {
             .expect("a valid event");
         let tree = serde_json::json!({
             "event_id": event.event_id,
-            "campaign_id": event.campaign_id,
-            "ad_id": event.ad_id,
+            "campaign_id": event.campaign_id.as_str(),
+            "ad_id": event.ad_id.as_str(),
             "kind": event.kind.as_str(),
             "cost_micros": event.cost_micros,
             "occurred_at": event.occurred_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),

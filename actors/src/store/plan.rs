@@ -266,8 +266,8 @@ mod tests {
     fn event(offset: i64, event_id: Uuid, campaign: &str, kind: AdEventKind) -> ProcessedRecord {
         let event = AdEvent {
             event_id,
-            campaign_id: campaign.to_owned(),
-            ad_id: "ad".to_owned(),
+            campaign_id: campaign.into(),
+            ad_id: "ad".into(),
             kind,
             cost_micros: 10,
             occurred_at: Utc

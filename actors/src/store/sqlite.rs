@@ -379,8 +379,8 @@ async fn insert_event(
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(event.event_id)
-    .bind(&event.campaign_id)
-    .bind(&event.ad_id)
+    .bind(event.campaign_id.as_str())
+    .bind(event.ad_id.as_str())
     .bind(event.kind.as_str())
     .bind(event.cost_micros)
     .bind(timestamp(event.occurred_at))
