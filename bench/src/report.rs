@@ -275,11 +275,12 @@ impl BenchReport {
         ));
         let l = &self.latency;
         out.push_str(&format!(
-            "\nat {} records/s for {} s ({:.0} committed per second, CPU {:.1} µs/rec, peak {:.0} MiB): \
+            "\nat {} records/s for {} s after {} s of warm-up ({:.0} committed per second, CPU {:.1} µs/rec, peak {:.0} MiB): \
              commit p50 {:.1} ms, p99 {:.1} ms ({} cycles); \
              end-to-end p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} events)\n",
             l.rate,
             l.seconds,
+            l.warm_up_seconds,
             l.achieved_records_per_second,
             l.cpu_us_per_record,
             l.peak_rss_mib,
