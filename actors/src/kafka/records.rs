@@ -70,12 +70,7 @@ impl SendableRecord for OutputRecord<'_> {
                 key: TXN_ID_HEADER,
                 value: Some(self.txn_id),
             }),
-            |headers, key, value| {
-                headers.insert(Header {
-                    key,
-                    value: Some(value),
-                })
-            },
+            with_header,
         );
         let value: &'r [u8] = scratch;
         FutureRecord::<[u8], [u8]>::to(topic)
@@ -226,10 +221,15 @@ impl SendableRecord for DeadLetterRecord<'_> {
 /// `headers` followed by the trace headers, in the order they were written.
 fn with_trace_headers(headers: OwnedHeaders, trace: &InjectedHeaders) -> OwnedHeaders {
     trace.iter().fold(headers, |headers, (key, value)| {
-        headers.insert(Header {
-            key,
-            value: Some(value),
-        })
+        with_header(headers, key, value)
+    })
+}
+
+/// `headers` followed by the header `key` with `value`.
+fn with_header(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
+    headers.insert(Header {
+        key,
+        value: Some(value),
     })
 }
 

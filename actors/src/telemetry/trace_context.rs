@@ -98,13 +98,7 @@ impl TraceContext {
             return TraceContext::new_root();
         }
         let (trace_id, span_id) = new_root_ids();
-        let root = SpanContext::new(
-            trace_id,
-            span_id,
-            TraceFlags::NOT_SAMPLED,
-            false,
-            TraceState::NONE,
-        );
+        let root = bare_root(trace_id, span_id);
         TraceContext(Carried::Context {
             context: upstream.with_remote_span_context(root),
             recorded: false,
@@ -230,7 +224,7 @@ fn new_root_ids() -> (TraceId, SpanId) {
     }
 }
 
-/// The span context of a bare root: unsampled, no `tracestate`.
+/// The span context of a made-up root: unsampled, no `tracestate`.
 fn bare_root(trace_id: TraceId, span_id: SpanId) -> SpanContext {
     SpanContext::new(
         trace_id,
