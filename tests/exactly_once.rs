@@ -181,6 +181,7 @@ async fn outputs_owed_after_database_commits_are_not_caught_up_until_produced() 
         ("FAILPOINTS", "coordinator-after-db-commit=return"),
         ("ONCEFLOW_COMMIT_INTERVAL_MS", "1000"),
         ("ONCEFLOW_MAX_BATCH_RECORDS", "1000"),
+        ("ONCEFLOW_BACKLOG_BATCH_RECORDS", "1000"),
         ("ONCEFLOW_MAX_BUFFERED_RECORDS", "2000"),
     ])?;
     let at_end = scenario

@@ -825,7 +825,8 @@ async fn a_burst_of_10_000_traced_records_is_exported_whole() -> anyhow::Result<
         ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
         // The defaults, not the scenario's small batches.
         ("ONCEFLOW_MAX_BATCH_RECORDS", "5000"),
-        ("ONCEFLOW_MAX_BUFFERED_RECORDS", "20000"),
+        ("ONCEFLOW_BACKLOG_BATCH_RECORDS", "10000"),
+        ("ONCEFLOW_MAX_BUFFERED_RECORDS", "30000"),
     ])?;
     scenario
         .wait_caught_up(i64::try_from(BURST)?, 0, CATCH_UP)
@@ -1167,7 +1168,8 @@ async fn throughput_with_and_without_export() -> anyhow::Result<()> {
             // The product's batch sizes, not the small ones the other tests use.
             let mut env = vec![
                 ("ONCEFLOW_MAX_BATCH_RECORDS", "5000"),
-                ("ONCEFLOW_MAX_BUFFERED_RECORDS", "20000"),
+                ("ONCEFLOW_BACKLOG_BATCH_RECORDS", "10000"),
+                ("ONCEFLOW_MAX_BUFFERED_RECORDS", "30000"),
                 ("RUST_LOG", "info"),
             ];
             if export {

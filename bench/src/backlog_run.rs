@@ -77,6 +77,10 @@ pub fn product_env(guarantee: Guarantee) -> Vec<(&'static str, String)> {
             defaults.max_batch_records.to_string(),
         ),
         (
+            "ONCEFLOW_BACKLOG_BATCH_RECORDS",
+            defaults.backlog_batch_records.to_string(),
+        ),
+        (
             "ONCEFLOW_MAX_BUFFERED_RECORDS",
             defaults.max_buffered_records.to_string(),
         ),

@@ -446,9 +446,11 @@ pub struct ScenarioContext {
 }
 
 /// Settings every instance of a scenario gets: small batches, so a small
-/// workload passes through many commit cycles and reaches every kill point.
-pub const INSTANCE_ENV: [(&str, &str); 4] = [
+/// workload passes through many commit cycles and reaches every kill point,
+/// and twice as large under a backlog, so both sizes meet every fault.
+pub const INSTANCE_ENV: [(&str, &str); 5] = [
     ("ONCEFLOW_MAX_BATCH_RECORDS", "200"),
+    ("ONCEFLOW_BACKLOG_BATCH_RECORDS", "400"),
     ("ONCEFLOW_MAX_BUFFERED_RECORDS", "800"),
     ("ONCEFLOW_BREAKER_COOLDOWN_MS", "300"),
     ("ONCEFLOW_BREAKER_MAX_COOLDOWN_MS", "1500"),
@@ -889,7 +891,8 @@ async fn inject_on_kafka(
             // measurement): small batches would only make it slower.
             let large = [
                 ("ONCEFLOW_MAX_BATCH_RECORDS", "5000"),
-                ("ONCEFLOW_MAX_BUFFERED_RECORDS", "20000"),
+                ("ONCEFLOW_BACKLOG_BATCH_RECORDS", "10000"),
+                ("ONCEFLOW_MAX_BUFFERED_RECORDS", "30000"),
             ];
             let extra: &[(&str, &str)] = if spec.fault == Fault::LargeBacklog {
                 &large

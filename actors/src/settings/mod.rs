@@ -92,9 +92,18 @@ pub struct Settings {
     /// Timeout of one Kafka call (init, send offsets, commit, abort).
     #[serde(rename = "kafka_call_timeout_ms", with = "millis")]
     pub kafka_call_timeout: Duration,
-    /// Most records a partition hands to one commit cycle.
+    /// Most records a partition hands to one commit cycle while it keeps up.
     pub max_batch_records: usize,
-    /// Most uncommitted records a partition holds before it pauses fetching.
+    /// Most records a partition hands to one commit cycle under a backlog:
+    /// once it holds at least this many beyond its batches in flight, it
+    /// hands over this many at once (see
+    /// [`crate::model::batch_limits`]). Between `max_batch_records` and
+    /// `max_buffered_records`; equal to `max_batch_records`, it turns the
+    /// larger batches off.
+    pub backlog_batch_records: usize,
+    /// Most uncommitted records a partition holds before it pauses
+    /// fetching, its batches in flight included: room for two batches in
+    /// flight and the next one, so three backlog batches by default.
     pub max_buffered_records: usize,
     /// Number of database writer actors (each holds at most one transaction).
     pub db_writers: usize,
@@ -167,7 +176,8 @@ impl Default for Settings {
             transaction_timeout: Duration::from_millis(60_000),
             kafka_call_timeout: Duration::from_millis(10_000),
             max_batch_records: 5_000,
-            max_buffered_records: 20_000,
+            backlog_batch_records: 10_000,
+            max_buffered_records: 30_000,
             db_writers: 4,
             db_max_connections: 8,
             db_statement_timeout: Duration::from_millis(30_000),

@@ -65,7 +65,7 @@ impl Settings {
 
     /// The rules between settings, in the order they are checked: each
     /// names its setting and, if broken, says why.
-    fn rules(&self) -> [(&'static str, Option<String>); 21] {
+    fn rules(&self) -> [(&'static str, Option<String>); 22] {
         let at_least_one = |positive: bool| (!positive).then(|| "must be at least 1".to_owned());
         let broken = |broken: bool, reason: &str| broken.then(|| reason.to_owned());
         let broker_max = Duration::from_millis(BROKER_MAX_TRANSACTION_TIMEOUT_MS);
@@ -127,11 +127,24 @@ impl Settings {
             ),
             ("max_batch_records", at_least_one(self.max_batch_records > 0)),
             (
+                "backlog_batch_records",
+                (self.backlog_batch_records < self.max_batch_records).then(|| {
+                    format!(
+                        "must be at least max_batch_records ({})",
+                        self.max_batch_records
+                    )
+                }),
+            ),
+            (
                 "max_buffered_records",
-                broken(
-                    self.max_buffered_records < self.max_batch_records,
-                    "must be at least max_batch_records",
-                ),
+                (self.max_buffered_records
+                    < self.backlog_batch_records.max(self.max_batch_records))
+                .then(|| {
+                    format!(
+                        "must be at least backlog_batch_records ({}) and max_batch_records ({})",
+                        self.backlog_batch_records, self.max_batch_records
+                    )
+                }),
             ),
             ("db_writers", at_least_one(self.db_writers > 0)),
             (
@@ -304,6 +317,41 @@ mod tests {
                 "{setting}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn the_batch_limits_and_the_buffer_must_nest() {
+        let refused = |settings: Settings| settings.validate().expect_err("refused").to_string();
+        let error = refused(Settings {
+            max_batch_records: 500,
+            backlog_batch_records: 400,
+            ..Settings::default()
+        });
+        assert_eq!(
+            error,
+            "setting `backlog_batch_records`: must be at least max_batch_records (500)"
+        );
+        let error = refused(Settings {
+            max_batch_records: 200,
+            max_buffered_records: 800,
+            ..Settings::default()
+        });
+        assert!(
+            error.starts_with(
+                "setting `max_buffered_records`: must be at least backlog_batch_records (10000)"
+            ),
+            "{error}"
+        );
+        let nested = Settings {
+            max_batch_records: 200,
+            backlog_batch_records: 200,
+            max_buffered_records: 200,
+            ..Settings::default()
+        };
+        assert!(
+            nested.validate().is_ok(),
+            "equal limits turn the backlog batches off"
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::messages::partition::{BatchWanted, PartitionConsumerMsg};
 use crate::messages::partition::{FetcherCommand, FetcherHandle};
 use crate::model::batch::PartitionBatch;
+use crate::model::batch_limits::BatchLimits;
 use crate::model::fetch_credit::FetchCredit;
 use crate::model::position_ticket::PositionTicket;
 use crate::model::record::{ConsumedRecord, ProcessedRecord};
@@ -54,8 +55,9 @@ pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 pub struct PartitionConsumerArgs {
     /// input partition
     pub partition: i32,
-    /// most records in one batch
-    pub max_batch_records: usize,
+    /// most records in one batch, while the partition keeps up and under a
+    /// backlog
+    pub batch_limits: BatchLimits,
     /// shared metrics
     pub status: PipelineStatus,
     /// input topic and group, for the records' spans
@@ -306,7 +308,7 @@ impl PartitionConsumerState {
         if self.buffered.is_empty() {
             return None;
         }
-        let take = self.buffered.len().min(self.args.max_batch_records);
+        let take = self.args.batch_limits.records_to_take(self.buffered.len());
         let records: Vec<ProcessedRecord> = self.buffered.drain(..take).collect();
         let first_offset = records.first().map(|record| record.offset)?;
         let last_offset = records.last().map(|record| record.offset)?;
@@ -377,9 +379,13 @@ mod tests {
     use tokio::sync::mpsc::UnboundedReceiver;
 
     fn consumer(max_batch_records: usize) -> PartitionConsumerState {
+        consumer_with_limits(BatchLimits::new(max_batch_records, max_batch_records))
+    }
+
+    fn consumer_with_limits(batch_limits: BatchLimits) -> PartitionConsumerState {
         PartitionConsumerState::new(PartitionConsumerArgs {
             partition: 7,
-            max_batch_records,
+            batch_limits,
             status: PipelineStatus::default(),
             source: RecordSource {
                 topic: "in".to_owned(),
@@ -595,6 +601,34 @@ mod tests {
         assert!(Arc::ptr_eq(&second, &oldest));
     }
 
+    #[test]
+    fn a_backlog_is_handed_over_in_larger_batches_and_a_remainder_in_small_ones() {
+        let ticket = PositionTickets::default().issue();
+        let mut state = consumer_with_limits(BatchLimits::new(3, 5));
+        let (credit, _commands) = position(&mut state, ticket, 0, 100);
+        for offset in 0..14 {
+            deliver(&mut state, &credit, ticket, offset as u64, offset).expect("in sequence");
+        }
+        let mut sizes = Vec::new();
+        let mut committed_end = 0;
+        while let Some(batch) = state.take_batch(BatchWanted::Oldest) {
+            assert_eq!(batch.start_offset, committed_end, "contiguous");
+            sizes.push(batch.records.len());
+            committed_end = batch.end_offset;
+            state
+                .on_message(PartitionConsumerMsg::Committed {
+                    end_offset: batch.end_offset,
+                })
+                .expect("commit");
+        }
+        assert_eq!(
+            sizes,
+            [5, 5, 3, 1],
+            "14 buffered: 5 while 5 wait, then 3 and the last"
+        );
+        assert_eq!(credit.held(), 0);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         /// A coordinator that pipelines (holds up to two batches), loses
@@ -607,10 +641,13 @@ mod tests {
         /// while the route holds records.
         #[test]
         fn handed_batches_follow_each_other_and_release_what_commits(
-            script in proptest::collection::vec((0u8..7, 1i64..4), 1..150)
+            script in proptest::collection::vec((0u8..7, 1i64..4), 1..150),
+            steady in 1usize..4,
+            extra in 0usize..4,
         ) {
             let tickets = PositionTickets::default();
-            let mut state = consumer(3);
+            let limits = BatchLimits::new(steady, steady + extra);
+            let mut state = consumer_with_limits(limits);
             let mut ticket = tickets.issue();
             let (mut credit, _commands) = position(&mut state, ticket, 0, 1_000);
             let mut route_next: (u64, i64) = (0, 0);
@@ -641,6 +678,9 @@ mod tests {
                         prop_assert!(taken.is_some() || !held.is_empty() || delivered == released);
                         if let Some(batch) = taken {
                             prop_assert_eq!(batch.start_offset, expected_start);
+                            let size = batch.records.len();
+                            prop_assert!(size >= 1 && size <= limits.backlog);
+                            prop_assert!(size <= limits.steady || size == limits.backlog);
                             let mut previous = batch.start_offset - 1;
                             for record in &batch.records {
                                 prop_assert!(record.offset > previous && record.offset < batch.end_offset);

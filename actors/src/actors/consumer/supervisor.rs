@@ -35,6 +35,7 @@ use crate::messages::coordinator::CoordinatorMsg;
 use crate::messages::names::ActorNames;
 use crate::messages::partition::PartitionConsumerMsg;
 use crate::messages::partition::{FetcherCommand, FetcherHandle};
+use crate::model::batch_limits::BatchLimits;
 use crate::model::position_ticket::PositionTickets;
 use crate::settings::Settings;
 use crate::telemetry::spans::RecordSource;
@@ -276,7 +277,10 @@ async fn start_partitions(
         }
         let args = PartitionConsumerArgs {
             partition: *partition,
-            max_batch_records: state.args.settings.max_batch_records,
+            batch_limits: BatchLimits::new(
+                state.args.settings.max_batch_records,
+                state.args.settings.backlog_batch_records,
+            ),
             status: state.args.status.clone(),
             source: RecordSource {
                 topic: state.args.settings.input_topic.clone(),
