@@ -18,8 +18,9 @@ use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 
+use crate::kafka::delivery::{OutputProducer, TallyingContext};
 use crate::kafka::error::KafkaTxnError;
 use crate::kafka::rebalance::RebalanceContext;
 use crate::settings::Settings;
@@ -158,7 +159,7 @@ fn lag_reader_config(settings: &Settings) -> ClientConfig {
 
 /// Creates the producer of the outputs and dead letters for the configured
 /// guarantee. Blocking: call from a blocking task.
-pub fn create_output_producer(settings: &Settings) -> Result<FutureProducer, KafkaTxnError> {
+pub fn create_output_producer(settings: &Settings) -> Result<OutputProducer, KafkaTxnError> {
     if settings.guarantee.is_transactional() {
         return create_transactional_producer(settings);
     }
@@ -166,16 +167,18 @@ pub fn create_output_producer(settings: &Settings) -> Result<FutureProducer, Kaf
     config
         .set("enable.idempotence", "true")
         .set("linger.ms", "5");
-    config.create().map_err(|source| KafkaTxnError::Client {
-        operation: "create producer",
-        source,
-    })
+    config
+        .create_with_context(TallyingContext)
+        .map_err(|source| KafkaTxnError::Client {
+            operation: "create producer",
+            source,
+        })
 }
 
 /// Creates the transactional producer and runs `init_transactions`, which
 /// fences any earlier producer with the same `transactional.id` and aborts
 /// (or completes) its open transaction. Blocking: call from a blocking task.
-pub fn create_transactional_producer(settings: &Settings) -> Result<FutureProducer, KafkaTxnError> {
+pub fn create_transactional_producer(settings: &Settings) -> Result<OutputProducer, KafkaTxnError> {
     let mut config = base_config(settings);
     config
         .set("transactional.id", settings.transactional_id())
@@ -185,10 +188,13 @@ pub fn create_transactional_producer(settings: &Settings) -> Result<FutureProduc
             settings.transaction_timeout.as_millis().to_string(),
         )
         .set("linger.ms", "5");
-    let producer: FutureProducer = config.create().map_err(|source| KafkaTxnError::Client {
-        operation: "create producer",
-        source,
-    })?;
+    let producer: OutputProducer =
+        config
+            .create_with_context(TallyingContext)
+            .map_err(|source| KafkaTxnError::Client {
+                operation: "create producer",
+                source,
+            })?;
     producer
         .init_transactions(settings.kafka_call_timeout.max(Duration::from_secs(30)))
         .map_err(|source| KafkaTxnError::Client {

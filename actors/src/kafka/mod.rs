@@ -2,7 +2,7 @@
 //! monitor's reader ([`clients`]), blocking calls bounded in time
 //! ([`blocking_call`]), the rebalance context ([`rebalance`]), the records a
 //! cycle produces ([`records`], pure), producing inside the open
-//! transaction ([`send`]), the transaction's steps ([`transaction`]), the
+//! transaction ([`send`]) and counting its acknowledgements ([`delivery`]), the transaction's steps ([`transaction`]), the
 //! header names ([`headers`]) and the classification of failures
 //! ([`error`]).
 //!
@@ -11,6 +11,7 @@
 
 pub mod blocking_call;
 pub mod clients;
+pub mod delivery;
 pub mod error;
 pub mod headers;
 pub mod rebalance;

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
+
+use crate::kafka::delivery::OutputProducer;
 use uuid::Uuid;
 
 use crate::kafka::blocking_call::{CALL_LIMIT_MARGIN, bounded_blocking};
@@ -30,7 +32,7 @@ pub const KAFKA_CALL_ATTEMPTS: u32 = 5;
 
 /// One open transaction of the transactional producer.
 pub struct KafkaTransaction<'p> {
-    producer: &'p FutureProducer,
+    producer: &'p OutputProducer,
     txn_id: Uuid,
     timeout: Duration,
 }
@@ -41,7 +43,7 @@ impl<'p> KafkaTransaction<'p> {
     /// `begin_transaction` has no timeout of its own: it runs on the
     /// blocking pool, bounded like every other call.
     pub async fn begin(
-        producer: &'p FutureProducer,
+        producer: &'p OutputProducer,
         txn_id: Uuid,
         timeout: Duration,
     ) -> Result<KafkaTransaction<'p>, KafkaTxnError> {
@@ -64,7 +66,7 @@ impl<'p> KafkaTransaction<'p> {
     }
 
     /// The producer, for a step run by another actor (the DLQ forwarder).
-    pub fn producer(&self) -> &'p FutureProducer {
+    pub fn producer(&self) -> &'p OutputProducer {
         self.producer
     }
 
@@ -146,7 +148,7 @@ impl<'p> KafkaTransaction<'p> {
 /// transaction, if the producer has one) and waits for every
 /// acknowledgement, at most `timeout` in all (span `kafka.produce`).
 pub async fn produce<R: SendableRecord>(
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     txn_id: Uuid,
     topic: &str,
     count: usize,
@@ -177,7 +179,7 @@ impl std::fmt::Debug for KafkaTransaction<'_> {
 /// Aborts the open transaction of cycle `txn_id` (span
 /// `kafka.abort_transaction`).
 pub async fn abort(
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     txn_id: Uuid,
     timeout: Duration,
 ) -> Result<(), KafkaTxnError> {
@@ -210,12 +212,12 @@ pub fn init_transactions_span(txn_id: Uuid) -> tracing::Span {
 /// [`crate::kafka::blocking_call`]).
 pub async fn retry_blocking<F>(
     operation: &'static str,
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     timeout: Duration,
     call: F,
 ) -> Result<(), KafkaTxnError>
 where
-    F: Fn(&FutureProducer) -> rdkafka::error::KafkaResult<()> + Send + Sync + 'static,
+    F: Fn(&OutputProducer) -> rdkafka::error::KafkaResult<()> + Send + Sync + 'static,
 {
     let call = Arc::new(call);
     let mut attempt = 1;

@@ -4,8 +4,8 @@
 //! transaction, so what the forwarder produces commits or aborts with the
 //! cycle.
 
+use crate::kafka::delivery::OutputProducer;
 use ractor::RpcReplyPort;
-use rdkafka::producer::FutureProducer;
 use uuid::Uuid;
 
 use crate::kafka::error::KafkaTxnError;
@@ -14,7 +14,7 @@ use crate::kafka::records::DeadLetter;
 /// A batch of dead letters for one cycle.
 pub struct ForwardRequest {
     /// the coordinator's producer, inside its open transaction
-    pub producer: FutureProducer,
+    pub producer: OutputProducer,
     /// the commit cycle's span, parent of the `dlq.forward` span
     pub parent: tracing::Span,
     /// the cycle

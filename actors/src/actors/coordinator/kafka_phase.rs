@@ -20,10 +20,10 @@
 
 use std::time::Instant;
 
+use crate::kafka::delivery::OutputProducer;
 use ractor::rpc::CallResult;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerGroupMetadata};
-use rdkafka::producer::FutureProducer;
 use uuid::Uuid;
 
 use super::database::CommittedBatch;
@@ -84,7 +84,7 @@ impl CoordinatorState {
     /// acknowledgement.
     async fn produce_owed(
         &self,
-        producer: &FutureProducer,
+        producer: &OutputProducer,
         txn_id: Uuid,
         committed: &[CommittedBatch],
     ) -> Result<(), KafkaTxnError> {
@@ -192,7 +192,7 @@ impl CoordinatorState {
     /// open transaction, if there is one), and waits for it (bounded).
     async fn forward_dead_letters(
         &self,
-        producer: &FutureProducer,
+        producer: &OutputProducer,
         txn_id: Uuid,
         dead_letters: Vec<DeadLetter>,
     ) -> Result<(), KafkaTxnError> {

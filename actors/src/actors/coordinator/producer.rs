@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::kafka::delivery::OutputProducer;
 use ractor::ActorProcessingErr;
-use rdkafka::producer::FutureProducer;
 use uuid::Uuid;
 
 use super::state::CoordinatorState;
@@ -29,7 +29,7 @@ use crate::telemetry::spans::in_span;
 /// [`crate::kafka::blocking_call`]).
 pub(super) async fn new_producer(
     settings: &Arc<Settings>,
-) -> Result<FutureProducer, KafkaTxnError> {
+) -> Result<OutputProducer, KafkaTxnError> {
     let limit = settings.kafka_call_timeout.max(Duration::from_secs(30)) + CALL_LIMIT_MARGIN;
     let settings = Arc::clone(settings);
     bounded_blocking("init_transactions", limit, move || {

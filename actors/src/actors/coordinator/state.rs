@@ -9,9 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::kafka::delivery::OutputProducer;
 use ractor::ActorRef;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::FutureProducer;
 
 use crate::kafka::clients::InputConsumer;
 use crate::messages::names::ActorNames;
@@ -55,7 +55,7 @@ pub(super) struct OwnedPartition {
 /// State of the coordinator.
 pub struct CoordinatorState {
     pub(super) args: CoordinatorArgs,
-    pub(super) producer: Option<FutureProducer>,
+    pub(super) producer: Option<OutputProducer>,
     pub(super) partitions: BTreeMap<i32, OwnedPartition>,
     pub(super) awaiting_position: BTreeSet<i32>,
     pub(super) retry_scheduled: bool,
