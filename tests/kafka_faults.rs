@@ -268,6 +268,7 @@ async fn a_rewind_after_unrecorded_kafka_commits_replays_no_committed_output() -
     let mut env = mock_env().to_vec();
     env.extend([
         ("ONCEFLOW_MAX_BATCH_RECORDS", "100"),
+        ("ONCEFLOW_BACKLOG_BATCH_RECORDS", "100"),
         (
             "FAILPOINTS",
             "coordinator-confirm-kafka-commit=return;\

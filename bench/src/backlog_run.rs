@@ -78,7 +78,7 @@ pub fn product_env(guarantee: Guarantee) -> Vec<(&'static str, String)> {
         ),
         (
             "ONCEFLOW_BACKLOG_BATCH_RECORDS",
-            defaults.backlog_batch_records.to_string(),
+            defaults.backlog_batch_records().to_string(),
         ),
         (
             "ONCEFLOW_MAX_BUFFERED_RECORDS",

@@ -383,7 +383,7 @@ fn demo_settings(
     let defaults = Settings {
         // Small batches: many commit cycles for the faults to land in.
         max_batch_records: 200,
-        backlog_batch_records: 400,
+        backlog_batch_records: Some(400),
         max_buffered_records: 800,
         // The store outage must outlast a statement.
         db_statement_timeout: Duration::from_millis(800),

@@ -19,7 +19,9 @@
 //!   (seen with the transaction coordinator's broker SIGKILLed) fails the
 //!   send instead of hanging it;
 //! - a report is never lost between the waiter's check and its wait: the
-//!   reporter leaves a wake-up permit ([`tokio::sync::Notify::notify_one`]).
+//!   report that ends the wait (the last one, or the first failure) leaves
+//!   a wake-up permit ([`tokio::sync::Notify::notify_one`]); the others wake
+//!   nobody.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,13 +110,20 @@ impl DeliveryTally {
             drop(first);
             self.state.fetch_or(FAILED, Ordering::AcqRel);
         }
-        self.state.fetch_sub(1, Ordering::AcqRel);
-        self.reported.notify_one();
+        let before = self.state.fetch_sub(1, Ordering::AcqRel);
+        if before & FAILED != 0 || before & !FAILED == 1 {
+            self.reported.notify_one();
+        }
     }
 
     /// Records counted and not reported yet.
     pub fn outstanding(&self) -> u64 {
         self.state.load(Ordering::Acquire) & !FAILED
+    }
+
+    /// Whether a failed report arrived.
+    pub fn failed(&self) -> bool {
+        self.state.load(Ordering::Acquire) & FAILED != 0
     }
 
     /// The first failed report, if any came.
@@ -145,8 +154,18 @@ impl DeliveryTally {
                 .await
                 .is_err()
             {
+                // The last report may have come with the deadline.
+                let state = self.state.load(Ordering::Acquire);
+                if state == 0 {
+                    return Ok(());
+                }
+                if state & FAILED != 0
+                    && let Some(error) = self.first_failure()
+                {
+                    return Err(DeliveryShortfall::Failed(error));
+                }
                 return Err(DeliveryShortfall::TimedOut {
-                    outstanding: self.outstanding(),
+                    outstanding: state & !FAILED,
                 });
             }
         }

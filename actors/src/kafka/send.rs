@@ -55,6 +55,12 @@ pub async fn send_all<R: SendableRecord>(
             });
             let Err((error, _record)) = refused else {
                 sent += 1;
+                // A failed delivery dooms the send: stop producing now.
+                if tally.failed()
+                    && let Some(source) = tally.first_failure()
+                {
+                    return Err(shortfall(topic, DeliveryShortfall::Failed(source)));
+                }
                 break;
             };
             tally.refused();

@@ -8,8 +8,9 @@
 //! count reaches the limit (`max_buffered_records`) the fetcher holds the
 //! partition back (stops reading its queue); when the partition consumer
 //! brings it down to the resume mark it asks the fetcher to read it again.
-//! The mark leaves room for a whole batch below the limit (`max_buffered_records − max_batch_records`, at
-//! least half the limit): a committed batch resumes fetching at once, so
+//! The mark leaves room for a whole steady batch below the limit
+//! (`max_buffered_records − max_batch_records`, at least half the limit;
+//! under a backlog, one committed backlog batch brings the count below it): a committed batch resumes fetching at once, so
 //! the next batches are fetched while the ones in flight commit instead of
 //! after the partition ran dry. At most `max_buffered_records` records
 //! (plus the few fetched in the poll that crossed the limit) of a partition
@@ -123,7 +124,7 @@ mod tests {
 
     #[test]
     fn read_again_as_soon_as_a_whole_batch_fits_below_the_limit() {
-        // The defaults' shape: 20,000 held at most, batches of 5,000.
+        // A limit four steady batches deep: 20,000 held at most, batches of 5,000.
         let credit = FetchCredit::new(20_000, 5_000);
         assert!(!credit.records_routed(19_999));
         assert!(credit.records_routed(1), "held back at the limit");

@@ -97,10 +97,12 @@ pub struct Settings {
     /// Most records a partition hands to one commit cycle under a backlog:
     /// once it holds at least this many beyond its batches in flight, it
     /// hands over this many at once (see
-    /// [`crate::model::batch_limits`]). Between `max_batch_records` and
-    /// `max_buffered_records`; equal to `max_batch_records`, it turns the
-    /// larger batches off.
-    pub backlog_batch_records: usize,
+    /// [`crate::model::batch_limits`]). Set, it must lie between
+    /// `max_batch_records` and `max_buffered_records` (equal to
+    /// `max_batch_records`, it turns the larger batches off); unset, it is
+    /// [`Settings::backlog_batch_records`]: 10,000 with the defaults.
+    #[serde(default)]
+    pub backlog_batch_records: Option<usize>,
     /// Most uncommitted records a partition holds before it pauses
     /// fetching, its batches in flight included: room for two batches in
     /// flight and the next one, so three backlog batches by default.
@@ -176,7 +178,7 @@ impl Default for Settings {
             transaction_timeout: Duration::from_millis(60_000),
             kafka_call_timeout: Duration::from_millis(10_000),
             max_batch_records: 5_000,
-            backlog_batch_records: 10_000,
+            backlog_batch_records: None,
             max_buffered_records: 30_000,
             db_writers: 4,
             db_max_connections: 8,
@@ -228,6 +230,20 @@ impl Settings {
             .map_err(|error| SettingsError::Load(one_line(&error.to_string())))?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The backlog batch limit: the configured one, else twice
+    /// `max_batch_records` within a third of `max_buffered_records` (room
+    /// for two batches in flight and the next), never below
+    /// `max_batch_records`. Derived rather than a fixed default, so a
+    /// configuration that set only the other two still starts.
+    pub fn backlog_batch_records(&self) -> usize {
+        self.backlog_batch_records.unwrap_or_else(|| {
+            self.max_batch_records
+                .saturating_mul(2)
+                .min(self.max_buffered_records / 3)
+                .max(self.max_batch_records)
+        })
     }
 
     /// The instance id: the configured one, else the host name.
@@ -315,6 +331,43 @@ mod tests {
                 .to_string();
             assert!(error.contains("comit_interval_ms"), "{error}");
             assert!(!error.contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
+    // figment's `Jail` closure returns figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
+    fn the_backlog_batch_limit_loads_from_file_and_environment_or_follows_the_others() {
+        figment::Jail::expect_with(|jail| {
+            let settings = Settings::load(None).map_err(|error| error.to_string())?;
+            assert_eq!(settings.backlog_batch_records, None);
+            assert_eq!(settings.backlog_batch_records(), 10_000);
+
+            jail.create_file("onceflow.toml", "backlog_batch_records = 7000\n")?;
+            let settings = Settings::load(Some(Path::new("onceflow.toml")))
+                .map_err(|error| error.to_string())?;
+            assert_eq!(settings.backlog_batch_records(), 7_000);
+
+            jail.set_env("ONCEFLOW_BACKLOG_BATCH_RECORDS", "400");
+            jail.set_env("ONCEFLOW_MAX_BATCH_RECORDS", "200");
+            jail.set_env("ONCEFLOW_MAX_BUFFERED_RECORDS", "800");
+            let settings = Settings::load(Some(Path::new("onceflow.toml")))
+                .map_err(|error| error.to_string())?;
+            assert_eq!(
+                settings.backlog_batch_records(),
+                400,
+                "the environment wins"
+            );
+
+            jail.set_env("ONCEFLOW_BACKLOG_BATCH_RECORDS", "900");
+            let error = Settings::load(None)
+                .expect_err("above the buffer")
+                .to_string();
+            assert!(
+                error.starts_with("setting `backlog_batch_records`"),
+                "{error}"
+            );
             Ok(())
         });
     }

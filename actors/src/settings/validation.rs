@@ -127,8 +127,8 @@ impl Settings {
             ),
             ("max_batch_records", at_least_one(self.max_batch_records > 0)),
             (
-                "backlog_batch_records",
-                (self.backlog_batch_records < self.max_batch_records).then(|| {
+                "max_buffered_records",
+                (self.max_buffered_records < self.max_batch_records).then(|| {
                     format!(
                         "must be at least max_batch_records ({})",
                         self.max_batch_records
@@ -136,14 +136,15 @@ impl Settings {
                 }),
             ),
             (
-                "max_buffered_records",
-                (self.max_buffered_records
-                    < self.backlog_batch_records.max(self.max_batch_records))
-                .then(|| {
-                    format!(
-                        "must be at least backlog_batch_records ({}) and max_batch_records ({})",
-                        self.backlog_batch_records, self.max_batch_records
-                    )
+                "backlog_batch_records",
+                self.backlog_batch_records.and_then(|backlog| {
+                    (backlog < self.max_batch_records || backlog > self.max_buffered_records)
+                        .then(|| {
+                            format!(
+                                "must be at least max_batch_records ({}) and at most max_buffered_records ({})",
+                                self.max_batch_records, self.max_buffered_records
+                            )
+                        })
                 }),
             ),
             ("db_writers", at_least_one(self.db_writers > 0)),
@@ -320,38 +321,71 @@ mod tests {
     }
 
     #[test]
-    fn the_batch_limits_and_the_buffer_must_nest() {
+    fn a_backlog_batch_limit_set_must_lie_between_the_batch_and_the_buffer() {
         let refused = |settings: Settings| settings.validate().expect_err("refused").to_string();
-        let error = refused(Settings {
-            max_batch_records: 500,
-            backlog_batch_records: 400,
-            ..Settings::default()
-        });
-        assert_eq!(
-            error,
-            "setting `backlog_batch_records`: must be at least max_batch_records (500)"
-        );
-        let error = refused(Settings {
-            max_batch_records: 200,
-            max_buffered_records: 800,
-            ..Settings::default()
-        });
-        assert!(
-            error.starts_with(
-                "setting `max_buffered_records`: must be at least backlog_batch_records (10000)"
-            ),
-            "{error}"
-        );
-        let nested = Settings {
-            max_batch_records: 200,
-            backlog_batch_records: 200,
-            max_buffered_records: 200,
+        for backlog in [4_999, 30_001] {
+            let error = refused(Settings {
+                backlog_batch_records: Some(backlog),
+                ..Settings::default()
+            });
+            assert_eq!(
+                error,
+                "setting `backlog_batch_records`: must be at least max_batch_records (5000) \
+                 and at most max_buffered_records (30000)"
+            );
+        }
+        for backlog in [5_000, 30_000] {
+            let settings = Settings {
+                backlog_batch_records: Some(backlog),
+                ..Settings::default()
+            };
+            assert!(settings.validate().is_ok(), "{backlog}");
+            assert_eq!(settings.backlog_batch_records(), backlog);
+        }
+    }
+
+    #[test]
+    fn an_unset_backlog_batch_limit_follows_the_other_two() {
+        assert_eq!(Settings::default().backlog_batch_records(), 10_000);
+        let only_the_buffer = Settings {
+            max_buffered_records: 8_000,
             ..Settings::default()
         };
         assert!(
-            nested.validate().is_ok(),
-            "equal limits turn the backlog batches off"
+            only_the_buffer.validate().is_ok(),
+            "set before, starts still"
         );
+        assert_eq!(
+            only_the_buffer.backlog_batch_records(),
+            5_000,
+            "no room for three larger batches: off"
+        );
+        let only_the_batch = Settings {
+            max_batch_records: 12_000,
+            ..Settings::default()
+        };
+        assert!(only_the_batch.validate().is_ok());
+        assert_eq!(only_the_batch.backlog_batch_records(), 12_000);
+    }
+
+    proptest::proptest! {
+        /// Whatever a configuration sets of the other two, an unset backlog
+        /// limit starts and lies between them.
+        #[test]
+        fn an_unset_backlog_batch_limit_is_always_valid(
+            max_batch_records in 1usize..50_000,
+            extra in 0usize..100_000,
+        ) {
+            let settings = Settings {
+                max_batch_records,
+                max_buffered_records: max_batch_records + extra,
+                ..Settings::default()
+            };
+            proptest::prop_assert!(settings.validate().is_ok());
+            let backlog = settings.backlog_batch_records();
+            proptest::prop_assert!(backlog >= max_batch_records);
+            proptest::prop_assert!(backlog <= settings.max_buffered_records);
+        }
     }
 
     #[test]

@@ -279,7 +279,7 @@ async fn start_partitions(
             partition: *partition,
             batch_limits: BatchLimits::new(
                 state.args.settings.max_batch_records,
-                state.args.settings.backlog_batch_records,
+                state.args.settings.backlog_batch_records(),
             ),
             status: state.args.status.clone(),
             source: RecordSource {
