@@ -20,6 +20,7 @@ mod tcp_proxy;
 mod tls_material;
 mod tls_postgres;
 mod topic_reader;
+mod undecided;
 mod verdict;
 
 pub use database::{admin_url, drop_database, fresh_database};
@@ -53,6 +54,7 @@ pub use tcp_proxy::{NetworkCondition, ProxyCounters, TcpProxy};
 pub use tls_material::TlsMaterial;
 pub use tls_postgres::TlsPostgres;
 pub use topic_reader::{EndOfPartitionIsNoError, TopicRecord, high_watermarks, read_committed};
+pub use undecided::{DECIDED_WITHIN, UndecidedRange, wait_until_decided};
 pub use verdict::{
     PipelineTopics, Tables, Verdict, check_exactly_once, check_exactly_once_in,
     check_exactly_once_observed, is_traceparent, wait_for_catch_up,

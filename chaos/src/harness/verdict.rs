@@ -436,6 +436,12 @@ pub async fn check_exactly_once_observed(
     topics: &PipelineTopics,
     live: Option<&super::LiveObservations>,
 ) -> Result<Verdict> {
+    // A transaction a dead process left open hides every later record of
+    // its partitions until the broker aborts it: judge what is decided.
+    let (undecided_outputs, undecided_dead_letters) = tokio::try_join!(
+        wait_until_decided(bootstrap, &topics.output, DECIDED_WITHIN),
+        wait_until_decided(bootstrap, &topics.dlq, DECIDED_WITHIN),
+    )?;
     let (input, output, dlq) = tokio::try_join!(
         read_committed(bootstrap, &topics.input),
         read_committed(bootstrap, &topics.output),
@@ -444,6 +450,21 @@ pub async fn check_exactly_once_observed(
     let truth = InputTruth::from_records(&input);
 
     let mut violations = Vec::new();
+    for (topic, undecided) in [
+        (&topics.output, &undecided_outputs),
+        (&topics.dlq, &undecided_dead_letters),
+    ] {
+        violations.extend(undecided.iter().map(|range| {
+            format!(
+                "liveness: {topic} partition {}: offsets {}..{} still undecided after {} s \
+                 (a transaction left open hides them from read_committed readers)",
+                range.partition,
+                range.stable,
+                range.end,
+                DECIDED_WITHIN.as_secs()
+            )
+        }));
+    }
     let mut notes = Vec::new();
     if truth.conflicting_repeats > 0 {
         notes.push(format!(
