@@ -116,22 +116,28 @@ impl DeliveryTally {
         }
     }
 
-    /// Records counted and not reported yet.
-    pub fn outstanding(&self) -> u64 {
-        self.state.load(Ordering::Acquire) & !FAILED
-    }
-
-    /// Whether a failed report arrived.
-    pub fn failed(&self) -> bool {
-        self.state.load(Ordering::Acquire) & FAILED != 0
-    }
-
-    /// The first failed report, if any came.
-    pub fn first_failure(&self) -> Option<KafkaError> {
+    /// The first failed report, if one came. Reads one atomic word while
+    /// none came, so it is cheap to ask before every record.
+    pub fn failure(&self) -> Option<KafkaError> {
+        if self.state.load(Ordering::Acquire) & FAILED == 0 {
+            return None;
+        }
         self.first_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// How the send ended, if it did: the first failure, or every counted
+    /// record reported. The count is read before the failure: a failure is
+    /// marked before its record is counted off, so a count of zero read
+    /// first means any failure is seen next.
+    fn outcome(&self) -> Option<Result<(), DeliveryShortfall>> {
+        let state = self.state.load(Ordering::Acquire);
+        if let Some(error) = self.failure() {
+            return Some(Err(DeliveryShortfall::Failed(error)));
+        }
+        (state == 0).then_some(Ok(()))
     }
 
     /// Waits until every counted record was reported delivered, the first
@@ -141,32 +147,17 @@ impl DeliveryTally {
         deadline: tokio::time::Instant,
     ) -> Result<(), DeliveryShortfall> {
         loop {
-            let state = self.state.load(Ordering::Acquire);
-            if state & FAILED != 0
-                && let Some(error) = self.first_failure()
-            {
-                return Err(DeliveryShortfall::Failed(error));
-            }
-            if state == 0 {
-                return Ok(());
+            if let Some(outcome) = self.outcome() {
+                return outcome;
             }
             if tokio::time::timeout_at(deadline, self.reported.notified())
                 .await
                 .is_err()
             {
                 // The last report may have come with the deadline.
-                let state = self.state.load(Ordering::Acquire);
-                if state == 0 {
-                    return Ok(());
-                }
-                if state & FAILED != 0
-                    && let Some(error) = self.first_failure()
-                {
-                    return Err(DeliveryShortfall::Failed(error));
-                }
-                return Err(DeliveryShortfall::TimedOut {
-                    outstanding: state & !FAILED,
-                });
+                return self.outcome().unwrap_or(Err(DeliveryShortfall::TimedOut {
+                    outstanding: self.state.load(Ordering::Acquire) & !FAILED,
+                }));
             }
         }
     }

@@ -2,9 +2,9 @@
 //! monitor's reader ([`clients`]), blocking calls bounded in time
 //! ([`blocking_call`]), the rebalance context ([`rebalance`]), the records a
 //! cycle produces ([`records`], pure), producing inside the open
-//! transaction ([`send`]) and counting its acknowledgements ([`delivery`]), the transaction's steps ([`transaction`]), the
-//! header names ([`headers`]) and the classification of failures
-//! ([`error`]).
+//! transaction ([`send`]) and counting its acknowledgements ([`delivery`]),
+//! the transaction's steps ([`transaction`]), the header names
+//! ([`headers`]) and the classification of failures ([`error`]).
 //!
 //! Guarantees: no file here knows an actor type; offsets are committed
 //! only through the producer's transaction.

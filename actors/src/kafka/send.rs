@@ -39,6 +39,10 @@ pub async fn send_all<R: SendableRecord>(
     let mut scratch = Vec::new();
     for record in records {
         loop {
+            // A failed delivery dooms the send: stop producing now.
+            if let Some(source) = tally.failure() {
+                return Err(shortfall(topic, DeliveryShortfall::Failed(source)));
+            }
             // librdkafka copies the record when it accepts it, so the
             // scratch buffer is free again once `send` returns; a record
             // refused for a full queue is built again.
@@ -55,12 +59,6 @@ pub async fn send_all<R: SendableRecord>(
             });
             let Err((error, _record)) = refused else {
                 sent += 1;
-                // A failed delivery dooms the send: stop producing now.
-                if tally.failed()
-                    && let Some(source) = tally.first_failure()
-                {
-                    return Err(shortfall(topic, DeliveryShortfall::Failed(source)));
-                }
                 break;
             };
             tally.refused();
@@ -70,11 +68,8 @@ pub async fn send_all<R: SendableRecord>(
                     source: error,
                 });
             }
-            // The queue drains as acknowledgements arrive; a failure among
-            // them ends the send now, and the deadline bounds the wait.
-            if let Some(source) = tally.first_failure() {
-                return Err(shortfall(topic, DeliveryShortfall::Failed(source)));
-            }
+            // The queue drains as acknowledgements arrive; the deadline
+            // bounds the wait.
             if tokio::time::Instant::now() >= deadline {
                 return Err(KafkaTxnError::DeliveryTimedOut {
                     topic: topic.to_owned(),

@@ -147,7 +147,9 @@ fn read_committed_blocking(
     Ok(records)
 }
 
-/// The high watermark (end) of every partition of `topic`.
+/// The high watermark (end) of every partition of `topic`, open
+/// transactions included (asked as a `read_uncommitted` client: librdkafka's
+/// default, `read_committed`, would answer with the last stable offset).
 pub async fn high_watermarks(
     bootstrap: &str,
     topic: &str,
@@ -163,6 +165,7 @@ pub async fn high_watermarks(
             .set("bootstrap.servers", &bootstrap)
             .set("group.id", unique("onceflow-harness-watermarks"))
             .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_uncommitted")
             .create()
             .context("cannot create the watermark reader")?;
         let mut out = std::collections::BTreeMap::new();

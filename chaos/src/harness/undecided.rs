@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::unique;
-use crate::bail;
+use super::{high_watermarks, unique};
 use crate::error::{Context, Result};
 
 /// How long a verdict waits for a topic's records to be decided: the
@@ -53,65 +52,50 @@ pub async fn wait_until_decided(
     topic: &str,
     within: Duration,
 ) -> Result<Vec<UndecidedRange>> {
+    let ends = high_watermarks(bootstrap, topic).await?;
     let bootstrap = bootstrap.to_owned();
     let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || wait_blocking(&bootstrap, &topic, within))
+    tokio::task::spawn_blocking(move || wait_blocking(&bootstrap, &topic, ends, within))
         .await
         .context("the undecided-records task failed")?
 }
 
-fn wait_blocking(bootstrap: &str, topic: &str, within: Duration) -> Result<Vec<UndecidedRange>> {
-    let client = |isolation: &str| -> Result<BaseConsumer> {
-        ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", unique("onceflow-harness-stable"))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", isolation)
-            .create()
-            .with_context(|| format!("cannot create a {isolation} offsets reader"))
-    };
-    let uncommitted = client("read_uncommitted")?;
-    let committed = client("read_committed")?;
-    let metadata = uncommitted
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("cannot read the metadata of {topic}"))?;
-    let Some(described) = metadata.topics().first() else {
-        bail!("topic {topic} does not exist");
-    };
-    if described.partitions().is_empty() {
-        bail!("topic {topic} does not exist");
-    }
-    let mut waiting: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-    for partition in described.partitions().iter().map(|p| p.id()) {
-        let (_, end) = uncommitted
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .with_context(|| format!("cannot read the high watermark of {topic}/{partition}"))?;
-        waiting.insert(partition, (end, -1));
-    }
+/// Waits until each partition's last stable offset reaches its end in
+/// `ends`, at most `within`.
+fn wait_blocking(
+    bootstrap: &str,
+    topic: &str,
+    mut ends: BTreeMap<i32, i64>,
+    within: Duration,
+) -> Result<Vec<UndecidedRange>> {
+    let committed: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("onceflow-harness-stable"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .context("cannot create the last-stable-offset reader")?;
     let deadline = Instant::now() + within;
     loop {
-        let mut still = BTreeMap::new();
-        for (partition, (end, _)) in waiting {
+        let mut undecided = Vec::new();
+        for (&partition, &end) in &ends {
             let (_, stable) = committed
                 .fetch_watermarks(topic, partition, Duration::from_secs(10))
                 .with_context(|| {
                     format!("cannot read the last stable offset of {topic}/{partition}")
                 })?;
             if stable < end {
-                still.insert(partition, (end, stable));
-            }
-        }
-        waiting = still;
-        if waiting.is_empty() || Instant::now() >= deadline {
-            return Ok(waiting
-                .into_iter()
-                .map(|(partition, (end, stable))| UndecidedRange {
+                undecided.push(UndecidedRange {
                     partition,
                     stable,
                     end,
-                })
-                .collect());
+                });
+            }
         }
+        if undecided.is_empty() || Instant::now() >= deadline {
+            return Ok(undecided);
+        }
+        ends.retain(|partition, _| undecided.iter().any(|range| range.partition == *partition));
         std::thread::sleep(Duration::from_millis(250));
     }
 }

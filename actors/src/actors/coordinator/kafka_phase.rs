@@ -20,7 +20,6 @@
 
 use std::time::Instant;
 
-use crate::kafka::delivery::OutputProducer;
 use ractor::rpc::CallResult;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerGroupMetadata};
@@ -29,6 +28,7 @@ use uuid::Uuid;
 use super::database::CommittedBatch;
 use super::state::CoordinatorState;
 use crate::failpoints;
+use crate::kafka::delivery::OutputProducer;
 use crate::kafka::error::{ForwarderFailure, KafkaTxnError};
 use crate::kafka::records::{self, DeadLetter};
 use crate::kafka::transaction::{self, KafkaTransaction};

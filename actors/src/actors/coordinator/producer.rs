@@ -11,13 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::kafka::delivery::OutputProducer;
 use ractor::ActorProcessingErr;
 use uuid::Uuid;
 
 use super::state::CoordinatorState;
 use crate::kafka::blocking_call::{CALL_LIMIT_MARGIN, bounded_blocking};
 use crate::kafka::clients::create_output_producer;
+use crate::kafka::delivery::OutputProducer;
 use crate::kafka::error::{KafkaFailureClass, KafkaTxnError};
 use crate::kafka::transaction::{self, init_transactions_span};
 use crate::settings::Settings;

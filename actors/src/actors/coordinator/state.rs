@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::kafka::delivery::OutputProducer;
 use ractor::ActorRef;
 use rdkafka::consumer::Consumer;
 
 use crate::kafka::clients::InputConsumer;
+use crate::kafka::delivery::OutputProducer;
 use crate::messages::names::ActorNames;
 use crate::messages::partition::PartitionConsumerMsg;
 use crate::model::position_ticket::{PositionTicket, PositionTickets};
