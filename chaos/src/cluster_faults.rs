@@ -18,7 +18,8 @@ use crate::error::{Context, Result};
 use crate::harness::{KafkaCluster, NODES, Scenario, Service, unique, wait_for_progress};
 use crate::outcome::Injection;
 use crate::scenarios::{
-    FaultPhase, ScenarioContext, partitions_owned_by, seen_within, with_instance_env, work_left,
+    FaultPhase, ScenarioContext, partitions_owned_by, seen_within, with_instance_env,
+    work_seen_soon,
 };
 
 /// Which broker a kill hits.
@@ -113,7 +114,7 @@ pub(crate) async fn inject_cluster_fault(
     let service = scenario.start(&with_instance_env(&extra))?;
     wait_for_progress(scenario, Duration::from_secs(90)).await?;
     injection.require(
-        work_left(scenario).await,
+        work_seen_soon(scenario).await,
         "input was left to consume when the fault began",
     );
     let mut phase_others = Vec::new();

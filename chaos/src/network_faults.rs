@@ -17,7 +17,7 @@ use crate::harness::{
     ClientNetwork, NetworkCondition, ProxyCounters, Scenario, TcpProxy, wait_for_progress,
 };
 use crate::outcome::Injection;
-use crate::scenarios::{FaultPhase, ScenarioContext, with_instance_env, work_left};
+use crate::scenarios::{FaultPhase, ScenarioContext, with_instance_env, work_seen_soon};
 
 /// Which path a network fault hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -114,7 +114,7 @@ pub(crate) async fn inject_network_fault(
     let service = scenario.start(&with_instance_env(&[]))?;
     wait_for_progress(scenario, Duration::from_secs(90)).await?;
     injection.require(
-        work_left(scenario).await,
+        work_seen_soon(scenario).await,
         "input was left to consume when the fault began",
     );
     let NetworkFault { path, condition } = fault;

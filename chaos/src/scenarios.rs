@@ -518,15 +518,11 @@ pub async fn run_scenario(
     result.unwrap_or_else(|error| ScenarioOutcome::failed_to_run(&spec.name, error.to_string()))
 }
 
-/// Whether some input is not consumed yet: a fault that begins now meets work.
-/// Input written while one fault round lasts (its own seed per `round`):
-/// a round must meet work, and the scenario's first load can be consumed
-/// before a later round begins. Returns once there is input left to
-/// consume (or after 10 s); await the handle when the round is over.
-/// The load of one fault round, started in the background, and whether
-/// unconsumed input was seen within 10 s of its start. The observation is
-/// the evidence: sampling again later races with a pipeline that keeps up
-/// with the load between two records (seen once in `database-slow`).
+/// The load of one fault round (its own seed per `round`), started in the
+/// background, and whether unconsumed input was seen soon after its start
+/// ([`work_seen_soon`]): a round must meet work, and the scenario's first
+/// load can be consumed before a later round begins. Await the handle when
+/// the round is over.
 pub(crate) async fn load_for_round(
     scenario: &Scenario,
     context: &ScenarioContext,
@@ -543,17 +539,26 @@ pub(crate) async fn load_for_round(
         ),
         BACKGROUND_RATE,
     );
-    let work_seen = seen_within(Duration::from_secs(10), || async {
-        work_left(scenario).await
-    })
-    .await;
-    (load, work_seen)
+    (load, work_seen_soon(scenario).await)
+}
+
+/// How long [`work_seen_soon`] samples for.
+const WORK_SEEN_WITHIN: Duration = Duration::from_secs(10);
+
+/// Whether unconsumed input was seen within [`WORK_SEEN_WITHIN`]: the
+/// evidence that a fault about to begin meets work. One sample is not
+/// enough: a pipeline that keeps up with the background load is caught up
+/// between two of its records for most of the time (seen in
+/// `database-slow`, and in `kafka/frozen-past-transaction-timeout` once
+/// batches grew under a backlog), so a single look fails a sound run.
+pub(crate) async fn work_seen_soon(scenario: &Scenario) -> bool {
+    seen_within(WORK_SEEN_WITHIN, || async { work_left(scenario).await }).await
 }
 
 /// Whether input is left to consume: a partition whose database side has
 /// not reached its end (the evidence that a fault met work; a Kafka commit
 /// a moment behind the database one is not work left).
-pub(crate) async fn work_left(scenario: &Scenario) -> bool {
+async fn work_left(scenario: &Scenario) -> bool {
     scenario.partition_progress().await.is_ok_and(|progress| {
         progress
             .iter()
@@ -1178,7 +1183,7 @@ async fn run_on_mock(
     progress.set_message(format!("{}: injecting {:?}", spec.name, spec.fault));
     let mut injection = Injection::default();
     injection.require(
-        work_left(&scenario).await,
+        work_seen_soon(&scenario).await,
         "input was left to consume when the fault began",
     );
     let faults = inject_on_mock(&spec.fault, &cluster, &scenario, &mut injection).await?;
