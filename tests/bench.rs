@@ -109,6 +109,19 @@ async fn a_small_bench_run_measures_every_step_and_reports_consistent_figures() 
         "idle brokers still replicate and keep their quorum: {:?}",
         report.per_message
     );
+    // One database and one Kafka transaction timed per record.
+    let per_message = report.per_message;
+    for transaction in [
+        per_message.database_transaction_ms,
+        per_message.kafka_transaction_ms,
+    ] {
+        assert!(
+            transaction.count as u64 == per_message.records
+                && transaction.p50 > 0.0
+                && transaction.p50 <= transaction.p99,
+            "{per_message:?}"
+        );
+    }
     let latency = &report.latency;
     assert!(latency.rate >= 1);
     assert_eq!(
@@ -118,6 +131,17 @@ async fn a_small_bench_run_measures_every_step_and_reports_consistent_figures() 
     );
     assert!(latency.end_to_end_ms.p50 <= latency.end_to_end_ms.p99);
     assert!(latency.commit_p50_ms <= latency.commit_p99_ms && latency.cycles >= 1.0);
+    // Each phase is part of its cycle: observed for every cycle, never
+    // longer than the cycle, so neither quantile is above the cycle's.
+    for phase in [latency.database_phase_ms, latency.kafka_phase_ms] {
+        assert!(
+            phase.p50 > 0.0
+                && phase.p50 <= phase.p99
+                && phase.p50 <= latency.commit_p50_ms
+                && phase.p99 <= latency.commit_p99_ms,
+            "{latency:?}"
+        );
+    }
     assert!(
         latency.cpu_us_per_record > 0.0 && latency.peak_rss_mib > 1.0,
         "{latency:?}"

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use onceflow_actors::settings::Guarantee;
+use onceflow_actors::telemetry::metrics::CommitPhase;
 use onceflow_chaos::harness::{Metrics, Scenario, WorkloadSpec, read_committed, unique};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -54,6 +55,11 @@ pub struct LatencyRun {
     pub commit_p99_ms: f64,
     /// cycles committed during the run
     pub cycles: f64,
+    /// of a cycle, its database phase (every partition's write), ms
+    pub database_phase_ms: PhaseLatency,
+    /// of a cycle, its Kafka phase (produce, acknowledgements, offsets,
+    /// commit), ms
+    pub kafka_phase_ms: PhaseLatency,
     /// records per second committed, from the first input record written
     /// to both commits of the last
     pub achieved_records_per_second: f64,
@@ -63,7 +69,26 @@ pub struct LatencyRun {
     pub peak_rss_mib: f64,
 }
 
+/// p50 and p99 of a histogram over the run, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PhaseLatency {
+    /// median, ms
+    pub p50: f64,
+    /// 99th percentile, ms
+    pub p99: f64,
+}
+
+impl PhaseLatency {
+    fn of(buckets: &[(f64, f64)]) -> PhaseLatency {
+        PhaseLatency {
+            p50: histogram_quantile(0.5, buckets) * 1e3,
+            p99: histogram_quantile(0.99, buckets) * 1e3,
+        }
+    }
+}
+
 const COMMIT_BUCKETS: &str = "onceflow_commit_duration_seconds_bucket";
+const PHASE_BUCKETS: &str = "onceflow_commit_phase_duration_seconds_bucket";
 
 /// Seconds of input at the run's rate written and committed before the
 /// measured run.
@@ -221,7 +246,19 @@ pub async fn latency_run(
                 .map(|written_at| (*seen_at - *written_at) as f64)
         })
         .collect();
-    let commit = bucket_delta(&before, &after)?;
+    let commit = bucket_delta(&before, &after, COMMIT_BUCKETS, None)?;
+    let database_phase = bucket_delta(
+        &before,
+        &after,
+        PHASE_BUCKETS,
+        Some(("phase", CommitPhase::Database.as_str())),
+    )?;
+    let kafka_phase = bucket_delta(
+        &before,
+        &after,
+        PHASE_BUCKETS,
+        Some(("phase", CommitPhase::Kafka.as_str())),
+    )?;
     scenario.drop_database().await?;
     Ok(LatencyRun {
         rate,
@@ -231,6 +268,8 @@ pub async fn latency_run(
         commit_p50_ms: histogram_quantile(0.5, &commit) * 1e3,
         commit_p99_ms: histogram_quantile(0.99, &commit) * 1e3,
         cycles: commit.last().map_or(0.0, |(_, count)| *count),
+        database_phase_ms: PhaseLatency::of(&database_phase),
+        kafka_phase_ms: PhaseLatency::of(&kafka_phase),
         achieved_records_per_second: expected as f64 / steady_seconds.max(f64::EPSILON),
         cpu_us_per_record: (usage_after.cpu_seconds - usage_before.cpu_seconds) * 1e6
             / expected.max(1) as f64,
@@ -291,11 +330,18 @@ fn watch_outputs(
     Ok(seen)
 }
 
-/// The commit histogram's buckets over the run: (upper bound in seconds,
-/// cumulative count), ascending, `+Inf` last.
-fn bucket_delta(before: &Metrics, after: &Metrics) -> Result<Vec<(f64, f64)>> {
-    let before = before.by_label(COMMIT_BUCKETS, "le")?;
-    let after = after.by_label(COMMIT_BUCKETS, "le")?;
+/// The buckets of the histogram `name` (its series with the label
+/// `series`, if given) over the run: (upper bound in seconds, cumulative
+/// count), ascending, `+Inf` last.
+fn bucket_delta(
+    before: &Metrics,
+    after: &Metrics,
+    name: &str,
+    series: Option<(&str, &str)>,
+) -> Result<Vec<(f64, f64)>> {
+    let filter: Vec<(&str, &str)> = series.into_iter().collect();
+    let before = buckets_of(before, name, &filter)?;
+    let after = buckets_of(after, name, &filter)?;
     let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for (le, count) in &after {
         let bound = if le == "+Inf" {
@@ -309,4 +355,21 @@ fn bucket_delta(before: &Metrics, after: &Metrics) -> Result<Vec<(f64, f64)>> {
     let mut sorted: Vec<(f64, f64)> = buckets.into_values().collect();
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok(sorted)
+}
+
+/// The cumulative count of each bucket (`le`) of `name`'s samples whose
+/// labels include `filter`.
+fn buckets_of(
+    metrics: &Metrics,
+    name: &str,
+    filter: &[(&str, &str)],
+) -> Result<BTreeMap<String, f64>> {
+    let mut buckets = BTreeMap::new();
+    for le in metrics.by_label(name, "le")?.into_keys() {
+        let mut labels = filter.to_vec();
+        labels.push(("le", le.as_str()));
+        let count = metrics.sum(name, &labels)?;
+        buckets.insert(le, count);
+    }
+    Ok(buckets)
 }

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 
 use crate::error::{BenchError, Result};
 use crate::machine_cpu::{Component, MachineSnapshot};
+use crate::quantiles::{Quantiles, quantiles_of};
 
 /// The figures of the per-message run.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -35,6 +36,11 @@ pub struct PerMessageRun {
     /// cores the brokers keep busy when idle (measured for 3 s before the
     /// run), subtracted from the figure above
     pub broker_idle_cores: f64,
+    /// one record's database transaction (event, spend, offset), ms
+    pub database_transaction_ms: Quantiles,
+    /// one record's Kafka transaction, `begin_transaction` to the return of
+    /// `commit_transaction` (output, offsets, commit), ms
+    pub kafka_transaction_ms: Quantiles,
 }
 
 /// The fields the baseline reads from an input record.
@@ -97,6 +103,8 @@ pub async fn per_message_run(
     let started = Instant::now();
     let machine_before = MachineSnapshot::now(None)?;
     let mut processed = 0u64;
+    let mut database_ms = Vec::new();
+    let mut kafka_ms = Vec::new();
     while processed < truth.records {
         if started.elapsed() > Duration::from_secs(600) {
             return Err(BenchError::TimedOut {
@@ -118,6 +126,7 @@ pub async fn per_message_run(
         let event = serde_json::from_slice::<Event>(&payload)
             .ok()
             .filter(Event::is_valid);
+        let database_started = Instant::now();
         write_one(
             &scenario.pool,
             &group,
@@ -128,10 +137,12 @@ pub async fn per_message_run(
             &payload,
         )
         .await?;
+        database_ms.push(database_started.elapsed().as_secs_f64() * 1e3);
         let output_topic = match event {
             Some(_) => &scenario.topics.output,
             None => &scenario.topics.dlq,
         };
+        let kafka_started = Instant::now();
         tokio::task::block_in_place(|| -> Result<()> {
             producer.begin_transaction()?;
             let mut record = BaseRecord::to(output_topic).payload(&payload);
@@ -154,6 +165,7 @@ pub async fn per_message_run(
             producer.commit_transaction(call_timeout)?;
             Ok(())
         })?;
+        kafka_ms.push(kafka_started.elapsed().as_secs_f64() * 1e3);
         processed += 1;
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -171,6 +183,8 @@ pub async fn per_message_run(
             * 1e3
             / processed.max(1) as f64,
         broker_idle_cores,
+        database_transaction_ms: quantiles_of(database_ms),
+        kafka_transaction_ms: quantiles_of(kafka_ms),
     })
 }
 

@@ -273,10 +273,18 @@ impl BenchReport {
             "  one Kafka transaction (one output, the offsets) cost the brokers {:.1} ms of CPU (above their idle {:.2} cores)\n",
             p.broker_cpu_ms_per_transaction, p.broker_idle_cores
         ));
+        out.push_str(&format!(
+            "  per record: database transaction p50 {:.1} ms, p99 {:.1} ms; Kafka transaction (begin to commit) p50 {:.1} ms, p99 {:.1} ms\n",
+            p.database_transaction_ms.p50,
+            p.database_transaction_ms.p99,
+            p.kafka_transaction_ms.p50,
+            p.kafka_transaction_ms.p99
+        ));
         let l = &self.latency;
         out.push_str(&format!(
             "\nat {} records/s for {} s after {} s of warm-up ({:.0} committed per second, CPU {:.1} µs/rec, peak {:.0} MiB): \
-             commit p50 {:.1} ms, p99 {:.1} ms ({} cycles); \
+             commit p50 {:.1} ms, p99 {:.1} ms ({} cycles; database phase p50 {:.1}, p99 {:.1} ms; \
+             Kafka phase p50 {:.1}, p99 {:.1} ms); \
              end-to-end p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} events)\n",
             l.rate,
             l.seconds,
@@ -287,6 +295,10 @@ impl BenchReport {
             l.commit_p50_ms,
             l.commit_p99_ms,
             l.cycles,
+            l.database_phase_ms.p50,
+            l.database_phase_ms.p99,
+            l.kafka_phase_ms.p50,
+            l.kafka_phase_ms.p99,
             l.end_to_end_ms.p50,
             l.end_to_end_ms.p99,
             l.end_to_end_ms.max,

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::telemetry::metrics::{CommitPhase, label};
 use crate::telemetry::spans::{self, RecordSpan, mark_failed};
 use crate::telemetry::status::PipelineStatus;
 
@@ -248,10 +249,17 @@ impl CycleCommitted<'_> {
     /// committed.
     pub fn emit(&self, status: &PipelineStatus) {
         status.count_commit();
-        status
-            .metrics()
-            .commit_duration
-            .observe(self.elapsed.as_secs_f64());
+        let metrics = status.metrics();
+        metrics.commit_duration.observe(self.elapsed.as_secs_f64());
+        for (phase, took) in [
+            (CommitPhase::Database, self.database),
+            (CommitPhase::Kafka, self.kafka),
+        ] {
+            metrics
+                .commit_phase_duration
+                .get_or_create(&label("phase", phase.as_str()))
+                .observe(took.as_secs_f64());
+        }
         tracing::debug!(
             target: COMMIT_EVENTS_TARGET,
             txn_id = %self.txn_id,
@@ -352,6 +360,18 @@ mod tests {
             exported.contains(r#"onceflow_txn_aborts_total{reason="fenced_or_fatal"} 1"#),
             "{exported}"
         );
+        // Each phase observed on its own series, with its own duration.
+        for line in [
+            r#"onceflow_commit_phase_duration_seconds_sum{phase="database"} 0.002"#,
+            r#"onceflow_commit_phase_duration_seconds_sum{phase="kafka"} 0.003"#,
+            r#"onceflow_commit_phase_duration_seconds_count{phase="kafka"} 1"#,
+            r#"onceflow_commit_duration_seconds_sum 0.005"#,
+        ] {
+            assert!(
+                exported.lines().any(|exposed| exposed == line),
+                "no `{line}` in\n{exported}"
+            );
+        }
         assert_eq!(status.committed_cycles(), 1);
     }
 }
