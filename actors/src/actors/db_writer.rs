@@ -96,16 +96,6 @@ impl Actor for DbWriter {
                 // idempotent, so a reply nobody reads is harmless.
                 let _ = reply.send(outcome);
             }
-            DbWriterMsg::ConfirmKafkaCommit(confirmations, reply) => {
-                if let Err(error) = state
-                    .store
-                    .confirm_kafka_commit(&state.group_id, &state.topic, &confirmations)
-                    .await
-                {
-                    tracing::warn!(%error, "could not record the confirmed kafka offsets; until a later confirmation lands, only the group's offsets and this ownership's memory of its commits bound the replay");
-                }
-                let _ = reply.send(());
-            }
         }
         Ok(())
     }

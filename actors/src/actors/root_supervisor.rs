@@ -27,7 +27,7 @@ use crate::messages::names::ActorNames;
 use crate::messages::root::{RootChild, RootMsg};
 use crate::model::position_ticket::PositionTickets;
 use crate::settings::Settings;
-use crate::store::Store;
+use crate::store::{ConfirmedOffsets, Store};
 use crate::telemetry::status::PipelineStatus;
 
 /// Everything the children need.
@@ -49,6 +49,8 @@ pub struct RootArgs {
     pub fetcher_slot: FetcherSlot,
     /// the positioning tickets (outlive every actor)
     pub tickets: PositionTickets,
+    /// the recorder of confirmed Kafka offsets (outlives every actor)
+    pub confirmed_offsets: ConfirmedOffsets,
 }
 
 /// State of the root supervisor.
@@ -266,6 +268,7 @@ impl RootArgs {
             names: self.names.clone(),
             status: self.status.clone(),
             tickets: self.tickets.clone(),
+            confirmed_offsets: self.confirmed_offsets.clone(),
         }
     }
 

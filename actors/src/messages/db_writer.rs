@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::model::batch::PartitionBatch;
 use crate::store::StoreError;
-use crate::store::types::{BatchWriteOutcome, KafkaCommitConfirmation};
+use crate::store::types::BatchWriteOutcome;
 
 /// One partition batch to commit.
 #[derive(Debug, Clone)]
@@ -34,8 +34,6 @@ pub struct WriteRequest {
 pub enum DbWriterMsg {
     /// commit a batch and reply with the outcome
     Write(WriteRequest, RpcReplyPort<Result<WrittenBatch, StoreError>>),
-    /// record Kafka offsets confirmed committed (bookkeeping)
-    ConfirmKafkaCommit(Vec<KafkaCommitConfirmation>, RpcReplyPort<()>),
 }
 
 /// A committed batch: the one requested, or a copy in which the events the

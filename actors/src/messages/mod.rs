@@ -22,7 +22,7 @@
 //! | consumer supervisor | record fetcher | [`FetcherCommand::Position`], [`FetcherCommand::Park`], [`FetcherCommand::Forget`] |
 //! | partition consumer | record fetcher | [`FetcherCommand::Resume`] |
 //! | record fetcher (itself) | record fetcher | [`FetcherCommand::RetryPosition`] |
-//! | coordinator | database writer | [`DbWriterMsg::Write`], [`DbWriterMsg::ConfirmKafkaCommit`] |
+//! | coordinator | database writer | [`DbWriterMsg::Write`] |
 //! | coordinator | DLQ forwarder | [`DlqForwarderMsg::Forward`] |
 //! | database writers, coordinator (recovery reads) | circuit breaker | [`CircuitBreakerMsg::DatabaseSucceeded`], [`CircuitBreakerMsg::DatabaseFailed`] |
 //! | circuit breaker (itself) | circuit breaker | [`CircuitBreakerMsg::Probe`] |

@@ -28,8 +28,8 @@ use crate::model::ad_event::DeadLetterKind;
 use crate::model::position_ticket::PositionTickets;
 use crate::pipeline::monitor::spawn_monitor;
 use crate::settings::{Settings, SettingsError};
-use crate::store::Store;
 use crate::store::error::StoreError;
+use crate::store::{ConfirmedOffsets, Store};
 use crate::telemetry::events::AbortReason;
 use crate::telemetry::status::PipelineStatus;
 
@@ -77,6 +77,10 @@ const REJOINS_PER_WINDOW: usize = 3;
 const REJOIN_WINDOW: Duration = Duration::from_secs(300);
 /// Pause before a rejoin.
 const REJOIN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long the end of a membership waits for its confirmed Kafka offsets
+/// to be recorded.
+const CONFIRMED_OFFSETS_CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How one membership of the consumer group ended.
 enum MembershipEnd {
@@ -221,6 +225,8 @@ async fn run_membership(
         "pipeline starting"
     );
     let fetcher_slot = FetcherSlot::default();
+    let confirmed_offsets =
+        ConfirmedOffsets::start(store.clone(), &settings.group_id, &settings.input_topic);
     let root_args = RootArgs {
         settings: Arc::clone(settings),
         store: store.clone(),
@@ -230,6 +236,7 @@ async fn run_membership(
         shutdown: session.clone(),
         fetcher_slot: fetcher_slot.clone(),
         tickets: PositionTickets::default(),
+        confirmed_offsets: confirmed_offsets.clone(),
     };
     let (root, root_done) = Actor::spawn(Some(names.root()), RootSupervisor, root_args)
         .await
@@ -261,6 +268,7 @@ async fn run_membership(
             .stop_and_wait(Some(reason), Some(Duration::from_secs(2)))
             .await;
         fetcher_slot.stop().await;
+        close_confirmed_offsets(&confirmed_offsets).await;
         close_consumer(consumer).await;
         return ended.map(MembershipEnd::Lost).map_err(|reason| {
             shutdown.cancel();
@@ -274,9 +282,25 @@ async fn run_membership(
     stop_gracefully(&names, &root).await;
     monitor.abort();
     fetcher_slot.stop().await;
+    close_confirmed_offsets(&confirmed_offsets).await;
     close_consumer(consumer).await;
     tracing::info!("pipeline stopped");
     Ok(MembershipEnd::Shutdown)
+}
+
+/// Records what the membership's last cycles confirmed (bounded: a store
+/// that does not answer leaves the group's offsets as the bound, as after
+/// a crash), then stops the recorder.
+async fn close_confirmed_offsets(confirmed_offsets: &ConfirmedOffsets) {
+    if !confirmed_offsets
+        .close(CONFIRMED_OFFSETS_CLOSE_DEADLINE)
+        .await
+    {
+        tracing::warn!(
+            partitions = ?confirmed_offsets.waiting_partitions(),
+            "confirmed kafka offsets not recorded before the stop"
+        );
+    }
 }
 
 /// The actor names of one membership. A rejoin's actors get names of their

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::model::batch::PartitionBatch;
 
+pub mod confirmed_offsets;
 pub mod error;
 pub(crate) mod plan;
 pub mod postgres;
@@ -31,6 +32,7 @@ pub mod sqlite;
 pub mod types;
 pub mod url;
 
+pub use confirmed_offsets::ConfirmedOffsets;
 pub use error::StoreError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

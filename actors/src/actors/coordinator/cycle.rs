@@ -491,7 +491,7 @@ impl CoordinatorState {
             self.rewind(me, &partitions).await;
             return false;
         }
-        self.confirm_kafka_commit(committed).await;
+        self.confirm_kafka_commit(committed);
         self.count_committed(committed, committed_at_ms);
         CycleCommitted {
             txn_id,

@@ -25,8 +25,6 @@ use crate::store::error::StoreError;
 use crate::store::types::{BatchWriteOutcome, KafkaCommitConfirmation};
 use crate::telemetry::events::COMMIT_EVENTS_TARGET;
 
-/// Longest wait for the store to record confirmed Kafka offsets.
-const CONFIRM_DEADLINE: Duration = Duration::from_secs(2);
 /// Added to a write's worst case (every attempt timing out) to bound the
 /// wait for its writer.
 const WRITER_MARGIN: Duration = Duration::from_secs(5);
@@ -162,16 +160,17 @@ impl CoordinatorState {
         }
     }
 
-    /// Has a database writer record the Kafka offsets just confirmed
-    /// committed, before the next cycle (so a rewind in that cycle sees
-    /// them). Bounded in time. A failure is not harmless: on a broker whose
-    /// group offsets cannot be read back (librdkafka's mock cluster discards
-    /// them; a read can return a stale offset), the stored
-    /// `kafka_committed_offset` is what keeps a rewind from producing
-    /// committed outputs again. Within this ownership `kafka_committed_here`
-    /// covers it; after a restart, a failed confirmation leaves the group's
-    /// offsets as the only bound.
-    pub(super) async fn confirm_kafka_commit(&self, committed: &[CommittedBatch]) {
+    /// Hands the Kafka offsets just confirmed committed to the recorder,
+    /// which writes them beside the next cycles, not on their path. A lost
+    /// one is not harmless: on a broker whose group offsets cannot be read
+    /// back (librdkafka's mock cluster discards them; a read can return a
+    /// stale offset), the stored `kafka_committed_offset` is what keeps a
+    /// rewind from producing committed outputs again. Within this ownership
+    /// `kafka_committed_here` covers it; every positioning first flushes the
+    /// recorder (see `position_partitions`), so a restarted coordinator reads
+    /// what its predecessor confirmed; after a crash, what had not landed
+    /// leaves the group's offsets as the only bound.
+    pub(super) fn confirm_kafka_commit(&self, committed: &[CommittedBatch]) {
         if let Err(fault) =
             crate::failpoints::hit(crate::failpoints::COORDINATOR_CONFIRM_KAFKA_COMMIT)
         {
@@ -189,16 +188,6 @@ impl CoordinatorState {
                 })
             })
             .collect();
-        if let Some(writer) = self.args.names.find_db_writer(0) {
-            let confirmed = writer
-                .call(
-                    |reply| DbWriterMsg::ConfirmKafkaCommit(confirmations, reply),
-                    Some(CONFIRM_DEADLINE),
-                )
-                .await;
-            if !matches!(confirmed, Ok(CallResult::Success(()))) {
-                tracing::debug!("confirmed kafka offsets not recorded in time");
-            }
-        }
+        self.args.confirmed_offsets.record(confirmations);
     }
 }

@@ -18,7 +18,7 @@ use crate::messages::names::ActorNames;
 use crate::messages::partition::PartitionConsumerMsg;
 use crate::model::position_ticket::{PositionTicket, PositionTickets};
 use crate::settings::Settings;
-use crate::store::Store;
+use crate::store::{ConfirmedOffsets, Store};
 use crate::telemetry::status::PipelineStatus;
 
 /// Start arguments.
@@ -36,6 +36,10 @@ pub struct CoordinatorArgs {
     pub status: PipelineStatus,
     /// the positioning tickets (shared with every incarnation)
     pub tickets: PositionTickets,
+    /// records the Kafka offsets confirmed committed (shared with every
+    /// incarnation, so a restarted coordinator flushes what its predecessor
+    /// handed over before it reads recovery positions)
+    pub confirmed_offsets: ConfirmedOffsets,
 }
 
 #[derive(Debug)]
