@@ -1,16 +1,17 @@
 //! The recorder of confirmed Kafka offsets (`ConfirmedOffsets`) against a
-//! real PostgreSQL: it keeps only the newest confirmation of a partition,
-//! a flush lands what was handed over, it never holds one partition's row
-//! while it waits for another's (a batch transaction in flight holds its
-//! row; a lock cycle must be impossible), and a confirmation the store
-//! refused is written again, unless a newer one came.
+//! real PostgreSQL: a flush lands what was handed over; a batch transaction
+//! of one partition never waits behind the recorder for its row while
+//! another partition's row is held; a confirmation stays waiting until a
+//! write of it succeeded (a flush cut off at its deadline loses nothing, a
+//! newer one handed over during an older one's write is written too); a
+//! refused one is written again by the background task alone.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use onceflow_actors::store::{ConfirmedOffsets, KafkaCommitConfirmation, PostgresStore, Store};
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 
 const GROUP: &str = "g";
 const TOPIC: &str = "ad-events";
@@ -68,54 +69,77 @@ async fn recorded_within(
     }
 }
 
-#[tokio::test]
-async fn only_the_newest_confirmation_waits_and_a_flush_lands_it() -> anyhow::Result<()> {
-    let (store, _pool, _url, epochs) = claimed_store().await?;
-    let recorder = ConfirmedOffsets::start(store.clone(), GROUP, TOPIC);
-    recorder.record([confirmation(0, 5, &epochs), confirmation(1, 4, &epochs)]);
-    recorder.record([confirmation(0, 9, &epochs)]);
-    assert!(recorder.flush(Duration::from_secs(10)).await);
-    assert_eq!(recorder.waiting_partitions(), Vec::<i32>::new());
-    assert_eq!(recorded(&store, 0).await?, Some(9));
-    assert_eq!(recorded(&store, 1).await?, Some(4));
-    assert_eq!(recorded(&store, 2).await?, None, "nothing confirmed there");
-    // A confirmation made under an epoch a newer claim replaced changes
-    // nothing (the store's fence), and the flush still reports it written.
-    store.claim_partition(GROUP, TOPIC, 0, "j").await?;
-    recorder.record([confirmation(0, 50, &epochs)]);
-    assert!(recorder.close(Duration::from_secs(10)).await);
-    assert_eq!(recorded(&store, 0).await?, Some(9));
+/// A transaction on its own connection holding `partition`'s row, as a
+/// batch transaction in flight does.
+async fn hold_row(url: &str, partition: i32) -> anyhow::Result<PgConnection> {
+    let mut connection = PgConnection::connect(url).await?;
+    sqlx::query("BEGIN").execute(&mut connection).await?;
+    sqlx::query("SELECT next_offset FROM consumer_offsets WHERE partition = $1 FOR UPDATE")
+        .bind(partition)
+        .execute(&mut connection)
+        .await?;
+    Ok(connection)
+}
+
+async fn release(mut connection: PgConnection) -> anyhow::Result<()> {
+    sqlx::query("COMMIT").execute(&mut connection).await?;
     Ok(())
 }
 
 #[tokio::test]
-async fn a_confirmation_never_holds_one_row_while_it_waits_for_another() -> anyhow::Result<()> {
-    let (store, pool, url, epochs) = claimed_store().await?;
-    // A batch transaction in flight on partition 1 holds its row.
-    let mut batch_connection = sqlx::PgConnection::connect(&url).await?;
-    let mut batch_transaction = batch_connection.begin().await?;
-    sqlx::query("SELECT next_offset FROM consumer_offsets WHERE partition = 1 FOR UPDATE")
-        .execute(&mut *batch_transaction)
-        .await?;
+async fn a_flush_lands_what_was_handed_over_and_an_old_epoch_changes_nothing() -> anyhow::Result<()>
+{
+    let (store, _pool, _url, epochs) = claimed_store().await?;
+    let recorder = ConfirmedOffsets::start(store.clone(), GROUP, TOPIC);
+    recorder.record([confirmation(0, 5, &epochs), confirmation(1, 4, &epochs)]);
+    assert!(recorder.flush(Duration::from_secs(10)).await);
+    assert_eq!(recorder.waiting_partitions(), Vec::<i32>::new());
+    assert_eq!(recorded(&store, 0).await?, Some(5));
+    assert_eq!(recorded(&store, 1).await?, Some(4));
+    assert_eq!(recorded(&store, 2).await?, None, "nothing confirmed there");
+    // A confirmation made under an epoch a newer claim replaced changes
+    // nothing (the store's fence), and is not written again forever.
+    store.claim_partition(GROUP, TOPIC, 0, "j").await?;
+    recorder.record([confirmation(0, 50, &epochs)]);
+    assert!(recorder.close(Duration::from_secs(10)).await);
+    assert_eq!(recorder.waiting_partitions(), Vec::<i32>::new());
+    assert_eq!(recorded(&store, 0).await?, Some(5));
+    Ok(())
+}
 
+#[tokio::test]
+async fn a_held_row_delays_the_recorder_never_another_partitions_batch() -> anyhow::Result<()> {
+    let (store, _pool, url, epochs) = claimed_store().await?;
+    // Partition 1's batch transaction is in flight.
+    let partition_1_batch = hold_row(&url, 1).await?;
     let recorder = ConfirmedOffsets::start(store.clone(), GROUP, TOPIC);
     recorder.record((0..3).map(|partition| confirmation(partition, 10, &epochs)));
     assert!(
         recorded_within(&store, 0, 10, Duration::from_secs(10)).await?,
         "partition 0 is recorded while partition 1's row is held"
     );
+    // Partition 0's next batch transaction takes its row at once: the
+    // recorder, waiting for partition 1's row, holds nothing (one statement
+    // over all rows would hold partition 0's until it got partition 1's).
+    let mut partition_0_batch = PgConnection::connect(&url).await?;
+    sqlx::query("BEGIN").execute(&mut partition_0_batch).await?;
+    sqlx::query("SELECT next_offset FROM consumer_offsets WHERE partition = 0 FOR UPDATE NOWAIT")
+        .execute(&mut partition_0_batch)
+        .await?;
+    release(partition_0_batch).await?;
+    // A flush cut off at its deadline loses nothing: what it did not write
+    // still waits, and lands once the row is free.
     assert!(
         !recorder.flush(Duration::from_millis(300)).await,
         "a flush cannot finish while a row it needs is held"
     );
-    // The transaction in flight can take partition 0's row too: nothing of
-    // the recorder holds it (a single statement over all three rows would,
-    // until it got row 1: a lock cycle with this transaction).
-    sqlx::query("SELECT next_offset FROM consumer_offsets WHERE partition = 0 FOR UPDATE NOWAIT")
-        .execute(&mut *batch_transaction)
-        .await?;
-    batch_transaction.commit().await?;
-
+    assert_eq!(recorder.waiting_partitions(), vec![1, 2]);
+    assert_eq!(
+        recorded(&store, 2).await?,
+        None,
+        "written after partition 1"
+    );
+    release(partition_1_batch).await?;
     assert!(recorder.flush(Duration::from_secs(10)).await);
     for partition in 0..3 {
         assert_eq!(
@@ -124,12 +148,30 @@ async fn a_confirmation_never_holds_one_row_while_it_waits_for_another() -> anyh
             "partition {partition}"
         );
     }
-    drop(pool);
     Ok(())
 }
 
 #[tokio::test]
-async fn a_refused_confirmation_is_written_again_unless_a_newer_one_came() -> anyhow::Result<()> {
+async fn a_newer_confirmation_handed_over_during_a_write_is_written_too() -> anyhow::Result<()> {
+    let (store, _pool, url, epochs) = claimed_store().await?;
+    let partition_0_batch = hold_row(&url, 0).await?;
+    let recorder = ConfirmedOffsets::start(store.clone(), GROUP, TOPIC);
+    recorder.record([confirmation(0, 7, &epochs)]);
+    // The write of 7 is under way (waiting for the row) when 8 comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    recorder.record([confirmation(0, 8, &epochs)]);
+    release(partition_0_batch).await?;
+    assert!(
+        recorded_within(&store, 0, 8, Duration::from_secs(10)).await?,
+        "the newer confirmation lands after the older one's write"
+    );
+    assert!(recorder.flush(Duration::from_secs(10)).await);
+    assert_eq!(recorder.waiting_partitions(), Vec::<i32>::new());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_confirmation_is_written_again_by_the_background_task() -> anyhow::Result<()> {
     let (store, pool, _url, epochs) = claimed_store().await?;
     let recorder = ConfirmedOffsets::start(store.clone(), GROUP, TOPIC);
     // The store refuses every confirmation while the table is away.
@@ -138,17 +180,13 @@ async fn a_refused_confirmation_is_written_again_unless_a_newer_one_came() -> an
         .await?;
     recorder.record([confirmation(0, 7, &epochs), confirmation(1, 3, &epochs)]);
     assert!(!recorder.flush(Duration::from_secs(10)).await, "refused");
-    assert_eq!(
-        recorder.waiting_partitions(),
-        vec![0, 1],
-        "kept to be written again"
-    );
-    recorder.record([confirmation(0, 8, &epochs)]);
+    assert_eq!(recorder.waiting_partitions(), vec![0, 1], "still waiting");
     sqlx::query("ALTER TABLE consumer_offsets_away RENAME TO consumer_offsets")
         .execute(&pool)
         .await?;
-    // The background task writes them again by itself (no flush).
-    assert!(recorded_within(&store, 0, 8, Duration::from_secs(15)).await?);
+    // Nothing new is handed over and nobody flushes: the background task's
+    // retry writes them.
+    assert!(recorded_within(&store, 0, 7, Duration::from_secs(15)).await?);
     assert!(recorded_within(&store, 1, 3, Duration::from_secs(15)).await?);
     assert_eq!(recorder.waiting_partitions(), Vec::<i32>::new());
     Ok(())

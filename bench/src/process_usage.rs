@@ -99,6 +99,26 @@ pub fn process_usage(pid: u32) -> Result<ProcessUsage> {
 mod tests {
     use super::*;
 
+    /// Spins until the calling thread has run on a CPU for `cpu` (its own
+    /// time, `/proc/thread-self/schedstat`): a wall-clock spin gets less
+    /// CPU than its length when the tests beside it keep the cores busy.
+    fn spin_on_cpu_for(cpu: std::time::Duration) {
+        let on_cpu = || -> u128 {
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|text| text.split_whitespace().next()?.parse().ok())
+                .expect("/proc/thread-self/schedstat")
+        };
+        let start = on_cpu();
+        let mut sum = 0u64;
+        while on_cpu() - start < cpu.as_nanos() {
+            for _ in 0..10_000 {
+                sum = std::hint::black_box(sum.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        std::hint::black_box(sum);
+    }
+
     #[test]
     fn reads_this_process_and_sees_its_work() {
         let pid = std::process::id();
@@ -112,11 +132,8 @@ mod tests {
                 sum = sum.wrapping_add(u64::from(*byte));
             }
         }
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < std::time::Duration::from_millis(300) {
-            sum = std::hint::black_box(sum.wrapping_mul(31).wrapping_add(7));
-        }
         std::hint::black_box(sum);
+        spin_on_cpu_for(std::time::Duration::from_millis(300));
         let after = process_usage(pid).expect("this process is readable");
         assert!(
             after.cpu_seconds >= before.cpu_seconds + 0.1,
@@ -129,20 +146,19 @@ mod tests {
     #[test]
     fn the_thread_split_adds_up_to_at_most_the_process_and_names_this_thread() {
         let pid = std::process::id();
+        let (spun_tx, spun_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("bench-spin7".to_owned())
-            .spawn(|| {
-                let spin = std::time::Instant::now();
-                let mut sum = 0u64;
-                while spin.elapsed() < std::time::Duration::from_millis(200) {
-                    sum = std::hint::black_box(sum.wrapping_mul(31).wrapping_add(7));
-                }
-                std::hint::black_box(sum);
+            .spawn(move || {
+                spin_on_cpu_for(std::time::Duration::from_millis(200));
+                let _ = spun_tx.send(());
                 // Still alive when read: parked until the main thread reads.
                 std::thread::park_timeout(std::time::Duration::from_secs(5));
             })
             .expect("a thread");
-        std::thread::sleep(std::time::Duration::from_millis(400));
+        spun_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the thread spun");
         let split = cpu_by_thread_kind(pid).expect("this process is readable");
         let whole = process_usage(pid).expect("readable").cpu_seconds;
         let spun = split.get("bench-spin").copied().unwrap_or(0.0);

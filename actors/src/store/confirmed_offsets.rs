@@ -5,27 +5,36 @@
 //! background task writes them.
 //!
 //! Guarantees:
-//! - only the newest confirmation of a partition is kept while waiting
-//!   (the recorded offset never moves backwards anyway: the store takes the
-//!   larger one, and only for the owner epoch the commit was made under), so
-//!   what waits is bounded by the partitions, whatever the database's pace;
-//! - one `UPDATE` per partition, each its own transaction: the recorder never
-//!   holds one partition's row while it waits for another's, so beside the
-//!   batch transactions (which take their rows in one fixed order) no lock
-//!   cycle can form;
-//! - a confirmation the store refused is kept (unless a newer one arrived)
-//!   and written again, after [`RETRY_DELAY`] doubling up to
-//!   [`MAX_RETRY_DELAY`];
+//! - only the newest confirmation of a partition waits (the recorded offset
+//!   never moves backwards anyway: the store takes the larger one, and only
+//!   for the owner epoch the commit was made under), so what waits is
+//!   bounded by the partitions, whatever the database's pace;
+//! - a confirmation stays waiting until a write of it succeeded: a write
+//!   that fails, times out or is cancelled (a flush at its deadline, a task
+//!   stopped) loses nothing, and a newer confirmation handed over while an
+//!   older one was being written is written in its turn;
+//! - on PostgreSQL one `UPDATE` per partition, each its own transaction: the
+//!   recorder never holds one partition's row while it waits for another's,
+//!   so a batch transaction never waits behind the recorder for a row that
+//!   another partition's batch holds (the recorder's own writes after a
+//!   held row wait instead). On SQLite, whose one write lock serialises
+//!   everything anyway, one transaction for all;
+//! - the store refusing a write (an error) keeps the confirmation, written
+//!   again after [`RETRY_DELAY`], doubling up to [`MAX_RETRY_DELAY`], or at
+//!   once when new confirmations arrive; a write under an owner epoch a
+//!   newer claim replaced succeeds and changes nothing (the store's fence);
 //! - [`ConfirmedOffsets::flush`] returns once everything handed over before
-//!   it was written or failed, or at its deadline: the coordinator flushes
-//!   before it reads recovery positions (a claim bumps the owner epoch, after
-//!   which an older ownership's confirmation would be refused), and the
-//!   pipeline before it ends;
-//! - losing confirmations (a crash, a deadline) is the recovery table's
-//!   "committed, but the process died before bookkeeping" case: the recorded
-//!   offset is a lower bound of what Kafka holds, never more.
+//!   it was written, or at its deadline (what it did not write still waits):
+//!   the coordinator flushes before it reads recovery positions and before a
+//!   drain lets partitions go (a claim bumps the owner epoch, after which an
+//!   older ownership's confirmation changes nothing), and the pipeline before
+//!   it ends;
+//! - losing confirmations (a crash, a missed deadline) is the recovery
+//!   table's "committed, but the process died before bookkeeping" case: the
+//!   recorded offset is a lower bound of what Kafka holds, never more.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -64,6 +73,8 @@ struct Shared {
     writing: tokio::sync::Mutex<()>,
     /// the background task (aborted when the last handle goes)
     task: Mutex<Option<JoinHandle<()>>>,
+    /// set by [`ConfirmedOffsets::close`]
+    closed: AtomicBool,
 }
 
 impl Drop for Shared {
@@ -103,6 +114,7 @@ impl ConfirmedOffsets {
                 handed_over: Arc::new(Notify::new()),
                 writing: tokio::sync::Mutex::new(()),
                 task: Mutex::new(None),
+                closed: AtomicBool::new(false),
             }),
         };
         // The task holds a weak reference: the recorder ends with its last
@@ -126,8 +138,15 @@ impl ConfirmedOffsets {
                     retry_delay = RETRY_DELAY;
                 } else {
                     drop(recorder);
-                    tokio::time::sleep(retry_delay).await;
-                    retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+                    // New confirmations (the store answers cycles again) end
+                    // the wait early.
+                    let handed_over_again = handed_over.notified();
+                    tokio::select! {
+                        () = tokio::time::sleep(retry_delay) => {
+                            retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+                        }
+                        () = handed_over_again => retry_delay = RETRY_DELAY,
+                    }
                 }
             }
         });
@@ -147,6 +166,12 @@ impl ConfirmedOffsets {
                 waiting.insert(confirmation.partition, confirmation);
             }
         }
+        if self.shared.closed.load(Ordering::SeqCst) {
+            tracing::warn!(
+                partitions = ?self.waiting_partitions(),
+                "confirmed kafka offsets handed over after the recorder closed are not recorded"
+            );
+        }
         self.shared.handed_over.notify_one();
     }
 
@@ -163,6 +188,7 @@ impl ConfirmedOffsets {
     /// Whether everything was written.
     pub async fn close(&self, deadline: Duration) -> bool {
         let written = self.flush(deadline).await;
+        self.shared.closed.store(true, Ordering::SeqCst);
         if let Some(task) = self
             .shared
             .task
@@ -187,34 +213,44 @@ impl ConfirmedOffsets {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes every waiting confirmation, one partition per statement.
-    /// A refused one waits again, unless a newer one arrived meanwhile.
-    /// Whether every write succeeded.
+    /// Writes every waiting confirmation (see the module doc for the
+    /// statements); each leaves the waiting ones once written, unless a
+    /// newer one replaced it meanwhile. Whether every write succeeded.
     async fn write_waiting(&self) -> bool {
         let _writing = self.shared.writing.lock().await;
-        let taken = std::mem::take(&mut *self.lock_waiting());
+        let snapshot: Vec<KafkaCommitConfirmation> =
+            self.lock_waiting().values().copied().collect();
+        let units: Vec<&[KafkaCommitConfirmation]> = match &self.shared.store {
+            Store::Postgres(_) => snapshot.chunks(1).collect(),
+            Store::Sqlite(_) => vec![snapshot.as_slice()],
+        };
         let mut all_written = true;
-        for confirmation in taken.into_values() {
+        for unit in units {
+            if unit.is_empty() {
+                continue;
+            }
             let written = self
                 .shared
                 .store
-                .confirm_kafka_commit(
-                    &self.shared.group_id,
-                    &self.shared.topic,
-                    std::slice::from_ref(&confirmation),
-                )
+                .confirm_kafka_commit(&self.shared.group_id, &self.shared.topic, unit)
                 .await;
-            if let Err(error) = written {
-                all_written = false;
-                tracing::warn!(
-                    %error,
-                    partition = confirmation.partition,
-                    end_offset = confirmation.end_offset,
-                    "could not record the confirmed kafka offset yet; until it lands, only the group's offsets and this ownership's memory of its commits bound a replay"
-                );
-                self.lock_waiting()
-                    .entry(confirmation.partition)
-                    .or_insert(confirmation);
+            match written {
+                Ok(()) => {
+                    let mut waiting = self.lock_waiting();
+                    for confirmation in unit {
+                        if waiting.get(&confirmation.partition) == Some(confirmation) {
+                            waiting.remove(&confirmation.partition);
+                        }
+                    }
+                }
+                Err(error) => {
+                    all_written = false;
+                    tracing::warn!(
+                        %error,
+                        partitions = ?unit.iter().map(|c| c.partition).collect::<Vec<_>>(),
+                        "could not record the confirmed kafka offsets yet; until they land, only the group's offsets and this ownership's memory of its commits bound a replay"
+                    );
+                }
             }
         }
         all_written

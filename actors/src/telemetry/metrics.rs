@@ -360,6 +360,26 @@ pub(crate) fn label(name: &str, value: impl Into<String>) -> Labels {
 mod tests {
     use crate::telemetry::status::PipelineStatus;
 
+    /// Spins until the calling thread has run on a CPU for `cpu` (its own
+    /// time, `/proc/thread-self/schedstat`): a wall-clock spin gets less
+    /// CPU than its length when the tests beside it keep the cores busy.
+    fn spin_on_cpu_for(cpu: std::time::Duration) {
+        let on_cpu = || -> u128 {
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|text| text.split_whitespace().next()?.parse().ok())
+                .expect("/proc/thread-self/schedstat")
+        };
+        let start = on_cpu();
+        let mut sum = 0u64;
+        while on_cpu() - start < cpu.as_nanos() {
+            for _ in 0..10_000 {
+                sum = std::hint::black_box(sum.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        std::hint::black_box(sum);
+    }
+
     #[test]
     fn labelled_series_start_at_zero_and_the_build_and_process_are_described() {
         let status = PipelineStatus::default();
@@ -368,15 +388,9 @@ mod tests {
             .start_series_at_zero(&["invalid-json"], &["database"], &["db_writer"]);
         // CPU spent on another thread counts: the process's time, not the
         // main thread's.
-        std::thread::spawn(|| {
-            let spin = std::time::Instant::now();
-            let mut sum = 0u64;
-            while spin.elapsed() < std::time::Duration::from_millis(300) {
-                sum = std::hint::black_box(sum.wrapping_mul(31).wrapping_add(7));
-            }
-        })
-        .join()
-        .expect("the spinning thread ends");
+        std::thread::spawn(|| spin_on_cpu_for(std::time::Duration::from_millis(300)))
+            .join()
+            .expect("the spinning thread ends");
         let text = status.metrics().encode();
         for line in [
             "onceflow_dlq_records_total{kind=\"invalid-json\"} 0",

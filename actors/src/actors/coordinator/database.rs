@@ -25,6 +25,11 @@ use crate::store::error::StoreError;
 use crate::store::types::{BatchWriteOutcome, KafkaCommitConfirmation};
 use crate::telemetry::events::COMMIT_EVENTS_TARGET;
 
+/// How long a positioning or a drain waits for the confirmed Kafka offsets
+/// handed over before it to be recorded (a store that does not answer in
+/// this long is down, and a positioning's own reads fail too).
+const CONFIRM_FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Added to a write's worst case (every attempt timing out) to bound the
 /// wait for its writer.
 const WRITER_MARGIN: Duration = Duration::from_secs(5);
@@ -189,5 +194,24 @@ impl CoordinatorState {
             })
             .collect();
         self.args.confirmed_offsets.record(confirmations);
+    }
+
+    /// Waits (bounded) until the confirmed offsets handed over so far are
+    /// recorded, before `what` lets anyone read them: a positioning (its
+    /// claim bumps the owner epoch, after which the store refuses an older
+    /// ownership's confirmation) or a drain (the next owner claims next).
+    pub(super) async fn flush_confirmed_offsets(&self, what: &'static str) {
+        if !self
+            .args
+            .confirmed_offsets
+            .flush(CONFIRM_FLUSH_DEADLINE)
+            .await
+        {
+            tracing::debug!(
+                before = what,
+                waiting = ?self.args.confirmed_offsets.waiting_partitions(),
+                "confirmed kafka offsets not all recorded in time"
+            );
+        }
     }
 }

@@ -154,6 +154,9 @@ impl Actor for TransactionCoordinator {
                 // has committed or been rewound. Forget them so that no later
                 // cycle takes their batches.
                 state.forget(&partitions);
+                // The next owner's claim refuses confirmations made under
+                // this ownership's epoch: record them before letting go.
+                state.flush_confirmed_offsets("drain").await;
                 tracing::info!(?partitions, "partitions drained before revocation");
                 let _ = reply.send(());
             }

@@ -36,11 +36,6 @@ use crate::telemetry::metrics::BreakerState;
 /// failed.
 const RECOVERY_RETRY_DELAY: Duration = Duration::from_millis(500);
 
-/// How long a positioning waits for the confirmed Kafka offsets handed over
-/// before it to be recorded (a store that does not answer in this long is
-/// down, and the positioning's own reads fail too).
-const CONFIRM_FLUSH_DEADLINE: Duration = Duration::from_secs(2);
-
 /// Why the recovery positions could not be read.
 #[derive(Debug, thiserror::Error)]
 enum RecoveryReadError {
@@ -157,17 +152,7 @@ impl CoordinatorState {
         // What earlier cycles confirmed lands first: the claim below bumps
         // the owner epoch, and the store refuses a confirmation made under
         // an older one.
-        if !self
-            .args
-            .confirmed_offsets
-            .flush(CONFIRM_FLUSH_DEADLINE)
-            .await
-        {
-            tracing::debug!(
-                waiting = ?self.args.confirmed_offsets.waiting_partitions(),
-                "confirmed kafka offsets not all recorded before positioning"
-            );
-        }
+        self.flush_confirmed_offsets("positioning").await;
         let inputs = self.read_recovery_inputs().await;
         // The breaker sees every database outcome, recovery reads included:
         // while the database is down no batch is written, so without these
