@@ -70,15 +70,31 @@ async fn recorded_within(
 }
 
 /// A transaction on its own connection holding `partition`'s row, as a
-/// batch transaction in flight does.
-async fn hold_row(url: &str, partition: i32) -> anyhow::Result<PgConnection> {
+/// batch transaction in flight does: it waits for the row, or with
+/// `NOWAIT` fails at once if anyone else holds it.
+async fn hold_row(url: &str, partition: i32, wait: Wait) -> anyhow::Result<PgConnection> {
     let mut connection = PgConnection::connect(url).await?;
     sqlx::query("BEGIN").execute(&mut connection).await?;
-    sqlx::query("SELECT next_offset FROM consumer_offsets WHERE partition = $1 FOR UPDATE")
+    let statement = match wait {
+        Wait::UntilFree => {
+            "SELECT next_offset FROM consumer_offsets WHERE partition = $1 FOR UPDATE"
+        }
+        Wait::NoWait => {
+            "SELECT next_offset FROM consumer_offsets WHERE partition = $1 FOR UPDATE NOWAIT"
+        }
+    };
+    sqlx::query(statement)
         .bind(partition)
         .execute(&mut connection)
         .await?;
     Ok(connection)
+}
+
+/// Whether [`hold_row`] waits for a held row.
+#[derive(Clone, Copy)]
+enum Wait {
+    UntilFree,
+    NoWait,
 }
 
 async fn release(mut connection: PgConnection) -> anyhow::Result<()> {
@@ -111,7 +127,7 @@ async fn a_flush_lands_what_was_handed_over_and_an_old_epoch_changes_nothing() -
 async fn a_held_row_delays_the_recorder_never_another_partitions_batch() -> anyhow::Result<()> {
     let (store, _pool, url, epochs) = claimed_store().await?;
     // Partition 1's batch transaction is in flight.
-    let partition_1_batch = hold_row(&url, 1).await?;
+    let partition_1_batch = hold_row(&url, 1, Wait::UntilFree).await?;
     let recorder = ConfirmedOffsets::start(store.clone(), GROUP, TOPIC);
     recorder.record((0..3).map(|partition| confirmation(partition, 10, &epochs)));
     assert!(
@@ -121,11 +137,7 @@ async fn a_held_row_delays_the_recorder_never_another_partitions_batch() -> anyh
     // Partition 0's next batch transaction takes its row at once: the
     // recorder, waiting for partition 1's row, holds nothing (one statement
     // over all rows would hold partition 0's until it got partition 1's).
-    let mut partition_0_batch = PgConnection::connect(&url).await?;
-    sqlx::query("BEGIN").execute(&mut partition_0_batch).await?;
-    sqlx::query("SELECT next_offset FROM consumer_offsets WHERE partition = 0 FOR UPDATE NOWAIT")
-        .execute(&mut partition_0_batch)
-        .await?;
+    let partition_0_batch = hold_row(&url, 0, Wait::NoWait).await?;
     release(partition_0_batch).await?;
     // A flush cut off at its deadline loses nothing: what it did not write
     // still waits, and lands once the row is free.
@@ -154,7 +166,7 @@ async fn a_held_row_delays_the_recorder_never_another_partitions_batch() -> anyh
 #[tokio::test]
 async fn a_newer_confirmation_handed_over_during_a_write_is_written_too() -> anyhow::Result<()> {
     let (store, _pool, url, epochs) = claimed_store().await?;
-    let partition_0_batch = hold_row(&url, 0).await?;
+    let partition_0_batch = hold_row(&url, 0, Wait::UntilFree).await?;
     let recorder = ConfirmedOffsets::start(store.clone(), GROUP, TOPIC);
     recorder.record([confirmation(0, 7, &epochs)]);
     // The write of 7 is under way (waiting for the row) when 8 comes.

@@ -869,8 +869,6 @@ async fn write_through_db_writer(
             names: names.clone(),
             retry_attempts: 2,
             retry_backoff: Duration::from_millis(5),
-            group_id: GROUP.to_owned(),
-            topic: TOPIC.to_owned(),
         },
     )
     .await?;

@@ -349,8 +349,6 @@ async fn start_writer(store: &Store) -> anyhow::Result<Writer> {
             names,
             retry_attempts: 2,
             retry_backoff: Duration::from_millis(5),
-            group_id: GROUP.to_owned(),
-            topic: TOPIC.to_owned(),
         },
     )
     .await?;

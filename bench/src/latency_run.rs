@@ -247,18 +247,16 @@ pub async fn latency_run(
         })
         .collect();
     let commit = bucket_delta(&before, &after, COMMIT_BUCKETS, None)?;
-    let database_phase = bucket_delta(
-        &before,
-        &after,
-        PHASE_BUCKETS,
-        Some(("phase", CommitPhase::Database.as_str())),
-    )?;
-    let kafka_phase = bucket_delta(
-        &before,
-        &after,
-        PHASE_BUCKETS,
-        Some(("phase", CommitPhase::Kafka.as_str())),
-    )?;
+    let phase = |phase: CommitPhase| {
+        bucket_delta(
+            &before,
+            &after,
+            PHASE_BUCKETS,
+            Some(("phase", phase.as_str())),
+        )
+    };
+    let database_phase = phase(CommitPhase::Database)?;
+    let kafka_phase = phase(CommitPhase::Kafka)?;
     scenario.drop_database().await?;
     Ok(LatencyRun {
         rate,

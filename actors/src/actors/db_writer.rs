@@ -41,10 +41,6 @@ pub struct DbWriterArgs {
     pub retry_attempts: u32,
     /// first backoff
     pub retry_backoff: Duration,
-    /// consumer group (for offset bookkeeping)
-    pub group_id: String,
-    /// input topic (for offset bookkeeping)
-    pub topic: String,
 }
 
 /// The database writer actor.

@@ -255,8 +255,6 @@ impl RootArgs {
             names: self.names.clone(),
             retry_attempts: self.settings.db_retry_attempts,
             retry_backoff: self.settings.db_retry_backoff,
-            group_id: self.settings.group_id.clone(),
-            topic: self.settings.input_topic.clone(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! The database phase of a commit cycle: every batch committed through the
 //! writer pool, in parallel, each in its own database transaction; and,
-//! after the Kafka commit, the confirmation of its offsets in the store.
+//! after the Kafka commit, its offsets handed to the recorder of confirmed
+//! offsets ([`crate::store::ConfirmedOffsets`]), which writes them beside
+//! the next cycles.
 //!
 //! Guarantees:
 //! - a batch counts as committed only when its writer replied with the
