@@ -136,13 +136,13 @@ impl BatchPlan {
         }
     }
 
-    /// The event ids the database did not insert (it already held them),
-    /// sorted by event id.
-    pub fn conflicting(&self, inserted: &HashSet<Uuid>) -> Vec<Uuid> {
+    /// Of the first occurrences, those the database `held` already (its
+    /// insert skipped them), sorted by event id.
+    pub fn conflicting(&self, held: &HashSet<Uuid>) -> Vec<Uuid> {
         self.events
             .iter()
             .map(|(event_id, _)| *event_id)
-            .filter(|event_id| !inserted.contains(event_id))
+            .filter(|event_id| held.contains(event_id))
             .collect()
     }
 
@@ -161,15 +161,15 @@ impl BatchPlan {
     }
 
     /// Classifies every record of `batch` (read by `group_id` from
-    /// `topic`), given the event ids the database `inserted`, the stored
-    /// positions of the conflicting ones and which dead letters other groups
-    /// stored.
+    /// `topic`), given the first occurrences the database `held` already
+    /// (every other one it inserted), their stored positions and which dead
+    /// letters other groups stored.
     pub fn classify(
         &self,
         batch: &PartitionBatch,
         group_id: &str,
         topic: &str,
-        inserted: &HashSet<Uuid>,
+        held: &HashSet<Uuid>,
         stored_positions: &HashMap<Uuid, StoredPosition>,
         stored_dead_letters: &StoredDeadLetters,
     ) -> Classification {
@@ -188,7 +188,7 @@ impl BatchPlan {
             let RecordEffect::Event { event, .. } = &record.effect else {
                 continue;
             };
-            let fate = if inserted.contains(event_id) {
+            let fate = if !held.contains(event_id) {
                 EventFate::New
             } else if stored_positions.get(event_id).is_some_and(|stored| {
                 stored.is_own(group_id, topic, record.partition, record.offset)
@@ -330,8 +330,9 @@ mod tests {
         assert_eq!(plan.events, vec![(low, 2), (high, 0)]);
         assert_eq!(plan.in_batch_repeats, vec![3]);
         assert_eq!(plan.dead_letters, vec![1, 4]);
-        let inserted = HashSet::from([high]);
-        assert_eq!(plan.conflicting(&inserted), vec![low]);
+        let held = HashSet::from([low]);
+        assert_eq!(plan.conflicting(&held), vec![low]);
+        assert!(plan.conflicting(&HashSet::new()).is_empty());
     }
 
     #[test]
@@ -348,13 +349,13 @@ mod tests {
             ],
         );
         let plan = BatchPlan::new(&batch);
-        let inserted = HashSet::from([new]);
+        let held = HashSet::from([own, other]);
         let stored = HashMap::from([
             (own, at(Some(GROUP), TOPIC, 0, 1)),
             (other, at(Some(GROUP), TOPIC, 5, 1)),
         ]);
         let none = StoredDeadLetters::default();
-        let classified = plan.classify(&batch, GROUP, TOPIC, &inserted, &stored, &none);
+        let classified = plan.classify(&batch, GROUP, TOPIC, &held, &stored, &none);
         assert_eq!(
             classified.outcome,
             BatchWriteOutcome {
@@ -382,7 +383,7 @@ mod tests {
             (at(None, TOPIC, 0, 1), 1),
         ] {
             let stored = HashMap::from([(own, stored_at.clone())]);
-            let classified = plan.classify(&batch, GROUP, TOPIC, &inserted, &stored, &none);
+            let classified = plan.classify(&batch, GROUP, TOPIC, &held, &stored, &none);
             assert_eq!(
                 classified.outcome.replayed_events, own_replays,
                 "{stored_at:?}"
@@ -397,7 +398,7 @@ mod tests {
         let theirs = StoredDeadLetters {
             other_groups: HashSet::from([4]),
         };
-        let classified = plan.classify(&batch, GROUP, TOPIC, &inserted, &stored, &theirs);
+        let classified = plan.classify(&batch, GROUP, TOPIC, &held, &stored, &theirs);
         assert_eq!(classified.outcome.owed_records, vec![0, 1]);
         assert_eq!(classified.outcome.dead_letters, 1);
     }
@@ -416,12 +417,12 @@ mod tests {
             ],
         );
         let plan = BatchPlan::new(&batch);
-        let inserted: HashSet<Uuid> = ids.iter().copied().collect();
+        let held = HashSet::new();
         let classified = plan.classify(
             &batch,
             GROUP,
             TOPIC,
-            &inserted,
+            &held,
             &HashMap::new(),
             &StoredDeadLetters::default(),
         );

@@ -286,8 +286,8 @@ async fn write_records(
     batch: &PartitionBatch,
     plan: &BatchPlan,
 ) -> Result<Classification, StoreError> {
-    let inserted = insert_events(transaction, group_id, topic, txn_id, batch, &plan.events).await?;
-    let conflicting = plan.conflicting(&inserted);
+    let held = insert_events(transaction, group_id, topic, txn_id, batch, &plan.events).await?;
+    let conflicting = plan.conflicting(&held);
     let stored_positions = stored_positions(transaction, &conflicting).await?;
     let stored_dead_letters = insert_dead_letters(
         transaction,
@@ -302,7 +302,7 @@ async fn write_records(
         batch,
         group_id,
         topic,
-        &inserted,
+        &held,
         &stored_positions,
         &stored_dead_letters,
     );
@@ -395,7 +395,9 @@ async fn insert_event(
     Ok(result.rows_affected() == 1)
 }
 
-/// Inserts the first occurrences, in event-id order; returns the ids inserted.
+/// Inserts the first occurrences, in event-id order; returns those it did
+/// not insert because the database held them already (one statement per
+/// event, each telling whether it inserted its row).
 async fn insert_events(
     transaction: &mut Transaction<'_, Sqlite>,
     group_id: &str,
@@ -404,13 +406,13 @@ async fn insert_events(
     batch: &PartitionBatch,
     sorted_firsts: &[(Uuid, usize)],
 ) -> Result<HashSet<Uuid>, StoreError> {
-    let mut inserted = HashSet::new();
+    let mut held = HashSet::new();
     for (event_id, index) in sorted_firsts {
-        if insert_event(transaction, group_id, topic, txn_id, batch, *index).await? {
-            inserted.insert(*event_id);
+        if !insert_event(transaction, group_id, topic, txn_id, batch, *index).await? {
+            held.insert(*event_id);
         }
     }
-    Ok(inserted)
+    Ok(held)
 }
 
 async fn stored_positions(
