@@ -1,7 +1,7 @@
 //! The Kafka phase of a commit cycle. Under `exactly-once`: one
-//! transaction with the outputs still owed, the dead letters (produced by
-//! the DLQ forwarder), every committed partition's end offset with the group
-//! metadata, and the commit. Under `at-least-once`: the same records
+//! transaction with the outputs still owed and the dead letters (produced
+//! by the DLQ forwarder, beside the outputs), every committed partition's
+//! end offset with the group metadata, and the commit. Under `at-least-once`: the same records
 //! produced without a transaction, then the offsets committed by the
 //! consumer once every record was acknowledged.
 //!
@@ -97,20 +97,29 @@ impl CoordinatorState {
             &txn_id_text,
         );
         let output_topic = settings.output_topic.as_str();
-        transaction::produce(
+        let producing_outputs = transaction::produce(
             producer,
             txn_id,
             output_topic,
             outputs.len(),
             outputs.iter().copied(),
             settings.kafka_call_timeout,
-        )
-        .await?;
-        if !dead_letters.is_empty() {
+        );
+        let forwarding_dead_letters = async {
+            if dead_letters.is_empty() {
+                return Ok(());
+            }
             self.forward_dead_letters(producer, txn_id, dead_letters)
-                .await?;
-        }
-        Ok(())
+                .await
+        };
+        // Both at once: their acknowledgements are waited for side by side,
+        // not one round trip after the other. Both are waited for to the
+        // end (each bounded), even when one fails, so nothing is still
+        // being produced into the transaction when it is aborted.
+        let (outputs_sent, dead_letters_sent) =
+            tokio::join!(producing_outputs, forwarding_dead_letters);
+        outputs_sent?;
+        dead_letters_sent
     }
 
     /// Every committed partition's end offset.
