@@ -8,8 +8,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::telemetry::events::AbortReason;
 
-/// What to do after a Kafka call failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do after a Kafka call failed, in order of severity: each one's
+/// handling covers the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KafkaFailureClass {
     /// retry the same call (retriable, timed out)
     RetryCall,
@@ -134,6 +135,18 @@ impl KafkaTxnError {
     pub fn is_retriable(&self) -> bool {
         self.class() == KafkaFailureClass::RetryCall
     }
+
+    /// Of two failures of one step (two sends run side by side), the one
+    /// whose handling covers both, and the other: the graver class wins, so
+    /// a failure that needs a new producer is never handled as one the
+    /// transaction's abort would settle; on a tie, `self`.
+    pub fn graver(self, other: KafkaTxnError) -> (KafkaTxnError, KafkaTxnError) {
+        if other.class() > self.class() {
+            (other, self)
+        } else {
+            (self, other)
+        }
+    }
 }
 
 /// Classifies one client error as the design notes list.
@@ -201,6 +214,27 @@ mod tests {
             classify(&KafkaError::Canceled),
             KafkaFailureClass::RecreateProducer
         );
+    }
+
+    #[test]
+    fn of_two_failures_the_graver_class_is_handled_whichever_came_first() {
+        let abortable = || KafkaTxnError::Delivery {
+            topic: "out".to_owned(),
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+        };
+        let forwarder = || KafkaTxnError::ForwarderUnavailable(ForwarderFailure::TimedOut);
+        for (first, second) in [(abortable(), forwarder()), (forwarder(), abortable())] {
+            let (handled, other) = first.graver(second);
+            assert_eq!(handled.class(), KafkaFailureClass::RecreateProducer);
+            assert_eq!(other.class(), KafkaFailureClass::AbortTransaction);
+        }
+        let (handled, _) = KafkaTxnError::NoProducer.graver(forwarder());
+        assert!(
+            matches!(handled, KafkaTxnError::NoProducer),
+            "a tie keeps the first"
+        );
+        assert!(KafkaFailureClass::RetryCall < KafkaFailureClass::AbortTransaction);
+        assert!(KafkaFailureClass::AbortTransaction < KafkaFailureClass::RecreateProducer);
     }
 
     #[test]

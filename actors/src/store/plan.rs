@@ -1,7 +1,8 @@
 //! The backend-independent half of a batch write: which records of a
 //! partition batch to insert, in which order, and what each one turned out
-//! to be once the database said which event ids it inserted and where the
-//! others are stored. Both stores use it, so the rules exist once.
+//! to be once the database said which event ids it held already (every
+//! other first occurrence it inserted) and where those are stored. Both
+//! stores use it, so the rules exist once.
 //!
 //! Guarantees:
 //! - the first occurrence (lowest offset) of an event id in the batch is the

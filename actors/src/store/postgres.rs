@@ -386,6 +386,9 @@ async fn insert_events(
             offsets.push(record.offset);
         }
     }
+    // Every first occurrence is an event: an id left out of the statement
+    // would count as inserted.
+    debug_assert_eq!(event_ids.len(), sorted_firsts.len());
     let held: Vec<Uuid> = sqlx::query_scalar(
         "WITH inserted AS (
            INSERT INTO ad_events (event_id, campaign_id, ad_id, kind, cost_micros, occurred_at,

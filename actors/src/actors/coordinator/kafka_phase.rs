@@ -80,8 +80,10 @@ impl CoordinatorState {
     }
 
     /// Produces the outputs and dead letters the committed batches still
-    /// owe (in the open transaction, if there is one) and waits for every
-    /// acknowledgement.
+    /// owe (in the open transaction, if there is one), side by side, and
+    /// waits for every acknowledgement. A failed delivery ends the wait of
+    /// its own send at once; the step then still waits for the other send
+    /// (at most the Kafka call timeout, twice that for the forwarder).
     async fn produce_owed(
         &self,
         producer: &OutputProducer,
@@ -113,13 +115,26 @@ impl CoordinatorState {
                 .await
         };
         // Both at once: their acknowledgements are waited for side by side,
-        // not one round trip after the other. Both are waited for to the
-        // end (each bounded), even when one fails, so nothing is still
-        // being produced into the transaction when it is aborted.
-        let (outputs_sent, dead_letters_sent) =
-            tokio::join!(producing_outputs, forwarding_dead_letters);
-        outputs_sent?;
-        dead_letters_sent
+        // not one round trip after the other. Each is waited for to its end
+        // (each bounded), even when the other failed. When both fail, the
+        // graver failure is the one handled: a forwarder that did not answer
+        // in time may still be producing, and only a new producer fences
+        // that, where an abort would let its dead letters land in the next
+        // transaction.
+        match tokio::join!(producing_outputs, forwarding_dead_letters) {
+            (Ok(_), Ok(())) => Ok(()),
+            (Err(failure), Ok(())) | (Ok(_), Err(failure)) => Err(failure),
+            (Err(outputs_failed), Err(dead_letters_failed)) => {
+                let (handled, other) = outputs_failed.graver(dead_letters_failed);
+                tracing::warn!(
+                    %txn_id,
+                    error = %other,
+                    handled = %handled,
+                    "outputs and dead letters both failed; handling the graver failure"
+                );
+                Err(handled)
+            }
+        }
     }
 
     /// Every committed partition's end offset.
