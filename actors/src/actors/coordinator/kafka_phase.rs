@@ -1,9 +1,10 @@
 //! The Kafka phase of a commit cycle. Under `exactly-once`: one
 //! transaction with the outputs still owed and the dead letters (produced
 //! by the DLQ forwarder, beside the outputs), every committed partition's
-//! end offset with the group metadata, and the commit. Under `at-least-once`: the same records
-//! produced without a transaction, then the offsets committed by the
-//! consumer once every record was acknowledged.
+//! end offset with the group metadata, and the commit. Under
+//! `at-least-once`: the same records produced without a transaction, then
+//! the offsets committed by the consumer once every record was
+//! acknowledged.
 //!
 //! Guarantees:
 //! - Kafka offsets are sent only for partitions whose database transaction
